@@ -1,0 +1,39 @@
+"""Build the one C11 extension, shmtxn._core.
+
+Flavours by environment: SHMTXN_SANITIZE=1 builds with ASan+UBSan,
+SHMTXN_DEBUG=1 without optimisation and with assertions.
+"""
+import os
+from glob import glob
+
+from setuptools import Extension, setup
+
+CORE = "src/shmtxn/_core"
+compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+                "-Wno-cast-function-type", "-Wno-unused-parameter",
+                "-fno-strict-aliasing"]
+link_args = []
+macros = []
+
+if os.environ.get("SHMTXN_DEBUG") == "1":
+    compile_args += ["-O0", "-g3", "-UNDEBUG"]
+else:
+    compile_args += ["-O2"]
+if os.environ.get("SHMTXN_SANITIZE") == "1":
+    sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    compile_args += sanitize
+    link_args += sanitize
+
+setup(
+    ext_modules=[
+        Extension(
+            "shmtxn._core",
+            sources=sorted(glob(f"{CORE}/*.c")),
+            depends=sorted(glob(f"{CORE}/*.h")),
+            define_macros=macros,
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+            libraries=["rt", "pthread"],
+        )
+    ],
+)

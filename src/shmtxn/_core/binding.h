@@ -1,0 +1,104 @@
+/*
+ * binding.h -- what the binding files (module.c, errors.c, items.c,
+ * py_memory.c, py_txn.c) share.  Only the binding includes Python.h.
+ */
+#ifndef STX_BINDING_H
+#define STX_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "engine.h"
+
+/* ---- item formats (items.c) ---- */
+
+enum item_kind { KIND_SIGNED, KIND_UNSIGNED, KIND_FLOAT, KIND_HALF,
+                 KIND_BOOL };
+
+/* One struct-module code this package stores in slots. */
+typedef struct item_format {
+    char code;
+    uint8_t size;
+    uint8_t kind; /* enum item_kind */
+} item_format;
+
+/* The format for `code`, or NULL with ValueError set. */
+const item_format *item_format_find(const char *code);
+/* A new Python object for the item at `src`. */
+PyObject *item_unpack(const item_format *fmt, const void *src);
+/* Convert `value` into `dst`; -1 with TypeError/OverflowError set. */
+int item_pack(const item_format *fmt, PyObject *value, void *dst);
+
+/* ---- errors (errors.c) ---- */
+
+/* Fetch the exception classes from shmtxn.errors; -1 on failure. */
+int errors_init(void);
+/* Raise the exception for engine code `code` about segment `name`. */
+void raise_engine_error(int code, const char *name);
+/* Raise LockTimeout for a wait of `timeout` seconds on `name`. */
+void raise_lock_timeout(const char *name, double timeout, int write);
+/* Raise shmtxn.<class_name>(message). */
+void raise_named(const char *class_name, const char *fmt, ...);
+
+/* ---- the two types ---- */
+
+/*
+ * MemoryObject -- shmtxn._core.Memory, the base of SharedMemory: one handle
+ * on one slots segment.  `exports` counts live buffers taken from it or
+ * from its txns; close() refuses while any is alive.
+ */
+typedef struct MemoryObject {
+    PyObject_HEAD
+    stx_segment seg;
+    const item_format *fmt;
+    Py_ssize_t nitems;
+    int created;            /* this handle created the segment */
+    long creator_pid;       /* ...in this process (not a forked child) */
+    int open_txns;          /* txns of this handle that are open */
+    Py_ssize_t exports;     /* live Py_buffers over the data region */
+    PyObject *name;         /* str */
+    PyObject *buf;          /* cached memoryview, or NULL */
+    PyObject *weakrefs;
+} MemoryObject;
+
+/*
+ * TxnObject -- shmtxn._core.Txn: the object `with shr.txn() as t` binds.
+ */
+typedef struct TxnObject {
+    PyObject_HEAD
+    MemoryObject *mem;
+    stx_txn txn;
+    int write;
+    int entered;
+    double timeout;         /* seconds, < 0: wait forever */
+    Py_ssize_t exports;     /* live buffers from t.buf */
+    PyObject *buf;          /* the memoryview t.buf handed out */
+    stx_logged logged[STX_LOGGED_CACHE];
+} TxnObject;
+
+extern PyTypeObject Memory_Type;
+extern PyTypeObject Txn_Type;
+
+/* py_memory.c: -1 with an exception if `mem` is closed. */
+int memory_check_open(MemoryObject *mem);
+/* py_memory.c: normalise index `key` (int) into [0, n); -1 on error. */
+int memory_index(MemoryObject *mem, PyObject *key, Py_ssize_t *index);
+/* py_memory.c: read items [start:stop:step] via `read` into a list. */
+PyObject *memory_read_slice(MemoryObject *mem, PyObject *slice,
+                            stx_txn *txn);
+/* py_memory.c: write an iterable over the items `slice` names. */
+int memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
+                       stx_txn *txn);
+
+/* py_txn.c: open `txn` on `mem`, releasing the GIL around each wait;
+ * -1 with an exception (LockTimeout, KeyboardInterrupt, ...). */
+int txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout);
+/* py_txn.c: end `txn`; -1 with an exception if ending failed. */
+int txn_close(MemoryObject *mem, stx_txn *txn, int commit);
+/* py_txn.c: new Txn object for mem.txn(). */
+PyObject *txn_new(MemoryObject *mem, int write, double timeout);
+/* py_txn.c: raise for a failed write inside a txn, rolling it back if the
+ * undo log overflowed.  Always returns -1. */
+int txn_write_failed(MemoryObject *mem, stx_txn *txn, int code);
+
+#endif /* STX_BINDING_H */

@@ -1,0 +1,225 @@
+/*
+ * engine.h -- the shmtxn engine: segments, the writer lock, reader slots,
+ * the undo log and lock-free reads.  Plain C11 + POSIX; no Python.h.
+ *
+ * Names take the prefix `stx_`.  Every function that can fail returns 0 or
+ * a negative STX_E* code; stx_detail() then holds a sentence with the
+ * numbers (per thread), which the binding puts into the exception message.
+ *
+ * Waiting is done in slices so that the caller (the Python binding) can
+ * release the GIL around each slice and check for Ctrl-C and its deadline
+ * between them: stx_txn_step() returns STX_EAGAIN when a slice ran out.
+ */
+#ifndef STX_ENGINE_H
+#define STX_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "layout.h"
+
+/* Error codes.  errors.c in the binding maps each to one exception. */
+enum stx_error {
+    STX_OK = 0,
+    STX_EAGAIN = -1,     /* a wait slice ran out; call again */
+    STX_EEXIST = -2,     /* create: the name exists */
+    STX_ENOENT = -3,     /* attach: no such name */
+    STX_EACCES = -4,     /* permission denied by the OS */
+    STX_EFULL = -5,      /* no room in /dev/shm, or the segment is full */
+    STX_ECORRUPT = -6,   /* a value read from the segment is impossible */
+    STX_EINCOMPAT = -7,  /* another format version or ABI */
+    STX_ETOOLARGE = -8,  /* the txn outgrew the undo log */
+    STX_ENESTED = -9,    /* this thread already has a txn on the segment */
+    STX_ECLOSED = -10,   /* the txn or segment is closed */
+    STX_EFORKED = -11,   /* the txn was opened by the parent of a fork */
+    STX_ESLOTS = -12,    /* every reader slot is held by a live process */
+    STX_EINVAL = -13,    /* bad argument (name, size, range) */
+    STX_ERANGE = -14,    /* offset/length outside the data region */
+    STX_EREADONLY = -15, /* write through a read-only handle or read txn */
+    STX_ENOMEM = -16,
+    STX_ESYS = -17,      /* another OS error; stx_detail() says which */
+};
+
+/* Longest segment name accepted (without the leading '/'). */
+#define STX_NAME_MAX 248
+/* Txns one process may have open at once on one segment (all threads). */
+#define STX_MAX_OPEN_TXNS 64
+/* Entries in a txn's cache of ranges already logged. */
+#define STX_LOGGED_CACHE 16
+
+/*
+ * stx_file -- this process's one file descriptor for one segment.
+ *
+ * Liveness beacon: the process holds a classic fcntl write lock on byte
+ * `pid` of this fd.  Classic locks vanish when *any* fd of the file closes
+ * in the process, so every handle of the process shares this one fd
+ * (refcounted, found by device and inode) and it is closed only with the
+ * last handle.  A forked child re-takes the beacon under its own pid in an
+ * atfork handler and claims a reader slot of its own on first use.
+ *
+ * Process-local fields are guarded by the caller's lock (the GIL).
+ */
+typedef struct stx_file {
+    struct stx_file *next;
+    dev_t dev;
+    ino_t ino;
+    int fd;
+    int refs;
+    int32_t slot;       /* our reader slot index, -1 until claimed */
+    uint64_t fork_gen;  /* stx_fork_gen when `slot` was claimed */
+    int ntxn;           /* txns open in this process on this segment */
+    uint64_t txn_threads[STX_MAX_OPEN_TXNS]; /* their threads */
+} stx_file;
+
+/*
+ * stx_segment -- one handle: a mapping of one segment.
+ *
+ * `hdr` and the slot table are always mapped read-write (locking writes
+ * them); the data region is PROT_READ for read-only handles, so a stray
+ * write through a read-only handle faults in the OS rather than corrupting.
+ */
+typedef struct stx_segment {
+    stx_file *file;
+    uint8_t *base;
+    size_t map_size;
+    stx_header *hdr;
+    stx_reader_slot *slots;
+    uint32_t nslots;
+    uint8_t *undo;
+    uint64_t undo_size;
+    uint8_t *data;
+    uint64_t data_size;
+    int read_only;
+    char name[STX_NAME_MAX + 2];
+} stx_segment;
+
+/* Phases of a txn; stx_txn_step() moves a txn from BEGIN to OPEN. */
+enum stx_txn_state {
+    STX_TXN_IDLE = 0,    /* not begun, or ended */
+    STX_TXN_LOCKING,     /* write: waiting for the writer mutex */
+    STX_TXN_DRAINING,    /* write: mutex held, waiting for readers to leave */
+    STX_TXN_READING,     /* read: waiting for a writer to finish */
+    STX_TXN_OPEN,
+};
+
+/* A range this txn already logged (to skip logging it again). */
+typedef struct stx_logged {
+    uint64_t serial;
+    uint64_t offset;
+    uint64_t length;
+} stx_logged;
+
+/*
+ * stx_txn -- one transaction on one segment, owned by one thread.
+ *
+ * `logged` (optional, STX_LOGGED_CACHE entries, zeroed by its owner) lets
+ * a txn that writes the same item many times log it once; `serial` tags
+ * its entries so a reused cache needs no clearing.  Single auto-committed
+ * operations write once and pass NULL.
+ */
+typedef struct stx_txn {
+    stx_segment *seg;
+    int write;
+    int state;          /* enum stx_txn_state */
+    int dirty;          /* a write happened: seq is odd */
+    uint64_t serial;
+    uint64_t fork_gen;
+    uint64_t thread;
+    stx_logged *logged;
+} stx_txn;
+
+/* Options for stx_create(). */
+typedef struct stx_create_opts {
+    uint32_t layout_kind;
+    uint64_t data_size;
+    uint64_t undo_size;     /* 0: the default for data_size */
+    uint32_t nslots;        /* 0: the default */
+    const char *format;
+    uint32_t itemsize;
+    uint32_t ndim;
+    const uint64_t *shape;
+    unsigned mode;          /* file mode, e.g. 0600 */
+} stx_create_opts;
+
+/* Bumped in every forked child; a txn from before the fork is stale. */
+extern volatile uint64_t stx_fork_gen;
+
+/* --- engine (segment.c) --- */
+
+/* Register the fork handler once per process.  Returns 0 or STX_ESYS. */
+int stx_engine_init(void);
+/* The sentence describing this thread's last error. */
+const char *stx_detail(void);
+/* Set this thread's error sentence; returns `code` for tail calls. */
+int stx_fail(int code, const char *fmt, ...);
+/* The ABI word written into and checked against every header. */
+uint32_t stx_abi_word(void);
+/* 0 if `name` is a valid segment name (no '/', 1..STX_NAME_MAX chars). */
+int stx_check_name(const char *name);
+/* The undo log size stx_create() uses when the caller gives none. */
+uint64_t stx_default_undo_size(uint64_t data_size);
+
+/* Create and initialise a new segment; `seg` is filled on success. */
+int stx_create(stx_segment *seg, const char *name,
+               const stx_create_opts *opts);
+/* Attach to an existing segment, waiting at most `timeout_ns` for its
+ * creator to finish initialising it. */
+int stx_attach(stx_segment *seg, const char *name, int read_only,
+               uint64_t timeout_ns);
+/* Unmap and drop this handle's reference to its file; idempotent. */
+void stx_close(stx_segment *seg);
+/* Remove the name if it still names the segment `seg` mapped (when
+ * seg != NULL) or whatever it names (seg == NULL).  STX_ENOENT if gone. */
+int stx_unlink(const char *name, const stx_segment *seg);
+/* 1 if a process with this pid holds its beacon on the file, else 0. */
+int stx_pid_alive(const stx_file *file, int32_t pid);
+/* Test hook: SIGKILL this process if SHMTXN_CRASH_AT names `point`. */
+void stx_crash_point(const char *point);
+/* Set the crash point name (from the environment, by the binding). */
+void stx_set_crash_point(const char *point);
+
+/* --- reader slots (readers.c) --- */
+
+/* Make sure this process holds a reader slot in `seg`. */
+int stx_slot_ensure(stx_segment *seg);
+/* Release this process's slot (last close). */
+void stx_slot_release(stx_segment *seg);
+/* Clear the slots of dead processes; returns how many were cleared. */
+int stx_slots_reap(stx_segment *seg);
+
+/* --- transactions (lock.c) --- */
+
+/* Prepare `txn` (no waiting): checks nesting, claims a slot. */
+int stx_txn_init(stx_txn *txn, stx_segment *seg, int write);
+/* Advance `txn` towards OPEN, waiting at most `slice_ns` (0: only try).
+ * Returns 0 once open, STX_EAGAIN if the slice ran out, or an error
+ * (the txn is then already cancelled). */
+int stx_txn_step(stx_txn *txn, uint64_t slice_ns);
+/* Give up a txn that is not yet open (timeout, Ctrl-C). */
+void stx_txn_cancel(stx_txn *txn);
+/* End an open txn: commit (keep writes) or roll back.  Always releases
+ * what the txn holds; returns an error only if rollback found corruption. */
+int stx_txn_end(stx_txn *txn, int commit);
+/* Check that `txn` may be used now (open, same process generation). */
+int stx_txn_usable(const stx_txn *txn);
+/* Roll back the undo log of a dead writer; caller holds the mutex. */
+int stx_recover(stx_segment *seg);
+
+/* --- undo log and data access (undo.c) --- */
+
+/* Log the old bytes of [offset, offset+length) unless already logged,
+ * making seq odd first if this is the txn's first write. */
+int stx_undo_prepare(stx_txn *txn, uint64_t offset, uint64_t length);
+/* Write `length` bytes at `offset` of the data region inside `txn`. */
+int stx_write(stx_txn *txn, uint64_t offset, const void *src,
+              uint64_t length);
+/* Read `length` bytes at `offset` inside an open txn. */
+int stx_read(const stx_txn *txn, uint64_t offset, void *dst,
+             uint64_t length);
+/* Undo every logged write, newest first, and empty the log. */
+int stx_undo_rollback(stx_segment *seg);
+/* Check the whole undo log is well formed (for recovery and `check`). */
+int stx_undo_validate(const stx_segment *seg);
+
+#endif /* STX_ENGINE_H */

@@ -1,0 +1,147 @@
+/*
+ * layout.h -- the bytes of a shmtxn segment, and the protocols over them.
+ *
+ * A segment is one POSIX shm object, laid out as (offsets from its start):
+ *
+ *   [ header: 1 page ][ reader slots ][ undo log ][ data (page aligned) ]
+ *
+ * Everything inside is an offset, never a pointer: every process maps the
+ * segment at a different address.  docs/format.md documents these fields
+ * for people; this file is the authority for the compiler.  Bump
+ * STX_FORMAT_VERSION on any change to the bytes below.
+ *
+ * Nothing read from a segment is trusted: segment.c validates every
+ * immutable field on attach (stx_header_validate), and every mutable field
+ * (undo length, slot high-water mark, reader counts) is bounds-checked or
+ * clamped where it is read.
+ */
+#ifndef STX_LAYOUT_H
+#define STX_LAYOUT_H
+
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define STX_MAGIC 0x4e5854544d4853ULL  /* "SHMTTXN" little-endian, plus 0 */
+#define STX_FORMAT_VERSION 1u
+#define STX_CACHE_LINE 64u
+#define STX_PAGE 4096u
+#define STX_MAX_NDIM 8u
+#define STX_FORMAT_LEN 16u
+
+/* Layout kinds: what the data region holds. */
+enum stx_layout_kind {
+    STX_LAYOUT_SLOTS = 1, /* fixed-size typed items (SharedMemory) */
+    STX_LAYOUT_DICT = 2,  /* hash table + heap (SharedDict) */
+};
+
+/*
+ * One reader slot: one cache line, owned by one attached process.
+ *
+ * Claim: a process CASes `pid` from 0 to its pid when it first attaches
+ * (readers.c); the slot doubles as the attach table that `shmtxn gc` reads.
+ * A slot whose pid holds no liveness beacon (see segment.c) belongs to a
+ * dead process and may be cleared by anyone: first `readers` = 0, then
+ * `pid` = 0.
+ *
+ * Read protocol (Dekker-style, all seq_cst):
+ *   reader: readers += 1; if header.writer_flag: readers -= 1, wait on the
+ *           writer mutex, retry.  Leave: readers -= 1; if writer_flag, bump
+ *           header.drain_futex and wake it.
+ *   writer: (holding the mutex) writer_flag = 1; for each slot below the
+ *           high-water mark, wait until readers == 0 (or its pid is dead).
+ * Either the reader sees the flag, or the writer sees the reader: never
+ * neither.  Threads of one process share their process's slot (a count, not
+ * a bit), which the GIL makes free of contention.
+ */
+typedef struct stx_reader_slot {
+    _Atomic int32_t pid;      /* 0 = free */
+    _Atomic uint32_t readers; /* read txns open in this process */
+    uint64_t attached_ns;     /* CLOCK_REALTIME when claimed (for `ls`) */
+    uint8_t pad[STX_CACHE_LINE - 16];
+} stx_reader_slot;
+
+/*
+ * The segment header: the first page.
+ *
+ * Creation protocol (segment.c): the creator opens the name with O_EXCL,
+ * takes an fcntl write lock on byte 0 (the init lock), sizes and reserves
+ * the file, fills every field, then stores `magic` with release order and
+ * drops the init lock.  An attacher that finds `magic` unset waits for the
+ * init lock; when it gets the lock and `magic` is still unset, the creator
+ * died mid-creation and the attach fails with CorruptSegmentError at once.
+ *
+ * Write protocol (lock.c, undo.c): a writer holds `writer_mutex` (robust,
+ * process-shared) for its whole txn and sets `writer_flag` to turn readers
+ * away.  Before its first write it makes `seq` odd; each write first appends
+ * {offset, length, old bytes} to the undo log and publishes the new
+ * `undo_used` with a release store, then writes in place.  Commit: `seq`
+ * even (release), `undo_used` = 0, `writer_flag` = 0, unlock.
+ *
+ * Recovery (lock.c, stx_recover): whoever locks the mutex and gets
+ * EOWNERDEAD replays the undo log backwards, clears it, makes `seq` even,
+ * clears dead readers' slots, clears `writer_flag`, and only then marks the
+ * mutex consistent.  If any step fails the mutex is unlocked without
+ * consistent, so the next locker gets ENOTRECOVERABLE -> CorruptSegmentError.
+ *
+ * Lock-free single reads (seqlock.h): read `seq` (acquire), the item
+ * (relaxed), acquire fence, `seq` again; equal and even means a committed
+ * value.
+ */
+typedef struct stx_header {
+    /* --- identity and geometry: written once by the creator --- */
+    _Atomic uint64_t magic;     /* STX_MAGIC, stored last during creation */
+    uint32_t version;           /* STX_FORMAT_VERSION */
+    uint32_t abi;               /* stx_abi_word() of the creator */
+    uint32_t layout_kind;       /* enum stx_layout_kind */
+    uint32_t header_size;       /* sizeof(stx_header), page rounded */
+    uint64_t total_size;        /* bytes of the shm object */
+    uint64_t slots_off;         /* reader slot table */
+    uint32_t nslots;            /* max attached processes */
+    uint32_t slot_size;         /* sizeof(stx_reader_slot) */
+    uint64_t undo_off;          /* undo log region */
+    uint64_t undo_size;
+    uint64_t data_off;          /* data region, page aligned */
+    uint64_t data_size;         /* the user's `size` */
+    char format[STX_FORMAT_LEN]; /* item format (struct code), NUL padded */
+    uint32_t itemsize;
+    uint32_t ndim;
+    uint64_t shape[STX_MAX_NDIM];
+    uint64_t hash_key[2];       /* per-segment SipHash key (dict layout) */
+    int32_t creator_pid;
+    uint32_t reserved0;
+    uint64_t created_ns;        /* CLOCK_REALTIME */
+    uint64_t checksum;          /* FNV-1a of the fields above it */
+
+    /* --- writer state: written by the writer, read by every reader --- */
+    alignas(STX_CACHE_LINE) _Atomic uint32_t writer_flag;
+    _Atomic int32_t writer_pid;      /* informational: who holds the lock */
+    _Atomic uint64_t seq;            /* odd while a writer has written */
+    _Atomic uint32_t drain_futex;    /* bumped by readers a writer waits on */
+    _Atomic uint32_t slots_hwm;      /* slots at or above this are unused */
+
+    /* --- undo log state: the writer's own line --- */
+    alignas(STX_CACHE_LINE) _Atomic uint64_t undo_used; /* bytes of log */
+    _Atomic uint64_t commits;        /* committed write txns */
+    _Atomic uint64_t recoveries;     /* dead writers rolled back */
+    _Atomic uint64_t modified_ns;    /* CLOCK_REALTIME of the last commit */
+
+    /* --- the writer mutex: robust and process-shared --- */
+    alignas(STX_CACHE_LINE) pthread_mutex_t writer_mutex;
+} stx_header;
+
+/*
+ * One undo log record, followed by `length` old bytes padded to 8.  The
+ * log is a sequence of these from undo_off; `undo_used` says how many bytes
+ * are valid.  Rollback applies them last to first.
+ */
+typedef struct stx_undo_record {
+    uint64_t offset; /* into the data region */
+    uint64_t length;
+} stx_undo_record;
+
+/* The number of header bytes the checksum covers. */
+#define STX_CHECKSUMMED_BYTES offsetof(stx_header, checksum)
+
+#endif /* STX_LAYOUT_H */

@@ -1,0 +1,843 @@
+/*
+ * py_memory.c -- shmtxn._core.Memory: a handle on a slots segment, with
+ * lock-free single reads and auto-committed single writes.  The Python
+ * class shmtxn.SharedMemory subclasses it (memory.py) for repr and pickling;
+ * the hot paths (indexing, txn()) stay here in C.
+ */
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "binding.h"
+#include "seqlock.h"
+
+/* Longest attach wait for a creator still initialising (seconds). */
+#define ATTACH_WAIT_DEFAULT 5.0
+/* Slice reads up to this many bytes use a stack buffer. */
+#define STACK_BYTES 512
+
+int
+memory_check_open(MemoryObject *mem)
+{
+    if (mem->seg.file == NULL) {
+        raise_named("SegmentClosedError", "segment %R is closed; open it "
+                    "again with SharedMemory(name)",
+                    mem->name ? mem->name : Py_None);
+        return -1;
+    }
+    return 0;
+}
+
+int
+memory_index(MemoryObject *mem, PyObject *key, Py_ssize_t *index)
+{
+    if (memory_check_open(mem) < 0) {
+        return -1;
+    }
+    Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+    if (i == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (i < 0) {
+        i += mem->nitems;
+    }
+    if (i < 0 || i >= mem->nitems) {
+        PyErr_Format(PyExc_IndexError, "index %R out of range for %zd "
+                     "slots", key, mem->nitems);
+        return -1;
+    }
+    *index = i;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* creation and attachment                                             */
+
+/* A fresh name like "stx_k3v9q0zd2m": short enough for macOS. */
+static int
+random_name(char *out, size_t size)
+{
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    unsigned char bytes[10];
+    if (getrandom(bytes, sizeof(bytes), 0) != (ssize_t)sizeof(bytes)) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    char *p = out + snprintf(out, size, "stx_");
+    for (size_t i = 0; i < sizeof(bytes); i++) {
+        *p++ = alphabet[bytes[i] % 36];
+    }
+    *p = '\0';
+    return 0;
+}
+
+static int
+create_segment(MemoryObject *self, const char *name, Py_ssize_t size,
+               Py_ssize_t undo_size, int max_processes, int mode)
+{
+    if (size <= 0 || size % self->fmt->size != 0) {
+        PyErr_Format(PyExc_ValueError, "size must be a positive multiple "
+                     "of the %d-byte item of format '%c' (got %zd)",
+                     self->fmt->size, self->fmt->code, size);
+        return -1;
+    }
+    if (undo_size < 0 || max_processes < 0) {
+        PyErr_SetString(PyExc_ValueError, "undo_size and max_processes "
+                        "must not be negative");
+        return -1;
+    }
+    char code[2] = {self->fmt->code, 0};
+    uint64_t shape = (uint64_t)(size / self->fmt->size);
+    stx_create_opts opts = {
+        .layout_kind = STX_LAYOUT_SLOTS, .data_size = (uint64_t)size,
+        .undo_size = (uint64_t)undo_size, .nslots = (uint32_t)max_processes,
+        .format = code, .itemsize = self->fmt->size, .ndim = 1,
+        .shape = &shape, .mode = (unsigned)mode};
+    char generated[32];
+    for (int attempt = 0; attempt < 8; attempt++) {
+        if (name == NULL && random_name(generated, sizeof(generated)) < 0) {
+            return -1;
+        }
+        int rc;
+        const char *use = name ? name : generated;
+        Py_BEGIN_ALLOW_THREADS
+        rc = stx_create(&self->seg, use, &opts);
+        Py_END_ALLOW_THREADS
+        if (rc == STX_EEXIST && name == NULL) {
+            continue;
+        }
+        if (rc != 0) {
+            raise_engine_error(rc, use);
+            return -1;
+        }
+        self->created = 1;
+        self->creator_pid = (long)getpid();
+        return 0;
+    }
+    raise_engine_error(STX_EEXIST, "(generated)");
+    return -1;
+}
+
+/* After attaching: the caller's size and format must match the header. */
+static int
+check_attached(MemoryObject *self, Py_ssize_t size, const char *format)
+{
+    stx_header *hdr = self->seg.hdr;
+    if (hdr->layout_kind != STX_LAYOUT_SLOTS) {
+        raise_named("IncompatibleSegmentError", "segment '%s' holds a "
+                    "SharedDict, not slots; open it with SharedDict",
+                    self->seg.name);
+        return -1;
+    }
+    const item_format *stored = item_format_find(hdr->format);
+    if (stored == NULL || stored->size != hdr->itemsize) {
+        PyErr_Clear();
+        raise_named("CorruptSegmentError", "segment '%s' has an unknown "
+                    "item format", self->seg.name);
+        return -1;
+    }
+    if (format != NULL && self->fmt->code != stored->code) {
+        raise_named("IncompatibleSegmentError", "segment '%s' stores format"
+                    " '%c', not '%c'; omit format= to use the stored one",
+                    self->seg.name, stored->code, self->fmt->code);
+        return -1;
+    }
+    if (size != 0 && (uint64_t)size != hdr->data_size) {
+        raise_named("IncompatibleSegmentError", "segment '%s' holds %llu "
+                    "bytes, not %zd; pass size=0 to accept its size",
+                    self->seg.name, (unsigned long long)hdr->data_size,
+                    size);
+        return -1;
+    }
+    self->fmt = stored;
+    return 0;
+}
+
+static int
+attach_segment(MemoryObject *self, const char *name, int read_only,
+               double timeout, Py_ssize_t size, const char *format)
+{
+    int rc;
+    uint64_t wait_ns = (uint64_t)(timeout * 1e9);
+    Py_BEGIN_ALLOW_THREADS
+    rc = stx_attach(&self->seg, name, read_only, wait_ns);
+    Py_END_ALLOW_THREADS
+    if (rc == STX_EAGAIN) {
+        raise_lock_timeout(name, timeout, 0);
+        return -1;
+    }
+    if (rc != 0) {
+        raise_engine_error(rc, name);
+        return -1;
+    }
+    if (check_attached(self, size, format) < 0) {
+        stx_close(&self->seg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Seconds from a timeout argument; None means `fallback`. */
+static int
+parse_timeout(PyObject *arg, double fallback, double *out)
+{
+    if (arg == NULL || arg == Py_None) {
+        *out = fallback;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(arg);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (t < 0 || t != t) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be None or a "
+                        "number of seconds >= 0");
+        return -1;
+    }
+    *out = t;
+    return 0;
+}
+
+/* Strip one leading '/', as the stdlib accepts "/name" too. */
+static const char *
+plain_name(const char *name)
+{
+    return name[0] == '/' ? name + 1 : name;
+}
+
+static int
+Memory_init(MemoryObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "create", "size", "read_only",
+                             "format", "undo_size", "max_processes",
+                             "timeout", "mode", NULL};
+    const char *name = NULL, *format = NULL;
+    int create = 0, read_only = 0, max_processes = 0, mode = 0600;
+    Py_ssize_t size = 0, undo_size = 0;
+    PyObject *timeout_arg = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|zpn$pznnOi", kwlist,
+                                     &name, &create, &size, &read_only,
+                                     &format, &undo_size, &max_processes,
+                                     &timeout_arg, &mode)) {
+        return -1;
+    }
+    double timeout;
+    if (self->seg.file != NULL || self->name != NULL) {
+        PyErr_SetString(PyExc_TypeError, "SharedMemory is already open");
+        return -1;
+    }
+    if (parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT, &timeout) < 0) {
+        return -1;
+    }
+    if (size < 0) {
+        PyErr_Format(PyExc_ValueError, "size must not be negative (got %zd)",
+                     size);
+        return -1;
+    }
+    self->fmt = item_format_find(format ? format : "q");
+    if (self->fmt == NULL) {
+        return -1;
+    }
+    if (name != NULL) {
+        name = plain_name(name);
+        if (stx_check_name(name) != 0) {
+            PyErr_SetString(PyExc_ValueError, stx_detail());
+            return -1;
+        }
+    }
+    int rc;
+    if (create) {
+        if (read_only) {
+            PyErr_SetString(PyExc_ValueError, "cannot create a segment "
+                            "read-only; create it, then open read_only=True"
+                            " handles on it");
+            return -1;
+        }
+        rc = create_segment(self, name, size, undo_size, max_processes,
+                            mode);
+    }
+    else if (name == NULL) {
+        PyErr_SetString(PyExc_ValueError, "name is required to attach "
+                        "(or pass create=True)");
+        return -1;
+    }
+    else {
+        rc = attach_segment(self, name, read_only, timeout, size, format);
+    }
+    if (rc < 0) {
+        return -1;
+    }
+    self->nitems = (Py_ssize_t)(self->seg.data_size / self->fmt->size);
+    self->name = PyUnicode_FromString(self->seg.name);
+    return self->name == NULL ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* lifetime                                                            */
+
+static PyObject *
+Memory_close(MemoryObject *self, PyObject *unused)
+{
+    if (self->seg.file == NULL) {
+        Py_RETURN_NONE;
+    }
+    if (self->open_txns > 0) {
+        raise_named("Error", "cannot close segment '%s': %d transaction(s) "
+                    "are open on it; leave their with-blocks first",
+                    self->seg.name, self->open_txns);
+        return NULL;
+    }
+    if (self->buf != NULL) {
+        PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
+        if (r == NULL) {
+            PyErr_Clear(); /* reported below as an export */
+        }
+        else {
+            Py_DECREF(r);
+            Py_CLEAR(self->buf);
+        }
+    }
+    if (self->exports > 0) {
+        raise_named("BufferExportsError", "cannot close segment '%s': %zd "
+                    "view(s) of its memory (from .buf, slices of it, numpy "
+                    "arrays or txn.buf) are still alive; release them (del, "
+                    "or .release() on memoryviews) first", self->seg.name,
+                    self->exports);
+        return NULL;
+    }
+    stx_close(&self->seg);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Memory_unlink(MemoryObject *self, PyObject *unused)
+{
+    if (self->name == NULL) {
+        Py_RETURN_NONE;
+    }
+    const char *name = PyUnicode_AsUTF8(self->name);
+    int rc = stx_unlink(name, self->seg.file ? &self->seg : NULL);
+    if (rc != 0 && rc != STX_ENOENT) {
+        raise_engine_error(rc, name);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Memory_enter(MemoryObject *self, PyObject *unused)
+{
+    if (memory_check_open(self) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(self);
+}
+
+/* Leaving `with`: the creating process unlinks, everyone closes. */
+static PyObject *
+Memory_exit(MemoryObject *self, PyObject *args)
+{
+    if (self->created && self->creator_pid == (long)getpid()) {
+        PyObject *r = Memory_unlink(self, NULL);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    PyObject *r = Memory_close(self, NULL);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static void
+Memory_dealloc(MemoryObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    Py_CLEAR(self->buf);
+    if (self->seg.file != NULL) {
+        stx_close(&self->seg);
+    }
+    Py_CLEAR(self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Memory_traverse(MemoryObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->buf);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* items                                                               */
+
+/* Read one item under a read txn (the seqlock saw a writer). */
+static PyObject *
+locked_get(MemoryObject *self, uint64_t offset)
+{
+    stx_txn txn = {0};
+    uint64_t raw = 0;
+    if (txn_open(self, &txn, 0, -1) < 0) {
+        return NULL;
+    }
+    stx_read(&txn, offset, &raw, self->fmt->size);
+    if (txn_close(self, &txn, 1) < 0) {
+        return NULL;
+    }
+    return item_unpack(self->fmt, &raw);
+}
+
+static PyObject *
+get_item(MemoryObject *self, PyObject *key)
+{
+    Py_ssize_t i;
+    if (memory_index(self, key, &i) < 0) {
+        return NULL;
+    }
+    uint64_t offset = (uint64_t)i * self->fmt->size;
+    uint64_t raw = 0;
+    if (self->seg.file->ntxn == 0
+        && stx_seqlock_read(&self->seg, offset, &raw, self->fmt->size) == 0) {
+        return item_unpack(self->fmt, &raw);
+    }
+    return locked_get(self, offset);
+}
+
+static int
+set_item(MemoryObject *self, PyObject *key, PyObject *value)
+{
+    Py_ssize_t i;
+    uint64_t raw = 0;
+    if (memory_index(self, key, &i) < 0
+        || item_pack(self->fmt, value, &raw) < 0) {
+        return -1;
+    }
+    stx_txn txn = {0};
+    if (txn_open(self, &txn, 1, -1) < 0) {
+        return -1;
+    }
+    int rc = stx_write(&txn, (uint64_t)i * self->fmt->size, &raw,
+                       self->fmt->size);
+    if (rc != 0) {
+        return txn_write_failed(self, &txn, rc);
+    }
+    return txn_close(self, &txn, 1);
+}
+
+typedef struct slice_span {
+    Py_ssize_t start, stop, step, count;
+} slice_span;
+
+static int
+unpack_slice(MemoryObject *mem, PyObject *slice, slice_span *s)
+{
+    if (PySlice_Unpack(slice, &s->start, &s->stop, &s->step) < 0) {
+        return -1;
+    }
+    s->count = PySlice_AdjustIndices(mem->nitems, &s->start, &s->stop,
+                                     s->step);
+    return 0;
+}
+
+/* Items of `s` as a list, from `base` (the data region or a copy of the
+ * contiguous run starting at s->start). */
+static PyObject *
+list_from(MemoryObject *mem, const slice_span *s, const uint8_t *base,
+          Py_ssize_t base_index)
+{
+    PyObject *list = PyList_New(s->count);
+    int size = mem->fmt->size;
+    for (Py_ssize_t k = 0; list != NULL && k < s->count; k++) {
+        Py_ssize_t i = s->start + k * s->step - base_index;
+        PyObject *item = item_unpack(mem->fmt, base + i * size);
+        if (item == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, k, item);
+    }
+    return list;
+}
+
+/* A contiguous slice read lock-free; NULL without error to fall back. */
+static PyObject *
+seqlock_slice(MemoryObject *mem, const slice_span *s)
+{
+    uint64_t bytes = (uint64_t)s->count * mem->fmt->size;
+    uint8_t stack[STACK_BYTES];
+    uint8_t *copy = bytes <= STACK_BYTES ? stack : PyMem_Malloc(bytes);
+    if (copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyObject *list = NULL;
+    uint64_t offset = (uint64_t)s->start * mem->fmt->size;
+    if (stx_seqlock_read(&mem->seg, offset, copy, bytes) == 0) {
+        slice_span run = *s;
+        list = list_from(mem, &run, copy, s->start);
+    }
+    if (copy != stack) {
+        PyMem_Free(copy);
+    }
+    return list;
+}
+
+PyObject *
+memory_read_slice(MemoryObject *mem, PyObject *slice, stx_txn *txn)
+{
+    slice_span s;
+    if (memory_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
+        return NULL;
+    }
+    if (s.count == 0) {
+        return PyList_New(0);
+    }
+    if (txn != NULL) {
+        return list_from(mem, &s, mem->seg.data, 0);
+    }
+    if (s.step == 1 && mem->seg.file->ntxn == 0) {
+        PyObject *list = seqlock_slice(mem, &s);
+        if (list != NULL || PyErr_Occurred()) {
+            return list;
+        }
+    }
+    stx_txn own = {0};
+    if (txn_open(mem, &own, 0, -1) < 0) {
+        return NULL;
+    }
+    PyObject *list = list_from(mem, &s, mem->seg.data, 0);
+    if (txn_close(mem, &own, 1) < 0) {
+        Py_CLEAR(list);
+    }
+    return list;
+}
+
+/* Convert every value first: a bad one raises before anything changes. */
+static uint8_t *
+pack_values(MemoryObject *mem, PyObject *value, const slice_span *s)
+{
+    PyObject *seq = PySequence_Fast(value, "slice assignment needs an "
+                                    "iterable of values");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    uint8_t *packed = NULL;
+    if (n != s->count) {
+        PyErr_Format(PyExc_ValueError, "slice assignment: %zd values for %zd"
+                     " slots (a segment cannot change size)", n, s->count);
+    }
+    else if ((packed = PyMem_Malloc(n * mem->fmt->size + 1)) == NULL) {
+        PyErr_NoMemory();
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t k = 0; packed != NULL && k < n; k++) {
+        if (item_pack(mem->fmt, items[k], packed + k * mem->fmt->size) < 0) {
+            PyMem_Free(packed);
+            packed = NULL;
+        }
+    }
+    Py_DECREF(seq);
+    return packed;
+}
+
+static int
+write_packed(MemoryObject *mem, stx_txn *txn, const slice_span *s,
+             const uint8_t *packed)
+{
+    int size = mem->fmt->size;
+    int rc = 0;
+    if (s->step == 1) {
+        rc = stx_write(txn, (uint64_t)s->start * size, packed,
+                       (uint64_t)s->count * size);
+    }
+    for (Py_ssize_t k = 0; s->step != 1 && rc == 0 && k < s->count; k++) {
+        rc = stx_write(txn, (uint64_t)(s->start + k * s->step) * size,
+                       packed + k * size, size);
+    }
+    return rc == 0 ? 0 : txn_write_failed(mem, txn, rc);
+}
+
+int
+memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
+                   stx_txn *txn)
+{
+    slice_span s;
+    if (memory_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
+        return -1;
+    }
+    uint8_t *packed = pack_values(mem, value, &s);
+    if (packed == NULL) {
+        return -1;
+    }
+    stx_txn own = {0};
+    int rc = 0;
+    if (txn == NULL) {
+        rc = txn_open(mem, &own, 1, -1);
+    }
+    if (rc == 0) {
+        rc = write_packed(mem, txn ? txn : &own, &s, packed);
+    }
+    if (rc == 0 && txn == NULL) {
+        rc = txn_close(mem, &own, 1);
+    }
+    PyMem_Free(packed);
+    return rc;
+}
+
+static PyObject *
+Memory_subscript(MemoryObject *self, PyObject *key)
+{
+    if (PySlice_Check(key)) {
+        return memory_read_slice(self, key, NULL);
+    }
+    return get_item(self, key);
+}
+
+static int
+Memory_ass_subscript(MemoryObject *self, PyObject *key, PyObject *value)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "slots cannot be deleted; a "
+                        "segment has a fixed number of items");
+        return -1;
+    }
+    if (PySlice_Check(key)) {
+        return memory_write_slice(self, key, value, NULL);
+    }
+    return set_item(self, key, value);
+}
+
+static Py_ssize_t
+Memory_length(MemoryObject *self)
+{
+    return memory_check_open(self) < 0 ? -1 : self->nitems;
+}
+
+static PyObject *
+Memory_iter(MemoryObject *self)
+{
+    PyObject *all = PySlice_New(NULL, NULL, NULL);
+    PyObject *list = all ? memory_read_slice(self, all, NULL) : NULL;
+    Py_XDECREF(all);
+    PyObject *it = list ? PyObject_GetIter(list) : NULL;
+    Py_XDECREF(list);
+    return it;
+}
+
+/* ------------------------------------------------------------------ */
+/* txn(), buffers, attributes                                          */
+
+static PyObject *
+Memory_txn(MemoryObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"write", "timeout", NULL};
+    PyObject *write_arg = Py_None, *timeout_arg = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO", kwlist, &write_arg,
+                                     &timeout_arg)) {
+        return NULL;
+    }
+    double timeout;
+    if (memory_check_open(self) < 0
+        || parse_timeout(timeout_arg, -1.0, &timeout) < 0) {
+        return NULL;
+    }
+    int write = !self->seg.read_only;
+    if (write_arg != Py_None && (write = PyObject_IsTrue(write_arg)) < 0) {
+        return NULL;
+    }
+    if (write && self->seg.read_only) {
+        raise_engine_error(STX_EREADONLY, self->seg.name);
+        return NULL;
+    }
+    return txn_new(self, write, timeout);
+}
+
+static int
+Memory_getbuffer(MemoryObject *self, Py_buffer *view, int flags)
+{
+    if (memory_check_open(self) < 0) {
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->seg.data,
+                          (Py_ssize_t)self->seg.data_size,
+                          self->seg.read_only, flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    return 0;
+}
+
+static void
+Memory_releasebuffer(MemoryObject *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyObject *
+Memory_get_buf(MemoryObject *self, void *closure)
+{
+    if (memory_check_open(self) < 0) {
+        return NULL;
+    }
+    if (self->buf == NULL) {
+        self->buf = PyMemoryView_FromObject((PyObject *)self);
+    }
+    return Py_XNewRef(self->buf);
+}
+
+static PyObject *
+Memory_get_name(MemoryObject *self, void *closure)
+{
+    return Py_NewRef(self->name ? self->name : Py_None);
+}
+
+static PyObject *
+Memory_get_size(MemoryObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->nitems * (self->fmt ? self->fmt->size
+                                                        : 0));
+}
+
+static PyObject *
+Memory_get_read_only(MemoryObject *self, void *closure)
+{
+    return PyBool_FromLong(self->seg.read_only);
+}
+
+static PyObject *
+Memory_get_format(MemoryObject *self, void *closure)
+{
+    if (self->fmt == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_FromStringAndSize(&self->fmt->code, 1);
+}
+
+static PyObject *
+Memory_get_itemsize(MemoryObject *self, void *closure)
+{
+    return PyLong_FromLong(self->fmt ? self->fmt->size : 0);
+}
+
+static PyObject *
+Memory_get_closed(MemoryObject *self, void *closure)
+{
+    return PyBool_FromLong(self->seg.file == NULL);
+}
+
+static PyObject *
+Memory_get_owner(MemoryObject *self, void *closure)
+{
+    return PyBool_FromLong(self->created
+                           && self->creator_pid == (long)getpid());
+}
+
+/* Header and slot state, for `shmtxn info` and the tests. */
+static PyObject *
+Memory_info(MemoryObject *self, PyObject *unused)
+{
+    if (memory_check_open(self) < 0) {
+        return NULL;
+    }
+    stx_header *h = self->seg.hdr;
+    PyObject *readers = PyList_New(0);
+    uint32_t hwm = atomic_load(&h->slots_hwm);
+    for (uint32_t i = 0; readers && i < hwm && i < self->seg.nslots; i++) {
+        stx_reader_slot *slot = &self->seg.slots[i];
+        int32_t pid = atomic_load(&slot->pid);
+        if (pid == 0) {
+            continue;
+        }
+        PyObject *entry = Py_BuildValue(
+            "{s:i,s:I,s:O}", "pid", pid, "readers",
+            atomic_load(&slot->readers), "alive",
+            stx_pid_alive(self->seg.file, pid) ? Py_True : Py_False);
+        if (entry == NULL || PyList_Append(readers, entry) < 0) {
+            Py_CLEAR(readers);
+        }
+        Py_XDECREF(entry);
+    }
+    if (readers == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue(
+        "{s:O,s:I,s:K,s:K,s:K,s:K,s:I,s:i,s:i,s:K,s:K,s:K,s:K,s:K,s:N}",
+        "name", self->name, "format_version", h->version,
+        "data_size", (unsigned long long)h->data_size,
+        "total_size", (unsigned long long)h->total_size,
+        "undo_size", (unsigned long long)h->undo_size,
+        "undo_used", (unsigned long long)atomic_load(&h->undo_used),
+        "max_processes", h->nslots, "creator_pid", h->creator_pid,
+        "writer_pid", atomic_load(&h->writer_pid),
+        "seq", (unsigned long long)atomic_load(&h->seq),
+        "commits", (unsigned long long)atomic_load(&h->commits),
+        "recoveries", (unsigned long long)atomic_load(&h->recoveries),
+        "created_ns", (unsigned long long)h->created_ns,
+        "modified_ns", (unsigned long long)atomic_load(&h->modified_ns),
+        "processes", readers);
+}
+
+static PyMethodDef Memory_methods[] = {
+    {"txn", (PyCFunction)(void (*)(void))Memory_txn,
+     METH_VARARGS | METH_KEYWORDS,
+     "txn(write=None, timeout=None) -> a transaction to use with `with`"},
+    {"close", (PyCFunction)Memory_close, METH_NOARGS,
+     "Unmap this handle (idempotent)."},
+    {"unlink", (PyCFunction)Memory_unlink, METH_NOARGS,
+     "Remove the segment's name (idempotent)."},
+    {"info", (PyCFunction)Memory_info, METH_NOARGS,
+     "Header, lock and attached-process state as a dict."},
+    {"__enter__", (PyCFunction)Memory_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Memory_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Memory_getset[] = {
+    {"name", (getter)Memory_get_name, NULL, "segment name", NULL},
+    {"size", (getter)Memory_get_size, NULL, "data bytes", NULL},
+    {"read_only", (getter)Memory_get_read_only, NULL, NULL, NULL},
+    {"format", (getter)Memory_get_format, NULL, "item struct code", NULL},
+    {"itemsize", (getter)Memory_get_itemsize, NULL, NULL, NULL},
+    {"closed", (getter)Memory_get_closed, NULL, NULL, NULL},
+    {"owner", (getter)Memory_get_owner, NULL,
+     "True in the process whose handle created the segment", NULL},
+    {"buf", (getter)Memory_get_buf, NULL,
+     "memoryview of the data region (not transactional)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMappingMethods Memory_as_mapping = {
+    .mp_length = (lenfunc)Memory_length,
+    .mp_subscript = (binaryfunc)Memory_subscript,
+    .mp_ass_subscript = (objobjargproc)Memory_ass_subscript,
+};
+
+static PyBufferProcs Memory_as_buffer = {
+    .bf_getbuffer = (getbufferproc)Memory_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)Memory_releasebuffer,
+};
+
+PyTypeObject Memory_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmtxn._core.Memory",
+    .tp_basicsize = sizeof(MemoryObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A handle on a shared-memory segment of typed slots.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Memory_init,
+    .tp_dealloc = (destructor)Memory_dealloc,
+    .tp_traverse = (traverseproc)Memory_traverse,
+    .tp_weaklistoffset = offsetof(MemoryObject, weakrefs),
+    .tp_as_mapping = &Memory_as_mapping,
+    .tp_as_buffer = &Memory_as_buffer,
+    .tp_iter = (getiterfunc)Memory_iter,
+    .tp_methods = Memory_methods,
+    .tp_getset = Memory_getset,
+};

@@ -1,0 +1,516 @@
+/*
+ * py_txn.c -- shmtxn._core.Txn, the object `with shr.txn() as t` binds,
+ * and the waiting loop every transaction (explicit or auto-committed)
+ * opens through.
+ */
+#include <time.h>
+#include <unistd.h>
+
+#include "binding.h"
+
+/* Longest wait with the GIL released before checking Ctrl-C and the
+ * deadline again. */
+#define WAIT_SLICE_NS 20000000ull
+
+static double
+monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Keep stepping the txn with the GIL released, slice by slice. */
+static int
+wait_open(MemoryObject *mem, stx_txn *txn, double timeout)
+{
+    double start = monotonic_s();
+    for (;;) {
+        if (PyErr_CheckSignals() < 0) {
+            stx_txn_cancel(txn);
+            return -1;
+        }
+        uint64_t slice = WAIT_SLICE_NS;
+        if (timeout >= 0) {
+            double left = timeout - (monotonic_s() - start);
+            if (left <= 0) {
+                stx_txn_cancel(txn);
+                raise_lock_timeout(mem->seg.name, timeout, txn->write);
+                return -1;
+            }
+            if (left * 1e9 < (double)slice) {
+                slice = (uint64_t)(left * 1e9) + 1;
+            }
+        }
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = stx_txn_step(txn, slice);
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            return 0;
+        }
+        if (rc != STX_EAGAIN) {
+            raise_engine_error(rc, mem->seg.name);
+            return -1;
+        }
+    }
+}
+
+int
+txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout)
+{
+    if (memory_check_open(mem) < 0) {
+        return -1;
+    }
+    int rc = stx_txn_init(txn, &mem->seg, write);
+    if (rc != 0) {
+        raise_engine_error(rc, mem->seg.name);
+        return -1;
+    }
+    mem->open_txns++;
+    rc = stx_txn_step(txn, 0);
+    if (rc == STX_EAGAIN) {
+        if (wait_open(mem, txn, timeout) == 0) {
+            return 0;
+        }
+    }
+    else if (rc == 0) {
+        return 0;
+    }
+    else {
+        raise_engine_error(rc, mem->seg.name);
+    }
+    mem->open_txns--;
+    return -1;
+}
+
+int
+txn_close(MemoryObject *mem, stx_txn *txn, int commit)
+{
+    int rc = stx_txn_end(txn, commit);
+    if (rc == STX_EFORKED) {
+        txn->state = STX_TXN_IDLE; /* the parent's: forget it here */
+    }
+    if (txn->state == STX_TXN_IDLE) {
+        mem->open_txns--;
+    }
+    if (rc != 0) {
+        raise_engine_error(rc, mem->seg.name);
+        return -1;
+    }
+    return 0;
+}
+
+int
+txn_write_failed(MemoryObject *mem, stx_txn *txn, int code)
+{
+    int user_error = code == STX_ERANGE || code == STX_EREADONLY
+                     || code == STX_EINVAL;
+    if (!user_error && txn->state == STX_TXN_OPEN) {
+        stx_txn_end(txn, 0); /* roll the whole txn back */
+        mem->open_txns--;
+    }
+    raise_engine_error(code, mem->seg.name);
+    return -1;
+}
+
+PyObject *
+txn_new(MemoryObject *mem, int write, double timeout)
+{
+    TxnObject *self = PyObject_GC_New(TxnObject, &Txn_Type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->mem = (MemoryObject *)Py_NewRef(mem);
+    memset(&self->txn, 0, sizeof(self->txn));
+    memset(self->logged, 0, sizeof(self->logged));
+    self->txn.logged = self->logged;
+    self->write = write;
+    self->entered = 0;
+    self->timeout = timeout;
+    self->exports = 0;
+    self->buf = NULL;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* ------------------------------------------------------------------ */
+/* life cycle                                                          */
+
+/* -1 with TransactionClosedError (or the fork/thread error) if `self`
+ * cannot be used now. */
+static int
+check_usable(TxnObject *self)
+{
+    int rc = stx_txn_usable(&self->txn);
+    if (rc == 0) {
+        return 0;
+    }
+    if (rc == STX_ECLOSED) {
+        raise_named("TransactionClosedError", "this transaction on segment"
+                    " '%s' has ended; open a new one with .txn()",
+                    self->mem->seg.name);
+    }
+    else {
+        raise_engine_error(rc, self->mem->seg.name);
+    }
+    return -1;
+}
+
+/* Take back the memoryview t.buf handed out; warn if a view derived from
+ * it outlives the txn (its writes would not be transactional). */
+static void
+release_view(TxnObject *self)
+{
+    if (self->buf == NULL) {
+        return;
+    }
+    PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    Py_CLEAR(self->buf);
+    if (self->exports > 0) {
+        PyErr_WarnFormat(PyExc_ResourceWarning, 1, "a view from txn.buf of "
+                         "segment '%s' outlives its transaction; what is "
+                         "written through it is not transactional",
+                         self->mem->seg.name);
+    }
+}
+
+static PyObject *
+end_txn(TxnObject *self, int commit)
+{
+    if (check_usable(self) < 0) {
+        return NULL;
+    }
+    release_view(self);
+    if (txn_close(self->mem, &self->txn, commit) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Txn_enter(TxnObject *self, PyObject *unused)
+{
+    if (self->entered) {
+        raise_named("TransactionClosedError", "a transaction object can be "
+                    "entered once; open a new one with .txn()");
+        return NULL;
+    }
+    self->entered = 1;
+    if (txn_open(self->mem, &self->txn, self->write, self->timeout) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(self);
+}
+
+static PyObject *
+Txn_exit(TxnObject *self, PyObject *args)
+{
+    PyObject *exc_type = PyTuple_GET_SIZE(args) > 0
+                             ? PyTuple_GET_ITEM(args, 0) : Py_None;
+    if (self->txn.state != STX_TXN_OPEN) {
+        Py_RETURN_FALSE; /* committed, aborted or rolled back already */
+    }
+    PyObject *r = end_txn(self, exc_type == Py_None);
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+Txn_commit(TxnObject *self, PyObject *unused)
+{
+    return end_txn(self, 1);
+}
+
+static PyObject *
+Txn_abort(TxnObject *self, PyObject *unused)
+{
+    return end_txn(self, 0);
+}
+
+static void
+Txn_dealloc(TxnObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->txn.state == STX_TXN_OPEN
+        && stx_txn_usable(&self->txn) == 0) {
+        release_view(self);
+        stx_txn_end(&self->txn, 0); /* never entered `with`: roll back */
+        self->mem->open_txns--;
+    }
+    Py_CLEAR(self->buf);
+    Py_CLEAR(self->mem);
+    PyObject_GC_Del(self);
+}
+
+static int
+Txn_traverse(TxnObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->mem);
+    Py_VISIT(self->buf);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* items                                                               */
+
+static PyObject *
+Txn_subscript(TxnObject *self, PyObject *key)
+{
+    if (check_usable(self) < 0) {
+        return NULL;
+    }
+    MemoryObject *mem = self->mem;
+    if (PySlice_Check(key)) {
+        return memory_read_slice(mem, key, &self->txn);
+    }
+    Py_ssize_t i;
+    if (memory_index(mem, key, &i) < 0) {
+        return NULL;
+    }
+    return item_unpack(mem->fmt, mem->seg.data + i * mem->fmt->size);
+}
+
+static int
+Txn_ass_subscript(TxnObject *self, PyObject *key, PyObject *value)
+{
+    MemoryObject *mem = self->mem;
+    if (check_usable(self) < 0) {
+        return -1;
+    }
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "slots cannot be deleted; a "
+                        "segment has a fixed number of items");
+        return -1;
+    }
+    if (!self->write) {
+        raise_named("ReadOnlyError", "this is a read transaction on segment"
+                    " '%s'; open a write transaction with .txn() to write",
+                    mem->seg.name);
+        return -1;
+    }
+    if (PySlice_Check(key)) {
+        return memory_write_slice(mem, key, value, &self->txn);
+    }
+    Py_ssize_t i;
+    uint64_t raw = 0;
+    if (memory_index(mem, key, &i) < 0
+        || item_pack(mem->fmt, value, &raw) < 0) {
+        return -1;
+    }
+    int rc = stx_write(&self->txn, (uint64_t)i * mem->fmt->size, &raw,
+                       mem->fmt->size);
+    return rc == 0 ? 0 : txn_write_failed(mem, &self->txn, rc);
+}
+
+static Py_ssize_t
+Txn_length(TxnObject *self)
+{
+    return check_usable(self) < 0 ? -1 : self->mem->nitems;
+}
+
+static PyObject *
+all_values(TxnObject *self)
+{
+    if (check_usable(self) < 0) {
+        return NULL;
+    }
+    PyObject *all = PySlice_New(NULL, NULL, NULL);
+    PyObject *list = all ? memory_read_slice(self->mem, all, &self->txn)
+                         : NULL;
+    Py_XDECREF(all);
+    return list;
+}
+
+static PyObject *
+Txn_iter(TxnObject *self)
+{
+    PyObject *list = all_values(self);
+    PyObject *it = list ? PyObject_GetIter(list) : NULL;
+    Py_XDECREF(list);
+    return it;
+}
+
+static PyObject *
+Txn_get(TxnObject *self, PyObject *args)
+{
+    PyObject *key, *fallback = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O:get", &key, &fallback)) {
+        return NULL;
+    }
+    PyObject *value = Txn_subscript(self, key);
+    if (value == NULL && PyErr_ExceptionMatches(PyExc_IndexError)) {
+        PyErr_Clear();
+        return Py_NewRef(fallback);
+    }
+    return value;
+}
+
+static PyObject *
+Txn_keys(TxnObject *self, PyObject *unused)
+{
+    if (check_usable(self) < 0) {
+        return NULL;
+    }
+    return PyObject_CallFunction((PyObject *)&PyRange_Type, "n",
+                                 self->mem->nitems);
+}
+
+static PyObject *
+Txn_values(TxnObject *self, PyObject *unused)
+{
+    return all_values(self);
+}
+
+static PyObject *
+Txn_items(TxnObject *self, PyObject *unused)
+{
+    PyObject *values = all_values(self);
+    if (values == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *items = PyList_New(n);
+    for (Py_ssize_t i = 0; items != NULL && i < n; i++) {
+        PyObject *pair = Py_BuildValue("(nO)", i,
+                                       PyList_GET_ITEM(values, i));
+        if (pair == NULL) {
+            Py_CLEAR(items);
+            break;
+        }
+        PyList_SET_ITEM(items, i, pair);
+    }
+    Py_DECREF(values);
+    return items;
+}
+
+/* ------------------------------------------------------------------ */
+/* t.buf                                                               */
+
+static int
+Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
+{
+    MemoryObject *mem = self->mem;
+    if (check_usable(self) < 0) {
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, mem->seg.data,
+                          (Py_ssize_t)mem->seg.data_size, !self->write,
+                          flags) < 0) {
+        return -1;
+    }
+    self->exports++;
+    mem->exports++;
+    return 0;
+}
+
+static void
+Txn_releasebuffer(TxnObject *self, Py_buffer *view)
+{
+    self->exports--;
+    self->mem->exports--;
+}
+
+/* In a write txn the whole data region is logged before the view is
+ * handed out, so writes through it roll back like any other. */
+static PyObject *
+Txn_get_buf(TxnObject *self, void *closure)
+{
+    if (check_usable(self) < 0) {
+        return NULL;
+    }
+    if (self->buf == NULL) {
+        if (self->write) {
+            int rc = stx_undo_prepare(&self->txn, 0,
+                                      self->mem->seg.data_size);
+            if (rc != 0) {
+                txn_write_failed(self->mem, &self->txn, rc);
+                return NULL;
+            }
+        }
+        self->buf = PyMemoryView_FromObject((PyObject *)self);
+    }
+    return Py_XNewRef(self->buf);
+}
+
+static PyObject *
+Txn_get_write(TxnObject *self, void *closure)
+{
+    return PyBool_FromLong(self->write);
+}
+
+static PyObject *
+Txn_get_active(TxnObject *self, void *closure)
+{
+    return PyBool_FromLong(stx_txn_usable(&self->txn) == 0);
+}
+
+static PyObject *
+Txn_repr(TxnObject *self)
+{
+    const char *state = self->txn.state == STX_TXN_OPEN ? "open"
+                        : self->entered ? "ended" : "not entered";
+    return PyUnicode_FromFormat("<shmtxn %s txn on %R, %s>",
+                                self->write ? "write" : "read",
+                                self->mem->name, state);
+}
+
+static PyMethodDef Txn_methods[] = {
+    {"__enter__", (PyCFunction)Txn_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Txn_exit, METH_VARARGS, NULL},
+    {"commit", (PyCFunction)Txn_commit, METH_NOARGS,
+     "Commit now; the transaction cannot be used afterwards."},
+    {"abort", (PyCFunction)Txn_abort, METH_NOARGS,
+     "Roll back every change of this transaction and end it."},
+    {"get", (PyCFunction)Txn_get, METH_VARARGS,
+     "get(index, default=None)"},
+    {"keys", (PyCFunction)Txn_keys, METH_NOARGS, "range of the indices"},
+    {"values", (PyCFunction)Txn_values, METH_NOARGS, "list of the items"},
+    {"items", (PyCFunction)Txn_items, METH_NOARGS,
+     "list of (index, item) pairs"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Txn_getset[] = {
+    {"buf", (getter)Txn_get_buf, NULL,
+     "memoryview of the data region, valid inside the transaction", NULL},
+    {"write", (getter)Txn_get_write, NULL, "True for a write txn", NULL},
+    {"active", (getter)Txn_get_active, NULL,
+     "True while the transaction is open and usable here", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMappingMethods Txn_as_mapping = {
+    .mp_length = (lenfunc)Txn_length,
+    .mp_subscript = (binaryfunc)Txn_subscript,
+    .mp_ass_subscript = (objobjargproc)Txn_ass_subscript,
+};
+
+static PyBufferProcs Txn_as_buffer = {
+    .bf_getbuffer = (getbufferproc)Txn_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)Txn_releasebuffer,
+};
+
+PyTypeObject Txn_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmtxn._core.Txn",
+    .tp_basicsize = sizeof(TxnObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A transaction on a SharedMemory segment; use with `with`.",
+    .tp_dealloc = (destructor)Txn_dealloc,
+    .tp_traverse = (traverseproc)Txn_traverse,
+    .tp_repr = (reprfunc)Txn_repr,
+    .tp_as_mapping = &Txn_as_mapping,
+    .tp_as_buffer = &Txn_as_buffer,
+    .tp_iter = (getiterfunc)Txn_iter,
+    .tp_methods = Txn_methods,
+    .tp_getset = Txn_getset,
+};

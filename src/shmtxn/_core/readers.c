@@ -1,0 +1,119 @@
+/*
+ * readers.c -- the reader slot table: claim, release, reap dead owners.
+ *
+ * The protocol each slot follows is described above stx_reader_slot in
+ * layout.h.  The high-water mark `slots_hwm` only grows; writers scan the
+ * slots below it, so a segment with three processes costs a writer three
+ * cache lines, not the whole table.
+ */
+#define _GNU_SOURCE
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+/* Never trust the shared high-water mark: clamp it to the table. */
+static uint32_t
+slots_in_use(const stx_segment *seg)
+{
+    uint32_t hwm = atomic_load_explicit(&seg->hdr->slots_hwm,
+                                        memory_order_acquire);
+    return hwm < seg->nslots ? hwm : seg->nslots;
+}
+
+/* Free a slot whose owner is gone: its readers stop counting first. */
+static void
+clear_slot(stx_reader_slot *slot, int32_t owner)
+{
+    atomic_store(&slot->readers, 0);
+    atomic_compare_exchange_strong(&slot->pid, &owner, 0);
+}
+
+int
+stx_slots_reap(stx_segment *seg)
+{
+    int cleared = 0;
+    uint32_t n = slots_in_use(seg);
+    for (uint32_t i = 0; i < n; i++) {
+        int32_t pid = atomic_load(&seg->slots[i].pid);
+        if (pid != 0 && pid != getpid()
+            && !stx_pid_alive(seg->file, pid)) {
+            clear_slot(&seg->slots[i], pid);
+            cleared++;
+        }
+    }
+    return cleared;
+}
+
+static void
+raise_hwm(stx_header *hdr, uint32_t at_least)
+{
+    uint32_t hwm = atomic_load(&hdr->slots_hwm);
+    while (hwm < at_least
+           && !atomic_compare_exchange_weak(&hdr->slots_hwm, &hwm,
+                                            at_least)) {
+    }
+}
+
+/* CAS the first free slot to our pid; returns its index or -1. */
+static int32_t
+claim_free_slot(stx_segment *seg, int32_t me)
+{
+    for (uint32_t i = 0; i < seg->nslots; i++) {
+        int32_t expected = 0;
+        stx_reader_slot *slot = &seg->slots[i];
+        if (atomic_load(&slot->pid) == 0
+            && atomic_compare_exchange_strong(&slot->pid, &expected, me)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            slot->attached_ns = (uint64_t)ts.tv_sec * 1000000000ull
+                                + (uint64_t)ts.tv_nsec;
+            atomic_store(&slot->readers, 0);
+            raise_hwm(seg->hdr, i + 1);
+            return (int32_t)i;
+        }
+    }
+    return -1;
+}
+
+int
+stx_slot_ensure(stx_segment *seg)
+{
+    stx_file *file = seg->file;
+    if (file->slot >= 0 && file->fork_gen == stx_fork_gen) {
+        return 0;
+    }
+    int32_t me = getpid();
+    /* A slot already bearing our pid was left by a dead process whose pid
+     * we reused: we have not claimed one yet. */
+    uint32_t n = slots_in_use(seg);
+    for (uint32_t i = 0; i < n; i++) {
+        if (atomic_load(&seg->slots[i].pid) == me) {
+            clear_slot(&seg->slots[i], me);
+        }
+    }
+    int32_t slot = claim_free_slot(seg, me);
+    if (slot < 0 && stx_slots_reap(seg) > 0) {
+        slot = claim_free_slot(seg, me);
+    }
+    if (slot < 0) {
+        return stx_fail(STX_ESLOTS, "segment '%s' already has %u live "
+                        "processes attached (its max_processes)", seg->name,
+                        seg->nslots);
+    }
+    file->slot = slot;
+    file->fork_gen = stx_fork_gen;
+    return 0;
+}
+
+void
+stx_slot_release(stx_segment *seg)
+{
+    stx_file *file = seg->file;
+    if (file->slot < 0 || file->fork_gen != stx_fork_gen
+        || (uint32_t)file->slot >= seg->nslots) {
+        return;
+    }
+    clear_slot(&seg->slots[file->slot], getpid());
+    file->slot = -1;
+}

@@ -1,0 +1,804 @@
+/*
+ * segment.c -- create, attach, close and unlink segments; the per-process
+ * file registry and liveness beacons; header validation; error details.
+ *
+ * Protocols are described in layout.h (creation) and engine.h (beacons).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine.h"
+
+#define SHM_DIR "/dev/shm/"
+#define INIT_LOCK_BYTE 0
+#define DEFAULT_NSLOTS 128u
+#define MAX_NSLOTS 65536u
+/* How long an attacher gives a creator that has opened the name but not
+ * yet taken the init lock (a window of a few instructions). */
+#define CREATOR_GRACE_NS 200000000ull
+
+volatile uint64_t stx_fork_gen = 1;
+
+static _Thread_local char detail_buf[512];
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static stx_file *registry;
+static char crash_point[64];
+
+/* ------------------------------------------------------------------ */
+/* errors and small helpers                                            */
+
+const char *
+stx_detail(void)
+{
+    return detail_buf;
+}
+
+int
+stx_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail_buf, sizeof(detail_buf), fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* Map an errno from the OS to an engine code, recording what failed. */
+static int
+fail_errno(int err, const char *what, const char *name)
+{
+    int code = STX_ESYS;
+    switch (err) {
+    case EEXIST: code = STX_EEXIST; break;
+    case ENOENT: code = STX_ENOENT; break;
+    case EACCES:
+    case EPERM: code = STX_EACCES; break;
+    case ENOSPC: code = STX_EFULL; break;
+    case ENOMEM: code = STX_ENOMEM; break;
+    case EINVAL:
+    case ENAMETOOLONG: code = STX_EINVAL; break;
+    }
+    return stx_fail(code, "%s of '%s' failed: %s", what, name,
+                    strerror(err));
+}
+
+static uint64_t
+now_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t
+round_up(uint64_t value, uint64_t to)
+{
+    return (value + to - 1) / to * to;
+}
+
+uint32_t
+stx_abi_word(void)
+{
+    uint32_t little = 1;
+    return (uint32_t)sizeof(pthread_mutex_t)
+           | (uint32_t)_Alignof(pthread_mutex_t) << 8
+           | (uint32_t)(STX_CACHE_LINE / 8) << 16
+           | (uint32_t)sizeof(void *) << 24
+           | (uint32_t)(*(uint8_t *)&little) << 31;
+}
+
+/* FNV-1a over the immutable header fields. */
+static uint64_t
+header_checksum(const stx_header *hdr)
+{
+    const uint8_t *p = (const uint8_t *)hdr + sizeof(hdr->magic);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = sizeof(hdr->magic); i < STX_CHECKSUMMED_BYTES; i++) {
+        h = (h ^ *p++) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+int
+stx_check_name(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > STX_NAME_MAX) {
+        return stx_fail(STX_EINVAL, "a segment name has 1 to %d characters"
+                        " (got %zu)", STX_NAME_MAX, len);
+    }
+    if (strchr(name, '/') != NULL || strcmp(name, ".") == 0
+        || strcmp(name, "..") == 0) {
+        return stx_fail(STX_EINVAL, "segment name '%s' may not contain '/'"
+                        " or be '.' or '..'", name);
+    }
+    return 0;
+}
+
+uint64_t
+stx_default_undo_size(uint64_t data_size)
+{
+    uint64_t size = data_size * 4;
+    if (size > (64ull << 20)) {
+        size = 64ull << 20;
+    }
+    if (size < (16ull << 10)) {
+        size = 16ull << 10;
+    }
+    return round_up(size, STX_PAGE);
+}
+
+void
+stx_set_crash_point(const char *point)
+{
+    snprintf(crash_point, sizeof(crash_point), "%s", point ? point : "");
+}
+
+void
+stx_crash_point(const char *point)
+{
+    if (crash_point[0] != '\0' && strcmp(crash_point, point) == 0) {
+        raise(SIGKILL);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* beacons and the file registry                                       */
+
+static int
+lock_byte(int fd, short type, off_t byte, int cmd)
+{
+    struct flock fl = {0};
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = byte;
+    fl.l_len = 1;
+    return fcntl(fd, cmd, &fl);
+}
+
+static int
+take_beacon(int fd)
+{
+    return lock_byte(fd, F_WRLCK, (off_t)getpid(), F_SETLK);
+}
+
+int
+stx_pid_alive(const stx_file *file, int32_t pid)
+{
+    if (pid <= 0) {
+        return 0;
+    }
+    if (pid == getpid()) {
+        return 1;
+    }
+    struct flock fl = {0};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = pid;
+    fl.l_len = 1;
+    if (fcntl(file->fd, F_GETLK, &fl) != 0) {
+        return 1; /* cannot tell: assume alive, never clear a live slot */
+    }
+    return fl.l_type != F_UNLCK;
+}
+
+/* In a forked child: our beacons are not inherited, take them anew, and
+ * forget the parent's slots and txns. */
+static void
+after_fork_in_child(void)
+{
+    stx_fork_gen++;
+    for (stx_file *f = registry; f != NULL; f = f->next) {
+        take_beacon(f->fd);
+        f->slot = -1;
+        f->ntxn = 0;
+    }
+    pthread_mutex_init(&registry_lock, NULL);
+}
+
+int
+stx_engine_init(void)
+{
+    static int done;
+    if (!done) {
+        if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+            return stx_fail(STX_ESYS, "pthread_atfork failed");
+        }
+        done = 1;
+    }
+    return 0;
+}
+
+static stx_file *
+registry_find(dev_t dev, ino_t ino)
+{
+    for (stx_file *f = registry; f != NULL; f = f->next) {
+        if (f->dev == dev && f->ino == ino) {
+            return f;
+        }
+    }
+    return NULL;
+}
+
+/* Register a freshly opened fd: take its beacon, or, if this process
+ * already has the file open, reuse that fd and close this one. */
+static int
+registry_adopt(int fd, const char *name, stx_file **out)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        return fail_errno(err, "fstat", name);
+    }
+    stx_file *f = registry_find(st.st_dev, st.st_ino);
+    if (f != NULL) {
+        close(fd);             /* drops our classic locks on the file... */
+        take_beacon(f->fd);    /* ...so take the beacon again at once */
+        f->refs++;
+        *out = f;
+        return 0;
+    }
+    f = calloc(1, sizeof(*f));
+    if (f == NULL) {
+        close(fd);
+        return stx_fail(STX_ENOMEM, "out of memory attaching '%s'", name);
+    }
+    if (take_beacon(fd) != 0) {
+        int err = errno;
+        free(f);
+        close(fd);
+        return fail_errno(err, "taking the liveness lock", name);
+    }
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+    f->fd = fd;
+    f->refs = 1;
+    f->slot = -1;
+    f->next = registry;
+    registry = f;
+    *out = f;
+    return 0;
+}
+
+/* Open `name`, reusing this process's fd when it has one: opening and
+ * closing a second fd would drop the beacon. */
+static int
+open_shared_fd(const char *name, stx_file **out)
+{
+    char path[sizeof(SHM_DIR) + STX_NAME_MAX + 1];
+    snprintf(path, sizeof(path), SHM_DIR "%s", name);
+    struct stat st;
+    pthread_mutex_lock(&registry_lock);
+    if (stat(path, &st) == 0) {
+        stx_file *f = registry_find(st.st_dev, st.st_ino);
+        if (f != NULL) {
+            f->refs++;
+            *out = f;
+            pthread_mutex_unlock(&registry_lock);
+            return 0;
+        }
+    }
+    char shm_name[STX_NAME_MAX + 2];
+    snprintf(shm_name, sizeof(shm_name), "/%s", name);
+    int fd = shm_open(shm_name, O_RDWR | O_CLOEXEC, 0);
+    int rc;
+    if (fd < 0) {
+        rc = fail_errno(errno, "attach", name);
+        if (rc == STX_ENOENT) {
+            rc = stx_fail(STX_ENOENT, "no segment named '%s'", name);
+        }
+    }
+    else {
+        rc = registry_adopt(fd, name, out);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return rc;
+}
+
+static void
+release_file(stx_file *file)
+{
+    pthread_mutex_lock(&registry_lock);
+    if (--file->refs == 0) {
+        for (stx_file **p = &registry; *p != NULL; p = &(*p)->next) {
+            if (*p == file) {
+                *p = file->next;
+                break;
+            }
+        }
+        close(file->fd);
+        free(file);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* ------------------------------------------------------------------ */
+/* mapping                                                             */
+
+/* Point the handle's fields into a mapping of a validated header. */
+static void
+fill_handle(stx_segment *seg, uint8_t *base, size_t map_size)
+{
+    stx_header *hdr = (stx_header *)base;
+    seg->base = base;
+    seg->map_size = map_size;
+    seg->hdr = hdr;
+    seg->slots = (stx_reader_slot *)(base + hdr->slots_off);
+    seg->nslots = hdr->nslots;
+    seg->undo = base + hdr->undo_off;
+    seg->undo_size = hdr->undo_size;
+    seg->data = base + hdr->data_off;
+    seg->data_size = hdr->data_size;
+}
+
+static int
+map_file(stx_segment *seg, size_t size, uint8_t **out)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   seg->file->fd, 0);
+    if (p == MAP_FAILED) {
+        return fail_errno(errno, "mmap", seg->name);
+    }
+    *out = p;
+    return 0;
+}
+
+/* Read-only handles see the data region as PROT_READ. */
+static int
+protect_data(stx_segment *seg)
+{
+    if (!seg->read_only || seg->data_size == 0) {
+        return 0;
+    }
+    size_t len = (size_t)round_up(seg->data_size, STX_PAGE);
+    if (mprotect(seg->data, len, PROT_READ) != 0) {
+        return fail_errno(errno, "mprotect", seg->name);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* creation                                                            */
+
+/* Lay out the regions for `opts` into `hdr` (not yet mapped memory). */
+static int
+plan_layout(stx_header *hdr, const stx_create_opts *opts)
+{
+    uint32_t nslots = opts->nslots ? opts->nslots : DEFAULT_NSLOTS;
+    if (nslots > MAX_NSLOTS) {
+        return stx_fail(STX_EINVAL, "max_processes is at most %u",
+                        MAX_NSLOTS);
+    }
+    uint64_t undo = opts->undo_size ? round_up(opts->undo_size, 8)
+                                    : stx_default_undo_size(opts->data_size);
+    if (opts->data_size > (1ull << 46) || undo > (1ull << 40)) {
+        return stx_fail(STX_EFULL, "asked for %llu data bytes and %llu undo"
+                        " bytes: more than any machine has",
+                        (unsigned long long)opts->data_size,
+                        (unsigned long long)undo);
+    }
+    hdr->header_size = (uint32_t)round_up(sizeof(stx_header), STX_PAGE);
+    hdr->slots_off = hdr->header_size;
+    hdr->nslots = nslots;
+    hdr->slot_size = sizeof(stx_reader_slot);
+    hdr->undo_off = hdr->slots_off + (uint64_t)nslots * sizeof(stx_reader_slot);
+    hdr->undo_size = undo;
+    hdr->data_off = round_up(hdr->undo_off + undo, STX_PAGE);
+    hdr->data_size = opts->data_size;
+    hdr->total_size = round_up(hdr->data_off + opts->data_size, STX_PAGE);
+    return 0;
+}
+
+/* Refuse up front what /dev/shm cannot hold, so a full tmpfs is a clear
+ * error now and never a SIGBUS later. */
+static int
+check_free_space(int fd, uint64_t total, const char *name)
+{
+    struct statvfs vfs;
+    if (fstatvfs(fd, &vfs) != 0) {
+        return 0; /* let posix_fallocate decide */
+    }
+    uint64_t free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    if (total > free_bytes) {
+        return stx_fail(STX_EFULL, "segment '%s' needs %llu bytes but "
+                        "/dev/shm has %llu free", name,
+                        (unsigned long long)total,
+                        (unsigned long long)free_bytes);
+    }
+    return 0;
+}
+
+static int
+reserve_space(int fd, uint64_t total, const char *name)
+{
+    int rc = check_free_space(fd, total, name);
+    if (rc != 0) {
+        return rc;
+    }
+    int err = posix_fallocate(fd, 0, (off_t)total);
+    if (err == ENOSPC || err == EFBIG) {
+        return stx_fail(STX_EFULL, "segment '%s' needs %llu bytes but "
+                        "/dev/shm ran out of space", name,
+                        (unsigned long long)total);
+    }
+    if (err != 0) {
+        return fail_errno(err, "reserving space", name);
+    }
+    return 0;
+}
+
+static int
+init_writer_mutex(pthread_mutex_t *m)
+{
+    pthread_mutexattr_t attr;
+    int rc = pthread_mutexattr_init(&attr);
+    if (rc == 0) {
+        rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    }
+    if (rc == 0) {
+        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    }
+    if (rc == 0) {
+        rc = pthread_mutex_init(m, &attr);
+    }
+    pthread_mutexattr_destroy(&attr);
+    return rc;
+}
+
+static void
+fill_identity(stx_header *hdr, const stx_create_opts *opts)
+{
+    hdr->version = STX_FORMAT_VERSION;
+    hdr->abi = stx_abi_word();
+    hdr->layout_kind = opts->layout_kind;
+    snprintf(hdr->format, sizeof(hdr->format), "%s",
+             opts->format ? opts->format : "");
+    hdr->itemsize = opts->itemsize;
+    hdr->ndim = opts->ndim;
+    for (uint32_t i = 0; i < opts->ndim && i < STX_MAX_NDIM; i++) {
+        hdr->shape[i] = opts->shape[i];
+    }
+    uint64_t t = now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)getpid() << 32);
+    hdr->hash_key[0] = t * 0x9e3779b97f4a7c15ull;
+    hdr->hash_key[1] = (t ^ (uintptr_t)hdr) * 0xc2b2ae3d27d4eb4full;
+    hdr->creator_pid = getpid();
+    hdr->created_ns = now_ns(CLOCK_REALTIME);
+    atomic_store(&hdr->modified_ns, hdr->created_ns);
+}
+
+/* Fill a fresh, zeroed header and publish it by storing the magic. */
+static int
+init_header(stx_segment *seg, const stx_create_opts *opts)
+{
+    stx_header *hdr = seg->hdr;
+    fill_identity(hdr, opts);
+    if (init_writer_mutex(&hdr->writer_mutex) != 0) {
+        return stx_fail(STX_ESYS, "cannot make a robust process-shared "
+                        "mutex on this system");
+    }
+    hdr->checksum = header_checksum(hdr);
+    stx_crash_point("create:before_magic");
+    atomic_store_explicit(&hdr->magic, STX_MAGIC, memory_order_release);
+    return 0;
+}
+
+/* The steps of creation after the name exists and we hold the init lock. */
+static int
+build_segment(stx_segment *seg, const stx_create_opts *opts)
+{
+    stx_header plan = {0};
+    int rc = plan_layout(&plan, opts);
+    if (rc == 0) {
+        rc = reserve_space(seg->file->fd, plan.total_size, seg->name);
+    }
+    stx_crash_point("create:after_reserve");
+    uint8_t *base = NULL;
+    if (rc == 0) {
+        rc = map_file(seg, plan.total_size, &base);
+    }
+    if (rc == 0) {
+        /* the geometry fields lie between the magic and the format */
+        memcpy(base + sizeof(plan.magic), (uint8_t *)&plan + sizeof(plan.magic),
+               offsetof(stx_header, format) - sizeof(plan.magic));
+        fill_handle(seg, base, plan.total_size);
+        rc = init_header(seg, opts);
+        if (rc != 0) {
+            munmap(base, plan.total_size);
+            seg->base = NULL;
+        }
+    }
+    return rc;
+}
+
+int
+stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
+{
+    memset(seg, 0, sizeof(*seg));
+    int rc = stx_check_name(name);
+    if (rc != 0) {
+        return rc;
+    }
+    snprintf(seg->name, sizeof(seg->name), "%s", name);
+    char shm_name[STX_NAME_MAX + 2];
+    snprintf(shm_name, sizeof(shm_name), "/%s", name);
+    pthread_mutex_lock(&registry_lock);
+    int fd = shm_open(shm_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+                      opts->mode ? opts->mode : 0600);
+    if (fd < 0) {
+        pthread_mutex_unlock(&registry_lock);
+        rc = fail_errno(errno, "create", name);
+        if (rc == STX_EEXIST) {
+            rc = stx_fail(STX_EEXIST, "a segment named '%s' already exists",
+                          name);
+        }
+        return rc;
+    }
+    if (lock_byte(fd, F_WRLCK, INIT_LOCK_BYTE, F_SETLK) != 0) {
+        rc = fail_errno(errno, "taking the init lock", name);
+        close(fd);
+        shm_unlink(shm_name);
+        pthread_mutex_unlock(&registry_lock);
+        return rc;
+    }
+    stx_crash_point("create:after_open");
+    rc = registry_adopt(fd, name, &seg->file);
+    pthread_mutex_unlock(&registry_lock);
+    if (rc == 0) {
+        rc = build_segment(seg, opts);
+        if (rc != 0) {
+            shm_unlink(shm_name);
+            release_file(seg->file);
+            seg->file = NULL;
+            return rc;
+        }
+        lock_byte(seg->file->fd, F_UNLCK, INIT_LOCK_BYTE, F_SETLK);
+        rc = stx_slot_ensure(seg);
+        if (rc != 0) {
+            stx_close(seg);
+            shm_unlink(shm_name);
+        }
+    }
+    else {
+        shm_unlink(shm_name);
+    }
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* attaching                                                           */
+
+static int
+check_region(const char *what, uint64_t off, uint64_t len, uint64_t total,
+             const char *name)
+{
+    if (off > total || len > total - off) {
+        return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its %s "
+                        "region [%llu, +%llu) lies outside its %llu bytes",
+                        name, what, (unsigned long long)off,
+                        (unsigned long long)len, (unsigned long long)total);
+    }
+    return 0;
+}
+
+/* Check every immutable header field against the file's real size. */
+static int
+header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
+{
+    if (atomic_load(&hdr->magic) != STX_MAGIC) {
+        return stx_fail(STX_ECORRUPT, "'%s' is not a shmtxn segment, or "
+                        "its header is corrupt (bad magic)", name);
+    }
+    if (hdr->version != STX_FORMAT_VERSION || hdr->abi != stx_abi_word()) {
+        return stx_fail(STX_EINCOMPAT, "segment '%s' has format version %u"
+                        " ABI %#x; this shmtxn reads version %u ABI %#x",
+                        name, hdr->version, hdr->abi, STX_FORMAT_VERSION,
+                        stx_abi_word());
+    }
+    if (hdr->checksum != header_checksum(hdr)) {
+        return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header"
+                        " checksum does not match", name);
+    }
+    if (hdr->total_size != file_size
+        || hdr->header_size < sizeof(stx_header)
+        || hdr->slot_size != sizeof(stx_reader_slot)
+        || hdr->nslots == 0 || hdr->nslots > MAX_NSLOTS
+        || hdr->data_off % STX_PAGE != 0 || hdr->ndim > STX_MAX_NDIM
+        || hdr->itemsize == 0 || hdr->data_size % hdr->itemsize != 0
+        || memchr(hdr->format, 0, sizeof(hdr->format)) == NULL) {
+        return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header"
+                        " geometry is impossible", name);
+    }
+    int rc = check_region("header", 0, hdr->header_size, file_size, name);
+    if (rc == 0) {
+        rc = check_region("slot", hdr->slots_off,
+                          (uint64_t)hdr->nslots * hdr->slot_size,
+                          file_size, name);
+    }
+    if (rc == 0) {
+        rc = check_region("undo", hdr->undo_off, hdr->undo_size, file_size,
+                          name);
+    }
+    if (rc == 0) {
+        rc = check_region("data", hdr->data_off, hdr->data_size, file_size,
+                          name);
+    }
+    return rc;
+}
+
+static int
+file_size_of(stx_segment *seg, uint64_t *size)
+{
+    struct stat st;
+    if (fstat(seg->file->fd, &st) != 0) {
+        return fail_errno(errno, "fstat", seg->name);
+    }
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+/* Is the segment published?  1 yes, 0 not yet; reads only the magic. */
+static int
+is_published(stx_segment *seg, uint64_t size)
+{
+    if (size < sizeof(stx_header)) {
+        return 0;
+    }
+    uint8_t *base;
+    if (map_file(seg, STX_PAGE, &base) != 0) {
+        return 0;
+    }
+    uint64_t magic = atomic_load_explicit(&((stx_header *)base)->magic,
+                                          memory_order_acquire);
+    munmap(base, STX_PAGE);
+    return magic != 0;
+}
+
+/* Wait until the creator has published the header, or report that it died
+ * mid-creation (the init lock is free but nothing was published). */
+static int
+wait_for_creator(stx_segment *seg, uint64_t timeout_ns)
+{
+    uint64_t start = now_ns(CLOCK_MONOTONIC);
+    for (;;) {
+        uint64_t size;
+        int rc = file_size_of(seg, &size);
+        if (rc != 0 || is_published(seg, size)) {
+            return rc;
+        }
+        int fd = seg->file->fd;
+        int free_now = lock_byte(fd, F_RDLCK, INIT_LOCK_BYTE, F_SETLK) == 0;
+        if (free_now) {
+            lock_byte(fd, F_UNLCK, INIT_LOCK_BYTE, F_SETLK);
+            rc = file_size_of(seg, &size);
+            if (rc != 0 || is_published(seg, size)) {
+                return rc;
+            }
+        }
+        uint64_t waited = now_ns(CLOCK_MONOTONIC) - start;
+        if (free_now && (size > 0 || waited > CREATOR_GRACE_NS)) {
+            return stx_fail(STX_ECORRUPT, "segment '%s' was left half-"
+                            "created by a process that died; remove it "
+                            "with `shmtxn rm %s`", seg->name, seg->name);
+        }
+        if (waited > timeout_ns) {
+            return stx_fail(STX_EAGAIN, "segment '%s' is still being "
+                            "created by another process", seg->name);
+        }
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+static int
+attach_mapped(stx_segment *seg)
+{
+    uint64_t size;
+    int rc = file_size_of(seg, &size);
+    if (rc != 0) {
+        return rc;
+    }
+    if (size < STX_PAGE) {
+        return stx_fail(STX_ECORRUPT, "'%s' is not a shmtxn segment (only "
+                        "%llu bytes)", seg->name, (unsigned long long)size);
+    }
+    uint8_t *base;
+    rc = map_file(seg, (size_t)size, &base);
+    if (rc != 0) {
+        return rc;
+    }
+    rc = header_validate((stx_header *)base, size, seg->name);
+    if (rc == 0) {
+        fill_handle(seg, base, (size_t)size);
+        rc = protect_data(seg);
+    }
+    if (rc == 0) {
+        rc = stx_slot_ensure(seg);
+    }
+    if (rc != 0) {
+        munmap(base, (size_t)size);
+        seg->base = NULL;
+    }
+    return rc;
+}
+
+int
+stx_attach(stx_segment *seg, const char *name, int read_only,
+           uint64_t timeout_ns)
+{
+    memset(seg, 0, sizeof(*seg));
+    int rc = stx_check_name(name);
+    if (rc != 0) {
+        return rc;
+    }
+    snprintf(seg->name, sizeof(seg->name), "%s", name);
+    seg->read_only = read_only;
+    rc = open_shared_fd(name, &seg->file);
+    if (rc != 0) {
+        return rc;
+    }
+    stx_crash_point("attach:after_open");
+    rc = wait_for_creator(seg, timeout_ns);
+    if (rc == 0) {
+        rc = attach_mapped(seg);
+    }
+    if (rc != 0) {
+        release_file(seg->file);
+        seg->file = NULL;
+    }
+    return rc;
+}
+
+void
+stx_close(stx_segment *seg)
+{
+    if (seg->file == NULL) {
+        return;
+    }
+    if (seg->file->refs == 1) {
+        stx_slot_release(seg);
+    }
+    if (seg->base != NULL) {
+        munmap(seg->base, seg->map_size);
+    }
+    release_file(seg->file);
+    seg->file = NULL;
+    seg->base = NULL;
+    seg->hdr = NULL;
+    seg->data = NULL;
+}
+
+int
+stx_unlink(const char *name, const stx_segment *seg)
+{
+    int rc = stx_check_name(name);
+    if (rc != 0) {
+        return rc;
+    }
+    char path[sizeof(SHM_DIR) + STX_NAME_MAX + 1];
+    snprintf(path, sizeof(path), SHM_DIR "%s", name);
+    struct stat st;
+    if (seg != NULL && seg->file != NULL && stat(path, &st) == 0
+        && (st.st_dev != seg->file->dev || st.st_ino != seg->file->ino)) {
+        return stx_fail(STX_ENOENT, "'%s' now names another segment",
+                        name);
+    }
+    char shm_name[STX_NAME_MAX + 2];
+    snprintf(shm_name, sizeof(shm_name), "/%s", name);
+    if (shm_unlink(shm_name) != 0) {
+        return fail_errno(errno, "unlink", name);
+    }
+    return 0;
+}

@@ -1,0 +1,257 @@
+/*
+ * undo.c -- the undo log, and reads and writes of the data region.
+ *
+ * A record is {offset, length}, the `length` old bytes padded to 8, then a
+ * trailer holding the record's total size, so rollback walks the log from
+ * its end without any memory of its own (it runs in recovery, too).
+ *
+ * Publication order for one write (see layout.h): make seq odd if this is
+ * the txn's first write; write the record past `undo_used`; store the new
+ * `undo_used` with release order; only then write the data in place.  A
+ * writer killed between any two of these leaves either an unpublished
+ * record (ignored, data untouched) or a published one (replayed: the data
+ * gets its old bytes back, whether or not it was changed).
+ */
+#define _GNU_SOURCE
+#include <string.h>
+#include <sys/mman.h>
+
+#include "engine.h"
+
+#define RECORD_OVERHEAD (sizeof(stx_undo_record) + sizeof(uint64_t))
+
+static uint64_t
+pad8(uint64_t n)
+{
+    return (n + 7) & ~(uint64_t)7;
+}
+
+/* The check every data access makes: is [offset, offset+length) inside
+ * the data region? */
+static int
+check_range(const stx_segment *seg, uint64_t offset, uint64_t length)
+{
+    if (offset > seg->data_size || length > seg->data_size - offset) {
+        return stx_fail(STX_ERANGE, "bytes [%llu, +%llu) are outside the "
+                        "%llu-byte data region of '%s'",
+                        (unsigned long long)offset,
+                        (unsigned long long)length,
+                        (unsigned long long)seg->data_size, seg->name);
+    }
+    return 0;
+}
+
+/* The log length, checked: it is shared memory. */
+static int
+log_used(const stx_segment *seg, uint64_t *used)
+{
+    *used = atomic_load_explicit(&seg->hdr->undo_used, memory_order_acquire);
+    if (*used > seg->undo_size || *used % 8 != 0) {
+        return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its undo "
+                        "log claims %llu of %llu bytes", seg->name,
+                        (unsigned long long)*used,
+                        (unsigned long long)seg->undo_size);
+    }
+    return 0;
+}
+
+/* The record that ends at `end`, checked; NULL (and a detail) if bad. */
+static const stx_undo_record *
+record_before(const stx_segment *seg, uint64_t end)
+{
+    if (end < RECORD_OVERHEAD) {
+        return NULL;
+    }
+    uint64_t total;
+    memcpy(&total, seg->undo + end - sizeof(total), sizeof(total));
+    if (total < RECORD_OVERHEAD || total > end || total % 8 != 0) {
+        return NULL;
+    }
+    const stx_undo_record *rec =
+        (const stx_undo_record *)(seg->undo + end - total);
+    if (pad8(rec->length) != total - RECORD_OVERHEAD
+        || check_range(seg, rec->offset, rec->length) != 0) {
+        return NULL;
+    }
+    return rec;
+}
+
+static uint64_t
+record_size(const stx_undo_record *rec)
+{
+    return RECORD_OVERHEAD + pad8(rec->length);
+}
+
+int
+stx_undo_validate(const stx_segment *seg)
+{
+    uint64_t end;
+    int rc = log_used(seg, &end);
+    while (rc == 0 && end > 0) {
+        const stx_undo_record *rec = record_before(seg, end);
+        if (rec == NULL) {
+            return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: bad "
+                            "undo record ending at byte %llu", seg->name,
+                            (unsigned long long)end);
+        }
+        end -= record_size(rec);
+    }
+    return rc;
+}
+
+/* Recovery through a read-only handle must write the data region. */
+static int
+set_data_writable(stx_segment *seg, int writable)
+{
+    if (!seg->read_only || seg->data_size == 0) {
+        return 0;
+    }
+    size_t len = (seg->data_size + 4095) & ~(size_t)4095;
+    int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+    if (mprotect(seg->data, len, prot) != 0) {
+        return stx_fail(STX_ESYS, "cannot unprotect '%s' to roll back a "
+                        "dead writer", seg->name);
+    }
+    return 0;
+}
+
+int
+stx_undo_rollback(stx_segment *seg)
+{
+    int rc = stx_undo_validate(seg);
+    uint64_t end = 0;
+    if (rc == 0) {
+        rc = log_used(seg, &end);
+    }
+    if (rc == 0 && end > 0) {
+        rc = set_data_writable(seg, 1);
+    }
+    if (rc != 0 || end == 0) {
+        return rc;
+    }
+    while (end > 0) {
+        const stx_undo_record *rec = record_before(seg, end);
+        memcpy(seg->data + rec->offset, rec + 1, rec->length);
+        end -= record_size(rec);
+    }
+    atomic_store_explicit(&seg->hdr->undo_used, 0, memory_order_release);
+    return set_data_writable(seg, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* writes inside a txn                                                 */
+
+static stx_logged *
+cache_slot(stx_txn *txn, uint64_t offset)
+{
+    return &txn->logged[(offset >> 3) % STX_LOGGED_CACHE];
+}
+
+static int
+already_logged(stx_txn *txn, uint64_t offset, uint64_t length)
+{
+    if (txn->logged == NULL) {
+        return 0;
+    }
+    const stx_logged *e = cache_slot(txn, offset);
+    return e->serial == txn->serial && e->offset <= offset
+           && offset + length <= e->offset + e->length;
+}
+
+static void
+remember_logged(stx_txn *txn, uint64_t offset, uint64_t length)
+{
+    if (txn->logged != NULL) {
+        stx_logged *e = cache_slot(txn, offset);
+        e->serial = txn->serial;
+        e->offset = offset;
+        e->length = length;
+    }
+}
+
+/* Make seq odd before the first write: lock-free readers now retry. */
+static void
+mark_dirty(stx_txn *txn)
+{
+    stx_header *hdr = txn->seg->hdr;
+    uint64_t seq = atomic_load_explicit(&hdr->seq, memory_order_relaxed);
+    atomic_store_explicit(&hdr->seq, seq | 1u, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    txn->dirty = 1;
+}
+
+static int
+append_record(stx_txn *txn, uint64_t offset, uint64_t length)
+{
+    stx_segment *seg = txn->seg;
+    uint64_t used;
+    int rc = log_used(seg, &used);
+    if (rc != 0) {
+        return rc;
+    }
+    uint64_t total = RECORD_OVERHEAD + pad8(length);
+    if (total > seg->undo_size - used) {
+        return stx_fail(STX_ETOOLARGE, "the transaction needs more than "
+                        "the %llu-byte undo log of '%s'",
+                        (unsigned long long)seg->undo_size, seg->name);
+    }
+    uint8_t *at = seg->undo + used;
+    stx_undo_record rec = {offset, length};
+    memcpy(at, &rec, sizeof(rec));
+    memcpy(at + sizeof(rec), seg->data + offset, length);
+    memcpy(at + total - sizeof(total), &total, sizeof(total));
+    atomic_store_explicit(&seg->hdr->undo_used, used + total,
+                          memory_order_release);
+    remember_logged(txn, offset, length);
+    return 0;
+}
+
+int
+stx_undo_prepare(stx_txn *txn, uint64_t offset, uint64_t length)
+{
+    if (!txn->write) {
+        return STX_EREADONLY;
+    }
+    int rc = check_range(txn->seg, offset, length);
+    if (rc != 0 || length == 0) {
+        return rc;
+    }
+    if (!txn->dirty) {
+        mark_dirty(txn);
+    }
+    if (already_logged(txn, offset, length)) {
+        return 0;
+    }
+    rc = append_record(txn, offset, length);
+    stx_crash_point("write:after_log");
+    return rc;
+}
+
+int
+stx_write(stx_txn *txn, uint64_t offset, const void *src, uint64_t length)
+{
+    int rc = stx_undo_prepare(txn, offset, length);
+    if (rc != 0) {
+        return rc;
+    }
+    uint8_t *dst = txn->seg->data + offset;
+    if (length == 8 && offset % 8 == 0) {
+        uint64_t v;
+        memcpy(&v, src, 8);
+        __atomic_store_n((uint64_t *)dst, v, __ATOMIC_RELAXED);
+    }
+    else {
+        memcpy(dst, src, length);
+    }
+    return 0;
+}
+
+int
+stx_read(const stx_txn *txn, uint64_t offset, void *dst, uint64_t length)
+{
+    int rc = check_range(txn->seg, offset, length);
+    if (rc == 0) {
+        memcpy(dst, txn->seg->data + offset, length);
+    }
+    return rc;
+}
