@@ -1,0 +1,100 @@
+"""Functions run in child processes (importable by spawn and forkserver)."""
+
+import os
+import signal
+import time
+
+from shmtxn import SharedMemory
+
+
+def fill(shr, n=10):
+    with shr.txn() as shm:
+        for i in range(n):
+            shm[i] = i
+
+
+def increment(shr, index, times):
+    for _ in range(times):
+        with shr.txn() as shm:
+            shm[index] += 1
+
+
+def increment_by_name(name, index, times):
+    with SharedMemory(name) as shr:
+        increment(shr, index, times)
+
+
+def pool_task(args):
+    shr, index = args
+    with shr.txn() as shm:
+        shm[index] = index * index
+    return os.getpid()
+
+
+def shifting_writer(name, rounds, n):
+    """Keep sum(slots) == 0 across every committed txn."""
+    with SharedMemory(name) as shr:
+        for r in range(rounds):
+            with shr.txn() as shm:
+                i, j = r % n, (r * 7 + 3) % n
+                if i == j:
+                    continue
+                shm[i] += r + 1
+                shm[j] -= r + 1
+
+
+def invariant_reader(name, n, done_index, writers, conn):
+    """Count txns and lock-free reads that break sum == 0."""
+    bad = checks = 0
+    with SharedMemory(name) as shr:
+        while True:
+            with shr.txn(write=False) as shm:
+                vals = shm[0:n]
+                finished = shm[done_index]
+            checks += 1
+            bad += sum(vals) != 0
+            snapshot = shr[0:n]
+            checks += 1
+            bad += sum(snapshot) != 0
+            if finished == writers:
+                break
+    conn.send((checks, bad))
+
+
+def uniform_writer_forever(name, conn):
+    """Write txns that set every slot to the same new value, forever."""
+    shr = SharedMemory(name)
+    n = len(shr)
+    k = 0
+    while True:
+        k += 1
+        with shr.txn() as shm:
+            for i in range(n):
+                shm[i] = k
+                if k == 1 and i == n // 2:
+                    conn.send("in txn")
+
+
+def hold_read_txn(name, conn):
+    shr = SharedMemory(name)
+    with shr.txn(write=False) as shm:
+        conn.send(shm[0])
+        conn.recv()  # blocks until killed
+
+
+def hold_write_txn(name, conn):
+    shr = SharedMemory(name)
+    with shr.txn() as shm:
+        shm[0] = 12345
+        conn.send("locked")
+        conn.recv()  # blocks until told or killed
+
+
+def sleep_forever():
+    while True:
+        time.sleep(60)
+
+
+def kill(proc):
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
