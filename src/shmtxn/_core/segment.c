@@ -601,15 +601,23 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
         return stx_fail(STX_ECORRUPT, "'%s' is not a shmtxn segment, or "
                         "its header is corrupt (bad magic)", name);
     }
-    if (hdr->version != STX_FORMAT_VERSION || hdr->abi != stx_abi_word()) {
-        return stx_fail(STX_EINCOMPAT, "segment '%s' has format version %u"
-                        " ABI %#x; this shmtxn reads version %u ABI %#x",
-                        name, hdr->version, hdr->abi, STX_FORMAT_VERSION,
-                        stx_abi_word());
+    /* A plausible other version is another release's segment; anything
+     * else, or a checksum mismatch, is damage. */
+    int plausible = hdr->version > 0 && hdr->version < 1000;
+    if (hdr->version != STX_FORMAT_VERSION && plausible) {
+        return stx_fail(STX_EINCOMPAT, "segment '%s' has format version %u;"
+                        " this shmtxn reads version %u", name, hdr->version,
+                        STX_FORMAT_VERSION);
     }
-    if (hdr->checksum != header_checksum(hdr)) {
+    if (hdr->version != STX_FORMAT_VERSION
+        || hdr->checksum != header_checksum(hdr)) {
         return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header"
                         " checksum does not match", name);
+    }
+    if (hdr->abi != stx_abi_word()) {
+        return stx_fail(STX_EINCOMPAT, "segment '%s' was made on a machine "
+                        "with another ABI (%#x, here %#x)", name, hdr->abi,
+                        stx_abi_word());
     }
     if (hdr->total_size != file_size
         || hdr->header_size < sizeof(stx_header)
@@ -689,9 +697,9 @@ wait_for_creator(stx_segment *seg, uint64_t timeout_ns)
         }
         uint64_t waited = now_ns(CLOCK_MONOTONIC) - start;
         if (free_now && (size > 0 || waited > CREATOR_GRACE_NS)) {
-            return stx_fail(STX_ECORRUPT, "segment '%s' was left half-"
-                            "created by a process that died; remove it "
-                            "with `shmtxn rm %s`", seg->name, seg->name);
+            return stx_fail(STX_ECORRUPT, "segment '%s' was never "
+                            "finished: its creator died mid-creation, or "
+                            "another program made it", seg->name);
         }
         if (waited > timeout_ns) {
             return stx_fail(STX_EAGAIN, "segment '%s' is still being "

@@ -1,0 +1,141 @@
+"""Crash safety: processes SIGKILLed inside write txns, read txns and
+creation never wedge or corrupt the survivors."""
+
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import helpers
+import shmtxn
+from shmtxn import SharedMemory, _core
+
+CTX = multiprocessing.get_context("fork")
+
+
+def kill_writer_at_random(name, rng):
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=helpers.uniform_writer_forever, args=(name, child))
+    p.start()
+    assert parent.recv() == "in txn"
+    time.sleep(rng.uniform(0, 0.004))  # random kill point, not a sync
+    helpers.kill(p)
+
+
+def test_writer_killed_mid_txn_is_rolled_back(name):
+    rng = random.Random(1234)
+    with SharedMemory(name, create=True, size=8 * 2000) as shr:
+        for _ in range(15):
+            kill_writer_at_random(name, rng)
+            with shr.txn(timeout=5) as shm:  # recovers the dead writer
+                values = shm[:]
+            assert len(set(values)) == 1, "a torn txn survived the crash"
+            assert shr[:] == values  # lock-free reads agree
+        info = shr.info()
+        assert info["recoveries"] >= 1, "no kill landed inside a txn"
+        assert info["undo_used"] == 0 and info["writer_pid"] == 0
+
+
+def run_crashing_child(point, code):
+    env = dict(os.environ, SHMTXN_CRASH_AT=point)
+    proc = subprocess.run([sys.executable, "-c", code], env=env,
+                          timeout=60, capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+
+
+@pytest.mark.parametrize("point", ["write:after_log", "commit:before_clear"])
+def test_crash_points_inside_a_write_txn(name, point):
+    with SharedMemory(name, create=True, size=80) as shr:
+        shr[0:10] = list(range(10))
+        run_crashing_child(point, (
+            "from shmtxn import SharedMemory\n"
+            f"s = SharedMemory({name!r})\n"
+            "with s.txn() as t:\n"
+            "    for i in range(10): t[i] = 100 + i\n"))
+        assert shr[0:10] == list(range(10))
+        with shr.txn(timeout=5) as shm:
+            assert shm[0:10] == list(range(10))
+            shm[0] = -1
+        assert shr.info()["recoveries"] == 1
+        assert shr[0] == -1
+
+
+def test_auto_commit_set_killed_is_all_or_nothing(name):
+    with SharedMemory(name, create=True, size=80) as shr:
+        run_crashing_child("write:after_log", (
+            "from shmtxn import SharedMemory\n"
+            f"s = SharedMemory({name!r})\n"
+            "s[0:10] = [7] * 10\n"))
+        assert shr[0:10] == [0] * 10
+
+
+def test_dead_reader_does_not_block_writers(name):
+    with SharedMemory(name, create=True, size=16) as shr:
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=helpers.hold_read_txn, args=(name, child))
+        p.start()
+        assert parent.recv() == 0
+        with pytest.raises(shmtxn.LockTimeout):
+            with shr.txn(timeout=0.05):
+                pass
+        helpers.kill(p)
+        with shr.txn(timeout=5) as shm:
+            shm[0] = 1
+        assert shr[0] == 1
+        assert p.pid not in [s["pid"] for s in shr.info()["processes"]]
+
+
+def test_lock_timeout_names_the_segment(name):
+    with SharedMemory(name, create=True, size=16) as shr:
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=helpers.hold_write_txn, args=(name, child))
+        p.start()
+        assert parent.recv() == "locked"
+        for write in (True, False):
+            with pytest.raises(shmtxn.LockTimeout) as err:
+                with shr.txn(write=write, timeout=0.05):
+                    pass
+            assert isinstance(err.value, TimeoutError)
+            assert name in str(err.value)
+        parent.send("go")
+        p.join()
+        assert shr[0] == 12345
+
+
+def test_ctrl_c_interrupts_a_wait(name):
+    with SharedMemory(name, create=True, size=16) as shr:
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=helpers.hold_write_txn, args=(name, child))
+        p.start()
+        assert parent.recv() == "locked"
+        interrupter = subprocess.Popen(
+            [sys.executable, "-c",
+             "import os, signal, sys, time; time.sleep(0.2); "
+             f"os.kill({os.getpid()}, signal.SIGINT)"])
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                with shr.txn():
+                    pass
+        finally:
+            interrupter.wait()
+            helpers.kill(p)
+
+
+@pytest.mark.parametrize("point", ["create:after_open",
+                                   "create:after_reserve",
+                                   "create:before_magic"])
+def test_creator_killed_mid_creation_does_not_wedge_attachers(name, point):
+    run_crashing_child(point, (
+        "from shmtxn import SharedMemory\n"
+        f"SharedMemory({name!r}, create=True, size=80)\n"))
+    assert os.path.exists(f"/dev/shm/{name}")
+    start = time.monotonic()
+    with pytest.raises(shmtxn.CorruptSegmentError, match="never finished"):
+        SharedMemory(name, timeout=30)
+    assert time.monotonic() - start < 10, "attach waited for a dead creator"
+    _core.unlink(name)
