@@ -20,7 +20,8 @@ if os.environ.get("SHMTXN_DEBUG") == "1":
 else:
     compile_args += ["-O2"]
 if os.environ.get("SHMTXN_SANITIZE") == "1":
-    sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                "-fno-omit-frame-pointer", "-g"]
     compile_args += sanitize
     link_args += sanitize
 
