@@ -144,6 +144,9 @@ typedef struct stx_create_opts {
 
 /* Bumped in every forked child; a txn from before the fork is stale. */
 extern volatile uint64_t stx_fork_gen;
+/* This process's pid, kept current across fork() (getpid() is a system
+ * call in glibc, too slow for the hot path). */
+extern volatile int32_t stx_self_pid;
 
 /* --- engine (segment.c) --- */
 

@@ -98,7 +98,8 @@ out_of_range(const item_format *fmt, PyObject *value)
 static int
 pack_integer(const item_format *fmt, PyObject *value, void *dst)
 {
-    PyObject *index = PyNumber_Index(value);
+    PyObject *index = PyLong_CheckExact(value) ? Py_NewRef(value)
+                                               : PyNumber_Index(value);
     if (index == NULL) {
         if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Format(PyExc_TypeError, "format '%c' stores integers, "

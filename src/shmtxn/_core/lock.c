@@ -166,7 +166,7 @@ drain_slot(stx_segment *seg, stx_reader_slot *slot, uint64_t deadline)
             continue;
         }
         int32_t pid = atomic_load(&slot->pid);
-        if (pid != getpid() && !stx_pid_alive(seg->file, pid)) {
+        if (pid != stx_self_pid && !stx_pid_alive(seg->file, pid)) {
             atomic_store(&slot->readers, 0);
             atomic_compare_exchange_strong(&slot->pid, &pid, 0);
             return 0;
@@ -189,10 +189,16 @@ drain_slot(stx_segment *seg, stx_reader_slot *slot, uint64_t deadline)
 static int
 drain_readers(stx_segment *seg, uint64_t slice_ns)
 {
-    uint64_t deadline = mono_ns() + slice_ns;
+    uint64_t deadline = 0; /* read the clock only if someone is inside */
     uint32_t hwm = atomic_load(&seg->hdr->slots_hwm);
     uint32_t n = hwm < seg->nslots ? hwm : seg->nslots;
     for (uint32_t i = 0; i < n; i++) {
+        if (atomic_load(&seg->slots[i].readers) == 0) {
+            continue;
+        }
+        if (deadline == 0) {
+            deadline = mono_ns() + slice_ns;
+        }
         int rc = drain_slot(seg, &seg->slots[i], deadline);
         if (rc != 0) {
             return rc;
@@ -207,7 +213,7 @@ own_slot(stx_segment *seg, stx_reader_slot **out)
 {
     stx_file *file = seg->file;
     if (file->slot < 0 || file->fork_gen != stx_fork_gen
-        || atomic_load(&seg->slots[file->slot].pid) != getpid()) {
+        || atomic_load(&seg->slots[file->slot].pid) != stx_self_pid) {
         file->slot = -1;
         int rc = stx_slot_ensure(seg);
         if (rc != 0) {
@@ -225,7 +231,7 @@ enter_reader(stx_segment *seg, uint64_t slice_ns)
     stx_header *hdr = seg->hdr;
     stx_reader_slot *slot;
     int rc = own_slot(seg, &slot);
-    uint64_t deadline = mono_ns() + slice_ns;
+    uint64_t deadline = 0; /* read the clock only if a writer is inside */
     while (rc == 0) {
         atomic_fetch_add(&slot->readers, 1);
         if (atomic_load(&hdr->writer_flag) == 0) {
@@ -234,6 +240,9 @@ enter_reader(stx_segment *seg, uint64_t slice_ns)
         atomic_fetch_sub(&slot->readers, 1);
         wake_writer(hdr);
         uint64_t now = mono_ns();
+        if (deadline == 0) {
+            deadline = now + slice_ns;
+        }
         rc = lock_writer(seg, now < deadline ? deadline - now : 0);
         if (rc == 0) {
             pthread_mutex_unlock(&hdr->writer_mutex);
@@ -313,8 +322,9 @@ stx_txn_step(stx_txn *txn, uint64_t slice_ns)
         if (rc != 0) {
             break;
         }
-        atomic_store(&seg->hdr->writer_flag, 1);
-        atomic_store(&seg->hdr->writer_pid, getpid());
+        atomic_store(&seg->hdr->writer_flag, 1); /* seq_cst: see layout.h */
+        atomic_store_explicit(&seg->hdr->writer_pid, stx_self_pid,
+                              memory_order_relaxed);
         txn->state = STX_TXN_DRAINING;
         slice_ns = 0; /* the caller may re-check signals before sleeping */
         /* fall through */
@@ -342,8 +352,8 @@ stx_txn_step(stx_txn *txn, uint64_t slice_ns)
 static void
 release_writer(stx_header *hdr)
 {
-    atomic_store(&hdr->writer_pid, 0);
-    atomic_store(&hdr->writer_flag, 0);
+    atomic_store_explicit(&hdr->writer_pid, 0, memory_order_relaxed);
+    atomic_store_explicit(&hdr->writer_flag, 0, memory_order_release);
     pthread_mutex_unlock(&hdr->writer_mutex);
 }
 

@@ -33,7 +33,14 @@ memory_index(MemoryObject *mem, PyObject *key, Py_ssize_t *index)
     if (memory_check_open(mem) < 0) {
         return -1;
     }
-    Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+    Py_ssize_t i = PyLong_CheckExact(key) ? PyLong_AsSsize_t(key)
+                                          : PyNumber_AsSsize_t(key, NULL);
+    if (i == -1 && PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_IndexError, "index %R out of range for %zd "
+                     "slots", key, mem->nitems);
+        return -1;
+    }
     if (i == -1 && PyErr_Occurred()) {
         return -1;
     }
@@ -633,13 +640,45 @@ Memory_iter(MemoryObject *self)
 /* ------------------------------------------------------------------ */
 /* txn(), buffers, attributes                                          */
 
-static PyObject *
-Memory_txn(MemoryObject *self, PyObject *args, PyObject *kwds)
+/* txn(write=None, timeout=None), parsed by hand: it is on the hot path. */
+static int
+parse_txn_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+               PyObject **write_arg, PyObject **timeout_arg)
 {
-    static char *kwlist[] = {"write", "timeout", NULL};
+    if (nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "txn() takes at most 2 arguments");
+        return -1;
+    }
+    if (nargs > 0) {
+        *write_arg = args[0];
+    }
+    if (nargs > 1) {
+        *timeout_arg = args[1];
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        if (PyUnicode_CompareWithASCIIString(key, "write") == 0) {
+            *write_arg = args[nargs + k];
+        }
+        else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
+            *timeout_arg = args[nargs + k];
+        }
+        else {
+            PyErr_Format(PyExc_TypeError, "txn() got an unexpected keyword "
+                         "argument %R", key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+Memory_txn(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs,
+           PyObject *kwnames)
+{
     PyObject *write_arg = Py_None, *timeout_arg = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO", kwlist, &write_arg,
-                                     &timeout_arg)) {
+    if (parse_txn_args(args, nargs, kwnames, &write_arg, &timeout_arg) < 0) {
         return NULL;
     }
     double timeout;
@@ -786,7 +825,7 @@ Memory_info(MemoryObject *self, PyObject *unused)
 
 static PyMethodDef Memory_methods[] = {
     {"txn", (PyCFunction)(void (*)(void))Memory_txn,
-     METH_VARARGS | METH_KEYWORDS,
+     METH_FASTCALL | METH_KEYWORDS,
      "txn(write=None, timeout=None) -> a transaction to use with `with`"},
     {"close", (PyCFunction)Memory_close, METH_NOARGS,
      "Unmap this handle (idempotent)."},

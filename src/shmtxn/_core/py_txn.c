@@ -114,16 +114,40 @@ txn_write_failed(MemoryObject *mem, stx_txn *txn, int code)
     return -1;
 }
 
+/*
+ * A few ended Txn objects are kept for reuse: a txn per loop iteration is
+ * the common pattern, and a reused object's logged-range cache needs no
+ * clearing (stx_txn_init gives each use a new serial).
+ */
+#define TXN_FREELIST 4
+static TxnObject *txn_freelist[TXN_FREELIST];
+static int txn_free_count;
+
+static TxnObject *
+txn_alloc(void)
+{
+    if (txn_free_count > 0) {
+        TxnObject *self = txn_freelist[--txn_free_count];
+        _Py_NewReference((PyObject *)self);
+        return self;
+    }
+    TxnObject *self = PyObject_GC_New(TxnObject, &Txn_Type);
+    if (self != NULL) {
+        memset(&self->txn, 0, sizeof(self->txn));
+        memset(self->logged, 0, sizeof(self->logged));
+    }
+    return self;
+}
+
 PyObject *
 txn_new(MemoryObject *mem, int write, double timeout)
 {
-    TxnObject *self = PyObject_GC_New(TxnObject, &Txn_Type);
+    TxnObject *self = txn_alloc();
     if (self == NULL) {
         return NULL;
     }
     self->mem = (MemoryObject *)Py_NewRef(mem);
-    memset(&self->txn, 0, sizeof(self->txn));
-    memset(self->logged, 0, sizeof(self->logged));
+    self->txn.state = STX_TXN_IDLE;
     self->txn.logged = self->logged;
     self->write = write;
     self->entered = 0;
@@ -208,10 +232,9 @@ Txn_enter(TxnObject *self, PyObject *unused)
 }
 
 static PyObject *
-Txn_exit(TxnObject *self, PyObject *args)
+Txn_exit(TxnObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *exc_type = PyTuple_GET_SIZE(args) > 0
-                             ? PyTuple_GET_ITEM(args, 0) : Py_None;
+    PyObject *exc_type = nargs > 0 ? args[0] : Py_None;
     if (self->txn.state != STX_TXN_OPEN) {
         Py_RETURN_FALSE; /* committed, aborted or rolled back already */
     }
@@ -247,6 +270,10 @@ Txn_dealloc(TxnObject *self)
     }
     Py_CLEAR(self->buf);
     Py_CLEAR(self->mem);
+    if (txn_free_count < TXN_FREELIST) {
+        txn_freelist[txn_free_count++] = self;
+        return;
+    }
     PyObject_GC_Del(self);
 }
 
@@ -465,7 +492,8 @@ Txn_repr(TxnObject *self)
 
 static PyMethodDef Txn_methods[] = {
     {"__enter__", (PyCFunction)Txn_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Txn_exit, METH_VARARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Txn_exit, METH_FASTCALL,
+     NULL},
     {"commit", (PyCFunction)Txn_commit, METH_NOARGS,
      "Commit now; the transaction cannot be used afterwards."},
     {"abort", (PyCFunction)Txn_abort, METH_NOARGS,

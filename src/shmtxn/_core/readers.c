@@ -36,7 +36,7 @@ stx_slots_reap(stx_segment *seg)
     uint32_t n = slots_in_use(seg);
     for (uint32_t i = 0; i < n; i++) {
         int32_t pid = atomic_load(&seg->slots[i].pid);
-        if (pid != 0 && pid != getpid()
+        if (pid != 0 && pid != stx_self_pid
             && !stx_pid_alive(seg->file, pid)) {
             clear_slot(&seg->slots[i], pid);
             cleared++;
@@ -83,7 +83,7 @@ stx_slot_ensure(stx_segment *seg)
     if (file->slot >= 0 && file->fork_gen == stx_fork_gen) {
         return 0;
     }
-    int32_t me = getpid();
+    int32_t me = stx_self_pid;
     /* A slot already bearing our pid was left by a dead process whose pid
      * we reused: we have not claimed one yet. */
     uint32_t n = slots_in_use(seg);
@@ -114,6 +114,6 @@ stx_slot_release(stx_segment *seg)
         || (uint32_t)file->slot >= seg->nslots) {
         return;
     }
-    clear_slot(&seg->slots[file->slot], getpid());
+    clear_slot(&seg->slots[file->slot], stx_self_pid);
     file->slot = -1;
 }

@@ -30,6 +30,7 @@
 #define CREATOR_GRACE_NS 200000000ull
 
 volatile uint64_t stx_fork_gen = 1;
+volatile int32_t stx_self_pid;
 
 static _Thread_local char detail_buf[512];
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -171,7 +172,7 @@ lock_byte(int fd, short type, off_t byte, int cmd)
 static int
 take_beacon(int fd)
 {
-    return lock_byte(fd, F_WRLCK, (off_t)getpid(), F_SETLK);
+    return lock_byte(fd, F_WRLCK, (off_t)stx_self_pid, F_SETLK);
 }
 
 int
@@ -180,7 +181,7 @@ stx_pid_alive(const stx_file *file, int32_t pid)
     if (pid <= 0) {
         return 0;
     }
-    if (pid == getpid()) {
+    if (pid == stx_self_pid) {
         return 1;
     }
     struct flock fl = {0};
@@ -200,6 +201,7 @@ static void
 after_fork_in_child(void)
 {
     stx_fork_gen++;
+    stx_self_pid = getpid();
     for (stx_file *f = registry; f != NULL; f = f->next) {
         take_beacon(f->fd);
         f->slot = -1;
@@ -212,6 +214,7 @@ int
 stx_engine_init(void)
 {
     static int done;
+    stx_self_pid = getpid();
     if (!done) {
         if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
             return stx_fail(STX_ESYS, "pthread_atfork failed");
@@ -471,10 +474,10 @@ fill_identity(stx_header *hdr, const stx_create_opts *opts)
     for (uint32_t i = 0; i < opts->ndim && i < STX_MAX_NDIM; i++) {
         hdr->shape[i] = opts->shape[i];
     }
-    uint64_t t = now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)getpid() << 32);
+    uint64_t t = now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)stx_self_pid << 32);
     hdr->hash_key[0] = t * 0x9e3779b97f4a7c15ull;
     hdr->hash_key[1] = (t ^ (uintptr_t)hdr) * 0xc2b2ae3d27d4eb4full;
-    hdr->creator_pid = getpid();
+    hdr->creator_pid = stx_self_pid;
     hdr->created_ns = now_ns(CLOCK_REALTIME);
     atomic_store(&hdr->modified_ns, hdr->created_ns);
 }
