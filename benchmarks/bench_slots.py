@@ -1,0 +1,410 @@
+"""Typed slots: shmtxn side by side with the floor and the peers.
+
+    python benchmarks/bench_slots.py            # full run (~3 minutes)
+    python benchmarks/bench_slots.py --quick    # smoke run
+
+Workloads (../shared/BENCHMARKING.md): W1 single get / set, W2 the
+article's transaction (10 writes then 10 reads), W5 two processes
+incrementing one counter (exactness checked), W6 random reads by one vs two
+processes, plus how long survivors wait after a writer or reader is
+SIGKILLed.  Peers that are not installed (pip install .[bench]) are
+skipped.  Prints Markdown tables: medians, min, max, ratio to the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import random
+import signal
+import statistics
+import struct
+import sys
+import tempfile
+import threading
+import time
+import timeit
+from multiprocessing import shared_memory
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _harness import machine, measure, optional, rate_table, table  # noqa: E402
+
+from shmtxn import SharedMemory  # noqa: E402
+
+posix_ipc = optional("posix_ipc")
+lmdb = optional("lmdb")
+
+SLOTS = 1000
+CTX = multiprocessing.get_context("fork")
+
+
+def loop(stmt: str, **names) -> "callable":
+    """A runner timing `stmt` n times with `names` bound as locals."""
+    setup = "\n".join(f"{k} = _names[{k!r}]" for k in names)
+    timer = timeit.Timer(stmt, setup=setup, globals={"_names": names})
+    return timer.timeit
+
+
+class Peers:
+    """Every candidate's shared state, created once per run."""
+
+    def __init__(self):
+        self.std = shared_memory.SharedMemory(create=True, size=8 * SLOTS)
+        self.mv = self.std.buf.cast("q")
+        self.lock = CTX.Lock()
+        self.array = CTX.Array("q", SLOTS)
+        self.shr = SharedMemory(create=True, size=8 * SLOTS)
+        self.sem = self.env = self.lmdb_dir = None
+        if posix_ipc:
+            self.sem = posix_ipc.Semaphore(None, posix_ipc.O_CREX,
+                                           initial_value=1)
+        if lmdb:
+            self.lmdb_dir = tempfile.mkdtemp(prefix="shmtxn-bench-",
+                                             dir="/dev/shm")
+            self.env = self.open_lmdb()
+            with self.env.begin(write=True) as tx:
+                for i in range(SLOTS):
+                    tx.put(b"%d" % i, bytes(8))
+
+    def open_lmdb(self):
+        return lmdb.open(self.lmdb_dir, map_size=1 << 26, writemap=True,
+                         sync=False, metasync=False, lock=True)
+
+    def lmdb_for_children(self) -> bool:
+        """Close the parent's env: an LMDB env must not cross fork(), so
+        each child opens its own.  True if lmdb is a candidate."""
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        return self.lmdb_dir is not None
+
+    def lmdb_counter(self, value: int | None = None) -> int:
+        """Read (or set) slot 0 through a short-lived env."""
+        env = self.open_lmdb()
+        try:
+            with env.begin(write=value is not None) as t:
+                if value is not None:
+                    t.put(b"0", value.to_bytes(8, "little"))
+                return int.from_bytes(t.get(b"0"), "little")
+        finally:
+            env.close()
+
+    def close(self):
+        self.mv.release()
+        self.std.close()
+        self.std.unlink()
+        self.shr.close()
+        self.shr.unlink()
+        if self.sem:
+            self.sem.unlink()
+        if self.env:
+            self.env.close()
+        if self.lmdb_dir:
+            for f in os.listdir(self.lmdb_dir):
+                os.unlink(os.path.join(self.lmdb_dir, f))
+            os.rmdir(self.lmdb_dir)
+
+
+# --------------------------------------------------------------------------
+# W1 and W2: one process
+
+def w1_candidates(p: Peers, op: str) -> dict:
+    get = op == "get"
+    c = {}
+    c["memoryview.cast('q') (unsafe floor)"] = loop(
+        "m[3]" if get else "m[3] = 5", m=p.mv)
+    c["struct on stdlib shm (unsafe)"] = loop(
+        "u('q', b, 24)[0]" if get else "u('q', b, 24, 5)",
+        u=struct.unpack_from if get else struct.pack_into, b=p.std.buf)
+    c["stdlib shm + mp.Lock"] = loop(
+        "with lk: m[3]" if get else "with lk: m[3] = 5", m=p.mv, lk=p.lock)
+    c["mp.Array with get_lock()"] = loop(
+        "with lk: a[3]" if get else "with lk: a[3] = 5",
+        a=p.array.get_obj(), lk=p.array.get_lock())
+    if p.sem:
+        c["posix_ipc sem + shm"] = loop(
+            "acq(); m[3]; rel()" if get else "acq(); m[3] = 5; rel()",
+            m=p.mv, acq=p.sem.acquire, rel=p.sem.release)
+    if p.env:
+        c["lmdb /dev/shm (txn per op)"] = loop(
+            "with b() as t: fb(t.get(k), 'little')" if get else
+            "with b(write=True) as t: t.put(k, (5).to_bytes(8, 'little'))",
+            b=p.env.begin, k=b"3", fb=int.from_bytes)
+    c["shmtxn shr[i] (auto-commit)"] = loop(
+        "s[3]" if get else "s[3] = 5", s=p.shr)
+    return c
+
+
+W2_BODY = "for i in range(10): {w}\nfor i in range(10): {r}"
+
+
+def indent(code: str, by: str = "    ") -> str:
+    return "\n".join(by + line for line in code.splitlines())
+
+
+def w2_candidates(p: Peers) -> dict:
+    body = W2_BODY.format(w="m[i] = i", r="m[i]")
+    c = {"unsafe memoryview loop (floor)": loop(body, m=p.mv)}
+    c["mp.Array raw under get_lock()"] = loop(
+        "with lk:\n" + indent(W2_BODY.format(w="a[i] = i", r="a[i]")),
+        a=p.array.get_obj(), lk=p.array.get_lock())
+    if p.sem:
+        c["posix_ipc sem + shm"] = loop(
+            "acq()\n" + body + "\nrel()", m=p.mv, acq=p.sem.acquire,
+            rel=p.sem.release)
+    if p.env:
+        c["lmdb writemap, one txn"] = loop(
+            "with b(write=True) as t:\n" + indent(W2_BODY.format(
+                w="t.put(ks[i], vs[i])", r="fb(t.get(ks[i]), 'little')")),
+            b=p.env.begin, fb=int.from_bytes,
+            ks=[b"%d" % i for i in range(10)],
+            vs=[i.to_bytes(8, "little") for i in range(10)])
+    c["shmtxn with shr.txn()"] = loop(
+        "with s.txn() as t:\n" + indent(W2_BODY.format(w="t[i] = i",
+                                                       r="t[i]")),
+        s=p.shr)
+    return c
+
+
+# --------------------------------------------------------------------------
+# W5 and W6: several processes
+
+def counter_op(p: Peers, kind: str):
+    """One increment of slot 0, as a user of each candidate writes it."""
+    if kind == "mp.Lock":
+        m, lk = p.mv, p.lock
+
+        def op():
+            with lk:
+                m[0] += 1
+    elif kind == "posix_ipc sem":
+        m, acq, rel = p.mv, p.sem.acquire, p.sem.release
+
+        def op():
+            acq()
+            m[0] += 1
+            rel()
+    elif kind == "lmdb writemap":
+        env = p.open_lmdb()  # an env must not cross fork()
+        b, fb = env.begin, int.from_bytes
+
+        def op():
+            with b(write=True) as t:
+                t.put(b"0", (fb(t.get(b"0"), "little") + 1).to_bytes(
+                    8, "little"))
+    else:
+        s = p.shr
+
+        def op():
+            with s.txn() as t:
+                t[0] += 1
+    return op
+
+
+def read_op(p: Peers, kind: str):
+    """A runner of random single reads for each candidate."""
+    idx = [random.randrange(SLOTS) for _ in range(4096)]
+    if kind == "memoryview (lock-free floor)":
+        m = p.mv
+        return lambda n: [m[i] for _ in range(n // 4096) for i in idx]
+    if kind == "stdlib shm + mp.Lock":
+        m, lk = p.mv, p.lock
+
+        def run(n):
+            for _ in range(n // 4096):
+                for i in idx:
+                    with lk:
+                        m[i]
+        return run
+    if kind == "lmdb txn per read":
+        env = p.open_lmdb()
+        b, keys = env.begin, [b"%d" % i for i in idx]
+
+        def run(n):
+            for _ in range(n // 4096):
+                for k in keys:
+                    with b() as t:
+                        t.get(k)
+        return run
+    if kind == "shmtxn read txn per read":
+        s = p.shr
+
+        def run(n):
+            for _ in range(n // 4096):
+                for i in idx:
+                    with s.txn(write=False) as t:
+                        t[i]
+        return run
+    s = p.shr
+    return lambda n: [s[i] for _ in range(n // 4096) for i in idx]
+
+
+def _child(work, n, barrier, out):
+    barrier.wait()
+    start = time.perf_counter()
+    work(n)
+    out.put((start, time.perf_counter()))
+
+
+def run_procs(make_work, procs: int, n: int) -> float:
+    """Operations per second of `procs` processes doing `n` ops each."""
+    barrier = CTX.Barrier(procs)
+    out = CTX.Queue()
+    ps = [CTX.Process(target=lambda: _child(make_work(), n, barrier, out))
+          for _ in range(procs)]
+    for q in ps:
+        q.start()
+    spans = [out.get() for _ in ps]
+    for q in ps:
+        q.join()
+    wall = max(e for _, e in spans) - min(s for s, _ in spans)
+    return procs * n / wall
+
+
+def w5(p: Peers, samples: int, per_proc: int) -> tuple[dict, list[str]]:
+    kinds = ["mp.Lock"] + (["posix_ipc sem"] if p.sem else []) + \
+        (["lmdb writemap"] if p.lmdb_for_children() else []) + \
+        ["shmtxn txn"]
+    rates = {k: [] for k in kinds}
+    problems = []
+    for _ in range(samples):
+        for kind in kinds:
+            reset_counter(p, kind)
+
+            def work(kind=kind):
+                op = counter_op(p, kind)
+                return lambda n: [op() for _ in range(n)]
+            rates[kind].append(run_procs(work, 2, per_proc) / 1e6)
+            got = read_counter(p, kind)
+            if got != 2 * per_proc:
+                problems.append(f"{kind}: counter {got} != {2 * per_proc}"
+                                " (LOST UPDATES)")
+    return rates, problems
+
+
+def reset_counter(p: Peers, kind: str) -> None:
+    if kind == "lmdb writemap":
+        p.lmdb_counter(0)
+    elif kind == "shmtxn txn":
+        p.shr[0] = 0
+    else:
+        p.mv[0] = 0
+
+
+def read_counter(p: Peers, kind: str) -> int:
+    if kind == "lmdb writemap":
+        return p.lmdb_counter()
+    return p.shr[0] if kind == "shmtxn txn" else p.mv[0]
+
+
+def w6(p: Peers, samples: int, n: int) -> dict:
+    kinds = ["memoryview (lock-free floor)", "stdlib shm + mp.Lock"] + \
+        (["lmdb txn per read"] if p.lmdb_for_children() else []) + \
+        ["shmtxn shr[i] (lock-free)", "shmtxn read txn per read"]
+    scale = {k: [] for k in kinds}
+    for _ in range(samples):
+        for kind in kinds:
+            one = run_procs(lambda: read_op(p, kind), 1, n)
+            two = run_procs(lambda: read_op(p, kind), 2, n)
+            scale[kind].append(two / one)
+    return scale
+
+
+# --------------------------------------------------------------------------
+# crash recovery: how long survivors wait
+
+def _writer_forever(name, ready):
+    shr = SharedMemory(name)
+    with shr.txn() as t:
+        t[0:SLOTS] = [7] * SLOTS
+        ready.set()
+        threading.Event().wait()  # holds the txn until killed
+
+
+def _reader_forever(name, ready):
+    shr = SharedMemory(name)
+    with shr.txn(write=False):
+        ready.set()
+        threading.Event().wait()
+
+
+def recovery_delays(p: Peers, target, kills: int) -> list[float]:
+    """Seconds from SIGKILL to a waiting survivor's txn opening."""
+    delays = []
+    for _ in range(kills):
+        ready = CTX.Event()
+        child = CTX.Process(target=target, args=(p.shr.name, ready))
+        child.start()
+        ready.wait()
+        opened = []
+
+        def survivor():
+            with p.shr.txn():
+                opened.append(time.perf_counter())
+        t = threading.Thread(target=survivor)
+        t.start()
+        time.sleep(0.05)  # let the survivor block (benchmark, not a test)
+        killed = time.perf_counter()
+        os.kill(child.pid, signal.SIGKILL)
+        t.join()
+        child.join()
+        delays.append(opened[0] - killed)
+    return delays
+
+
+# --------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer, shorter samples (smoke run)")
+    args = parser.parse_args()
+    samples, min_sample = (3, 0.05) if args.quick else (5, 0.2)
+    per_proc = 20000 if args.quick else 200000
+    p = Peers()
+    out = [f"Machine: {machine()}. Command: `python benchmarks/"
+           f"bench_slots.py{' --quick' if args.quick else ''}`.", ""]
+    try:
+        for op in ("get", "set"):
+            res = measure(w1_candidates(p, op), samples, min_sample)
+            out.append(table(f"W1 single int {op}", res,
+                             "memoryview.cast('q') (unsafe floor)"))
+            print(out[-1], flush=True)
+        res = measure(w2_candidates(p), samples, min_sample)
+        out.append(table("W2 the article's txn: 10 writes then 10 reads",
+                         res, "unsafe memoryview loop (floor)"))
+        print(out[-1], flush=True)
+        rates, problems = w5(p, samples, per_proc)
+        out.append(rate_table(
+            f"W5 2 processes × {per_proc:,} increments of one counter",
+            rates, "M/s", ratio_to="posix_ipc sem" if p.sem else None,
+            note="Throughput, higher is better. " + (
+                "LOST UPDATES: " + "; ".join(problems) if problems
+                else "Every counter ended exact.")))
+        print(out[-1], flush=True)
+        scale = w6(p, samples, 4096 * (25 if args.quick else 200))
+        out.append(rate_table(
+            "W6 random reads: 2 processes vs 1", scale, "×",
+            note="Aggregate throughput of two reader processes divided by "
+                 "one's; 2.0 is perfect scaling on 2 cores."))
+        print(out[-1], flush=True)
+        kills = 5 if args.quick else 15
+        delays = {"writer killed mid-txn": recovery_delays(
+                      p, _writer_forever, kills),
+                  "reader killed in read txn": recovery_delays(
+                      p, _reader_forever, kills)}
+        out.append(rate_table(
+            "Crash recovery: SIGKILL to the waiting survivor's txn",
+            {k: [d * 1e3 for d in v] for k, v in delays.items()}, "ms",
+            note="Time from SIGKILL until a survivor already waiting for "
+                 "the lock opens its txn (target < 50 ms)."))
+        print(out[-1], flush=True)
+    finally:
+        p.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
