@@ -18,7 +18,9 @@ macros = []
 if os.environ.get("SHMTXN_DEBUG") == "1":
     compile_args += ["-O0", "-g3", "-UNDEBUG"]
 else:
-    compile_args += ["-O2"]
+    # hidden visibility + LTO: engine calls from the binding inline, no PLT
+    compile_args += ["-O2", "-fvisibility=hidden", "-flto"]
+    link_args += ["-flto", "-O2"]
 if os.environ.get("SHMTXN_SANITIZE") == "1":
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                 "-fno-omit-frame-pointer", "-g"]
