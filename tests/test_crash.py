@@ -139,3 +139,17 @@ def test_creator_killed_mid_creation_does_not_wedge_attachers(name, point):
         SharedMemory(name, timeout=30)
     assert time.monotonic() - start < 10, "attach waited for a dead creator"
     _core.unlink(name)
+
+
+def test_read_only_handle_recovers_a_dead_writer(name):
+    with SharedMemory(name, create=True, size=8 * 500) as shr:
+        shr[0:500] = [3] * 500
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=helpers.hold_write_txn, args=(name, child))
+        p.start()
+        assert parent.recv() == "locked"  # slot 0 is now 12345, uncommitted
+        helpers.kill(p)
+        with SharedMemory(name, read_only=True) as ro:
+            assert ro[0] == 3  # lock-free read falls back and recovers
+            assert ro[0:500] == [3] * 500
+        assert shr.info()["recoveries"] == 1

@@ -156,3 +156,20 @@ def test_nested_txn_is_an_error_not_a_deadlock(name):
             assert shr[0] == 1
         finally:
             other.close()
+
+
+def test_fork_child_can_close_a_handle_its_parent_had_a_txn_on(name):
+    with SharedMemory(name, create=True, size=16) as shr:
+        with shr.txn() as shm:
+            shm[0] = 1
+            pid = os.fork()
+            if pid == 0:  # child: the parent's txn is not ours to wait for
+                code = 1
+                try:
+                    shr.close()
+                    code = 0 if shr.closed else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert shr[0] == 1

@@ -54,7 +54,8 @@ typedef struct MemoryObject {
     Py_ssize_t nitems;
     int created;            /* this handle created the segment */
     long creator_pid;       /* ...in this process (not a forked child) */
-    int open_txns;          /* txns of this handle that are open */
+    int open_txns;          /* txns of this handle open in this process */
+    uint64_t txns_gen;      /* stx_fork_gen that open_txns counts in */
     Py_ssize_t exports;     /* live Py_buffers over the data region */
     PyObject *name;         /* str */
     PyObject *buf;          /* cached memoryview, or NULL */
@@ -79,6 +80,9 @@ typedef struct TxnObject {
 extern PyTypeObject Memory_Type;
 extern PyTypeObject Txn_Type;
 
+/* py_memory.c: the open-txn count of `mem` in this process (a forked
+ * child starts from 0: its parent's txns are not its own). */
+int *memory_open_txns(MemoryObject *mem);
 /* py_memory.c: -1 with an exception if `mem` is closed. */
 int memory_check_open(MemoryObject *mem);
 /* py_memory.c: normalise index `key` (int) into [0, n); -1 on error. */

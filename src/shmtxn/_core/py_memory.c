@@ -15,6 +15,16 @@
 /* Slice reads up to this many bytes use a stack buffer. */
 #define STACK_BYTES 512
 
+int *
+memory_open_txns(MemoryObject *mem)
+{
+    if (mem->txns_gen != stx_fork_gen) {
+        mem->txns_gen = stx_fork_gen;
+        mem->open_txns = 0;
+    }
+    return &mem->open_txns;
+}
+
 int
 memory_check_open(MemoryObject *mem)
 {
@@ -287,10 +297,11 @@ Memory_close(MemoryObject *self, PyObject *unused)
     if (self->seg.file == NULL) {
         Py_RETURN_NONE;
     }
-    if (self->open_txns > 0) {
+    int open_txns = *memory_open_txns(self);
+    if (open_txns > 0) {
         raise_named("Error", "cannot close segment '%s': %d transaction(s) "
                     "are open on it; leave their with-blocks first",
-                    self->seg.name, self->open_txns);
+                    self->seg.name, open_txns);
         return NULL;
     }
     if (self->buf != NULL) {

@@ -67,7 +67,8 @@ txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout)
         raise_engine_error(rc, mem->seg.name);
         return -1;
     }
-    mem->open_txns++;
+    int *open_txns = memory_open_txns(mem);
+    ++*open_txns;
     rc = stx_txn_step(txn, 0);
     if (rc == STX_EAGAIN) {
         if (wait_open(mem, txn, timeout) == 0) {
@@ -80,7 +81,7 @@ txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout)
     else {
         raise_engine_error(rc, mem->seg.name);
     }
-    mem->open_txns--;
+    --*open_txns;
     return -1;
 }
 
@@ -89,10 +90,10 @@ txn_close(MemoryObject *mem, stx_txn *txn, int commit)
 {
     int rc = stx_txn_end(txn, commit);
     if (rc == STX_EFORKED) {
-        txn->state = STX_TXN_IDLE; /* the parent's: forget it here */
+        txn->state = STX_TXN_IDLE; /* the parent's: not counted here */
     }
-    if (txn->state == STX_TXN_IDLE) {
-        mem->open_txns--;
+    else if (txn->state == STX_TXN_IDLE) {
+        --*memory_open_txns(mem);
     }
     if (rc != 0) {
         raise_engine_error(rc, mem->seg.name);
@@ -108,7 +109,7 @@ txn_write_failed(MemoryObject *mem, stx_txn *txn, int code)
                      || code == STX_EINVAL;
     if (!user_error && txn->state == STX_TXN_OPEN) {
         stx_txn_end(txn, 0); /* roll the whole txn back */
-        mem->open_txns--;
+        --*memory_open_txns(mem);
     }
     raise_engine_error(code, mem->seg.name);
     return -1;
@@ -266,7 +267,7 @@ Txn_dealloc(TxnObject *self)
         && stx_txn_usable(&self->txn) == 0) {
         release_view(self);
         stx_txn_end(&self->txn, 0); /* never entered `with`: roll back */
-        self->mem->open_txns--;
+        --*memory_open_txns(self->mem);
     }
     Py_CLEAR(self->buf);
     Py_CLEAR(self->mem);
