@@ -84,8 +84,8 @@ def test_corrupt_undo_log_is_reported_not_followed(name):
             # a hostile process scribbles a huge length into the log
             info = shr.info()
             assert info["undo_used"] > 0
-            undo_off = info["total_size"] - 4096 - info["undo_size"]
-            overwrite(name, undo_off + 8, (2**60).to_bytes(8, "little"))
+            overwrite(name, info["undo_off"] + 8,
+                      (2**60).to_bytes(8, "little"))
             with pytest.raises(shmtxn.CorruptSegmentError):
                 shm.abort()
 

@@ -20,6 +20,7 @@
 
 #include <pthread.h>
 #include <stdalign.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -143,5 +144,17 @@ typedef struct stx_undo_record {
 
 /* The number of header bytes the checksum covers. */
 #define STX_CHECKSUMMED_BYTES offsetof(stx_header, checksum)
+
+/* docs/format.md gives these offsets to people: keep them in step. */
+_Static_assert(offsetof(stx_header, format) == 80, "format.md: format");
+_Static_assert(offsetof(stx_header, checksum) == 200, "format.md: checksum");
+_Static_assert(offsetof(stx_header, writer_flag) == 256,
+               "format.md: writer line");
+_Static_assert(offsetof(stx_header, undo_used) == 320,
+               "format.md: undo line");
+_Static_assert(offsetof(stx_header, writer_mutex) == 384,
+               "format.md: mutex");
+_Static_assert(sizeof(stx_reader_slot) == STX_CACHE_LINE,
+               "a reader slot is one cache line");
 
 #endif /* STX_LAYOUT_H */

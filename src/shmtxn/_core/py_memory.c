@@ -818,10 +818,11 @@ Memory_info(MemoryObject *self, PyObject *unused)
         return NULL;
     }
     return Py_BuildValue(
-        "{s:O,s:I,s:K,s:K,s:K,s:K,s:I,s:i,s:i,s:K,s:K,s:K,s:K,s:K,s:N}",
+        "{s:O,s:I,s:K,s:K,s:K,s:K,s:K,s:I,s:i,s:i,s:K,s:K,s:K,s:K,s:K,s:N}",
         "name", self->name, "format_version", h->version,
         "data_size", (unsigned long long)h->data_size,
         "total_size", (unsigned long long)h->total_size,
+        "undo_off", (unsigned long long)h->undo_off,
         "undo_size", (unsigned long long)h->undo_size,
         "undo_used", (unsigned long long)atomic_load(&h->undo_used),
         "max_processes", h->nslots, "creator_pid", h->creator_pid,
