@@ -30,6 +30,7 @@
  * long a dead reader is noticed late. */
 #define DRAIN_NAP_NS 2000000ull
 
+/* A polite pause inside a spin loop. */
 static inline void
 cpu_relax(void)
 {
@@ -40,6 +41,7 @@ cpu_relax(void)
 #endif
 }
 
+/* Nanoseconds on CLOCK_MONOTONIC. */
 static uint64_t
 mono_ns(void)
 {
@@ -48,6 +50,7 @@ mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* A timespec holding `ns` nanoseconds. */
 static struct timespec
 to_timespec(uint64_t ns)
 {
@@ -56,6 +59,7 @@ to_timespec(uint64_t ns)
     return ts;
 }
 
+/* The calling thread, as the number txns record. */
 static uint64_t
 this_thread(void)
 {
@@ -137,6 +141,7 @@ lock_writer(stx_segment *seg, uint64_t slice_ns)
 /* ------------------------------------------------------------------ */
 /* readers and writers meeting                                         */
 
+/* The futex system call on a word in shared memory (not private). */
 static long
 futex(_Atomic uint32_t *addr, int op, uint32_t val,
       const struct timespec *timeout)
@@ -186,6 +191,7 @@ drain_slot(stx_segment *seg, stx_reader_slot *slot, uint64_t deadline)
     return 0;
 }
 
+/* Wait (holding the mutex) until no live process has a reader inside. */
 static int
 drain_readers(stx_segment *seg, uint64_t slice_ns)
 {
@@ -254,6 +260,7 @@ enter_reader(stx_segment *seg, uint64_t slice_ns)
 /* ------------------------------------------------------------------ */
 /* the txn life cycle                                                  */
 
+/* Record that `thread` opens a txn here; STX_ENESTED if it has one. */
 static int
 register_txn(stx_file *file, uint64_t thread)
 {
@@ -270,6 +277,7 @@ register_txn(stx_file *file, uint64_t thread)
     return 0;
 }
 
+/* Forget `txn`'s thread in the process's open-txn list. */
 static void
 unregister_txn(stx_txn *txn)
 {

@@ -45,6 +45,7 @@ stx_slots_reap(stx_segment *seg)
     return cleared;
 }
 
+/* Raise the slot high-water mark to at least `at_least`. */
 static void
 raise_hwm(stx_header *hdr, uint32_t at_least)
 {

@@ -75,6 +75,7 @@ fail_errno(int err, const char *what, const char *name)
                     strerror(err));
 }
 
+/* Nanoseconds on `clock`. */
 static uint64_t
 now_ns(clockid_t clock)
 {
@@ -83,6 +84,7 @@ now_ns(clockid_t clock)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* `value` rounded up to a multiple of `to`. */
 static uint64_t
 round_up(uint64_t value, uint64_t to)
 {
@@ -158,6 +160,7 @@ stx_crash_point(const char *point)
 /* ------------------------------------------------------------------ */
 /* beacons and the file registry                                       */
 
+/* fcntl lock command `cmd` of `type` on the one byte at `byte`. */
 static int
 lock_byte(int fd, short type, off_t byte, int cmd)
 {
@@ -169,6 +172,7 @@ lock_byte(int fd, short type, off_t byte, int cmd)
     return fcntl(fd, cmd, &fl);
 }
 
+/* Hold our liveness beacon: a write lock on byte `pid` of `fd`. */
 static int
 take_beacon(int fd)
 {
@@ -224,6 +228,7 @@ stx_engine_init(void)
     return 0;
 }
 
+/* This process's stx_file for the file (dev, ino), or NULL. */
 static stx_file *
 registry_find(dev_t dev, ino_t ino)
 {
@@ -311,6 +316,8 @@ open_shared_fd(const char *name, stx_file **out)
     return rc;
 }
 
+/* Drop one handle's reference; the last closes the fd (and with it the
+ * beacon). */
 static void
 release_file(stx_file *file)
 {
@@ -347,6 +354,7 @@ fill_handle(stx_segment *seg, uint8_t *base, size_t map_size)
     seg->data_size = hdr->data_size;
 }
 
+/* Map the first `size` bytes of the segment read-write. */
 static int
 map_file(stx_segment *seg, size_t size, uint8_t **out)
 {
@@ -424,6 +432,7 @@ check_free_space(int fd, uint64_t total, const char *name)
     return 0;
 }
 
+/* Reserve every page now (posix_fallocate): never a SIGBUS later. */
 static int
 reserve_space(int fd, uint64_t total, const char *name)
 {
@@ -443,6 +452,7 @@ reserve_space(int fd, uint64_t total, const char *name)
     return 0;
 }
 
+/* Initialise the robust, process-shared writer mutex. */
 static int
 init_writer_mutex(pthread_mutex_t *m)
 {
@@ -461,6 +471,7 @@ init_writer_mutex(pthread_mutex_t *m)
     return rc;
 }
 
+/* Write the creator-only header fields: format, shape, key, pid, time. */
 static void
 fill_identity(stx_header *hdr, const stx_create_opts *opts)
 {
@@ -583,6 +594,7 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
 /* ------------------------------------------------------------------ */
 /* attaching                                                           */
 
+/* STX_ECORRUPT unless [off, off+len) lies inside `total` bytes. */
 static int
 check_region(const char *what, uint64_t off, uint64_t len, uint64_t total,
              const char *name)
@@ -649,6 +661,7 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
     return rc;
 }
 
+/* The current size of the segment's file. */
 static int
 file_size_of(stx_segment *seg, uint64_t *size)
 {
@@ -713,6 +726,7 @@ wait_for_creator(stx_segment *seg, uint64_t timeout_ns)
     }
 }
 
+/* Map a published segment, validate its header, protect, claim a slot. */
 static int
 attach_mapped(stx_segment *seg)
 {

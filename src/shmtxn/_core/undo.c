@@ -20,6 +20,7 @@
 
 #define RECORD_OVERHEAD (sizeof(stx_undo_record) + sizeof(uint64_t))
 
+/* `n` rounded up to a multiple of 8. */
 static uint64_t
 pad8(uint64_t n)
 {
@@ -76,6 +77,7 @@ record_before(const stx_segment *seg, uint64_t end)
     return rec;
 }
 
+/* Bytes of `rec`, header, padded old bytes and trailer included. */
 static uint64_t
 record_size(const stx_undo_record *rec)
 {
@@ -141,12 +143,14 @@ stx_undo_rollback(stx_segment *seg)
 /* ------------------------------------------------------------------ */
 /* writes inside a txn                                                 */
 
+/* The entry of the logged-range cache that `offset` maps to. */
 static stx_logged *
 cache_slot(stx_txn *txn, uint64_t offset)
 {
     return &txn->logged[(offset >> 3) % STX_LOGGED_CACHE];
 }
 
+/* 1 if this txn already logged a range covering the given one. */
 static int
 already_logged(stx_txn *txn, uint64_t offset, uint64_t length)
 {
@@ -158,6 +162,7 @@ already_logged(stx_txn *txn, uint64_t offset, uint64_t length)
            && offset + length <= e->offset + e->length;
 }
 
+/* Note in the cache that this txn logged [offset, +length). */
 static void
 remember_logged(stx_txn *txn, uint64_t offset, uint64_t length)
 {
@@ -180,6 +185,7 @@ mark_dirty(stx_txn *txn)
     txn->dirty = 1;
 }
 
+/* Append one undo record for [offset, +length) and publish it. */
 static int
 append_record(stx_txn *txn, uint64_t offset, uint64_t length)
 {
