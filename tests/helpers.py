@@ -90,11 +90,22 @@ def hold_write_txn(name, conn):
         conn.recv()  # blocks until told or killed
 
 
-def sleep_forever():
-    while True:
-        time.sleep(60)
 
 
 def kill(proc):
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
+
+
+def paired_increments_forever(name, k, conn):
+    """Each txn adds 1 to slot 0 and to slot 1 + k: slot 0 must always
+    equal the sum of the others, whatever is killed when."""
+    shr = SharedMemory(name)
+    first = True
+    while True:
+        with shr.txn() as shm:
+            shm[0] += 1
+            shm[1 + k] += 1
+        if first:
+            conn.send("running")
+            first = False

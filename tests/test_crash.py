@@ -153,3 +153,39 @@ def test_read_only_handle_recovers_a_dead_writer(name):
             assert ro[0] == 3  # lock-free read falls back and recovers
             assert ro[0:500] == [3] * 500
         assert shr.info()["recoveries"] == 1
+
+
+def kill_workers_at_random(name, workers, rounds, seed):
+    """Writers contend; one after another is SIGKILLed at a random instant
+    and replaced.  Returns the segment's values at the end."""
+    rng = random.Random(seed)
+
+    def start(k):
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=helpers.paired_increments_forever,
+                        args=(name, k, child))
+        p.start()
+        assert parent.recv() == "running"
+        return p
+
+    with SharedMemory(name, create=True, size=8 * (1 + workers)) as shr:
+        procs = [start(k) for k in range(workers)]
+        for _ in range(rounds):
+            k = rng.randrange(workers)
+            time.sleep(rng.uniform(0, 0.005))  # random kill point
+            helpers.kill(procs[k])
+            procs[k] = start(k)
+            with shr.txn(timeout=5) as shm:
+                assert shm[0] == sum(shm[1:]), "a txn was half applied"
+        for p in procs:
+            helpers.kill(p)
+        with shr.txn(timeout=5) as shm:
+            values = shm[:]
+        return values, shr.info()
+
+
+def test_killing_contending_writers_never_half_applies_a_txn(name):
+    values, info = kill_workers_at_random(name, workers=3, rounds=12,
+                                          seed=7)
+    assert values[0] == sum(values[1:]) > 0
+    assert info["writer_pid"] == 0 and info["undo_used"] == 0
