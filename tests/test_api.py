@@ -207,6 +207,8 @@ def test_unlink_never_removes_a_new_segment_of_the_same_name(name):
     first.unlink()  # must not remove `second`
     assert os.path.exists(f"/dev/shm/{name}")
     first.close()
+    first.unlink()  # closed: still only removes its own segment
+    assert os.path.exists(f"/dev/shm/{name}")
     second.close()
     second.unlink()
 
@@ -229,6 +231,7 @@ def test_pickle_reattaches_by_name_keeping_read_only(name):
     (dict(size=12), ValueError),                 # not a multiple of 8
     (dict(size=8, format="x"), ValueError),
     (dict(size=8, format="qq"), ValueError),
+    (dict(size=8, format="=q"), ValueError),     # standard sizes: no
     (dict(size=8, read_only=True), ValueError),
 ])
 def test_bad_creation_arguments(name, kwargs, error):

@@ -26,7 +26,7 @@ def test_handle_passed_to_process(name, method):
         assert shr[0:10] == list(range(10))
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("method", METHODS)
 def test_pool_workers_fill_slots(name, method):
     ctx = multiprocessing.get_context(method)
     with SharedMemory(name, create=True, size=8 * 16) as shr:

@@ -58,6 +58,8 @@ typedef struct MemoryObject {
     uint64_t txns_gen;      /* stx_fork_gen that open_txns counts in */
     Py_ssize_t exports;     /* live Py_buffers over the data region */
     PyObject *name;         /* str */
+    dev_t dev;              /* identity of the file, kept after close() */
+    ino_t ino;              /* so unlink() never removes a newer one */
     PyObject *buf;          /* cached memoryview, or NULL */
     PyObject *weakrefs;
 } MemoryObject;

@@ -66,6 +66,7 @@ typedef struct stx_file {
     ino_t ino;
     int fd;
     int refs;
+    int creating;       /* this process is initialising the segment */
     int32_t slot;       /* our reader slot index, -1 until claimed */
     uint64_t fork_gen;  /* stx_fork_gen when `slot` was claimed */
     int ntxn;           /* txns open in this process on this segment */
@@ -172,9 +173,10 @@ int stx_attach(stx_segment *seg, const char *name, int read_only,
                uint64_t timeout_ns);
 /* Unmap and drop this handle's reference to its file; idempotent. */
 void stx_close(stx_segment *seg);
-/* Remove the name if it still names the segment `seg` mapped (when
- * seg != NULL) or whatever it names (seg == NULL).  STX_ENOENT if gone. */
-int stx_unlink(const char *name, const stx_segment *seg);
+/* Remove the name if it still names the file (dev, ino) -- or whatever
+ * it names when ino == 0.  STX_ENOENT if the name is gone or names
+ * another segment now. */
+int stx_unlink(const char *name, dev_t dev, ino_t ino);
 /* 1 if a process with this pid holds its beacon on the file, else 0. */
 int stx_pid_alive(const stx_file *file, int32_t pid);
 /* Test hook: SIGKILL this process if SHMTXN_CRASH_AT names `point`. */

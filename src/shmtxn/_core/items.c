@@ -25,8 +25,8 @@ const item_format *
 item_format_find(const char *code)
 {
     const char *c = code;
-    if (c[0] == '@' || c[0] == '=') {
-        c++; /* native order is the only order a segment has */
+    if (c[0] == '@') {
+        c++; /* native size and order: the only kind a segment has */
     }
     if (c[0] != '\0' && c[1] == '\0') {
         for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {

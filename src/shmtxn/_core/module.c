@@ -16,7 +16,7 @@ core_unlink(PyObject *module, PyObject *arg)
     if (name[0] == '/') {
         name++;
     }
-    int rc = stx_unlink(name, NULL);
+    int rc = stx_unlink(name, 0, 0);
     if (rc != 0) {
         raise_engine_error(rc, name);
         return NULL;

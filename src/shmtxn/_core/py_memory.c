@@ -283,6 +283,8 @@ Memory_init(MemoryObject *self, PyObject *args, PyObject *kwds)
     if (rc < 0) {
         return -1;
     }
+    self->dev = self->seg.file->dev;
+    self->ino = self->seg.file->ino;
     self->nitems = (Py_ssize_t)(self->seg.data_size / self->fmt->size);
     self->name = PyUnicode_FromString(self->seg.name);
     return self->name == NULL ? -1 : 0;
@@ -333,7 +335,7 @@ Memory_unlink(MemoryObject *self, PyObject *unused)
         Py_RETURN_NONE;
     }
     const char *name = PyUnicode_AsUTF8(self->name);
-    int rc = stx_unlink(name, self->seg.file ? &self->seg : NULL);
+    int rc = stx_unlink(name, self->dev, self->ino);
     if (rc != 0 && rc != STX_ENOENT) {
         raise_engine_error(rc, name);
         return NULL;

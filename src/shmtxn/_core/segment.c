@@ -571,7 +571,9 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
     rc = registry_adopt(fd, name, &seg->file);
     pthread_mutex_unlock(&registry_lock);
     if (rc == 0) {
+        seg->file->creating = 1;
         rc = build_segment(seg, opts);
+        seg->file->creating = 0;
         if (rc != 0) {
             shm_unlink(shm_name);
             release_file(seg->file);
@@ -702,8 +704,11 @@ wait_for_creator(stx_segment *seg, uint64_t timeout_ns)
         if (rc != 0 || is_published(seg, size)) {
             return rc;
         }
+        /* fcntl locks never conflict within one process: when another of
+         * our threads is the creator, only the magic can tell. */
         int fd = seg->file->fd;
-        int free_now = lock_byte(fd, F_RDLCK, INIT_LOCK_BYTE, F_SETLK) == 0;
+        int free_now = !seg->file->creating
+                       && lock_byte(fd, F_RDLCK, INIT_LOCK_BYTE, F_SETLK) == 0;
         if (free_now) {
             lock_byte(fd, F_UNLCK, INIT_LOCK_BYTE, F_SETLK);
             rc = file_size_of(seg, &size);
@@ -806,7 +811,7 @@ stx_close(stx_segment *seg)
 }
 
 int
-stx_unlink(const char *name, const stx_segment *seg)
+stx_unlink(const char *name, dev_t dev, ino_t ino)
 {
     int rc = stx_check_name(name);
     if (rc != 0) {
@@ -815,8 +820,8 @@ stx_unlink(const char *name, const stx_segment *seg)
     char path[sizeof(SHM_DIR) + STX_NAME_MAX + 1];
     snprintf(path, sizeof(path), SHM_DIR "%s", name);
     struct stat st;
-    if (seg != NULL && seg->file != NULL && stat(path, &st) == 0
-        && (st.st_dev != seg->file->dev || st.st_ino != seg->file->ino)) {
+    if (ino != 0 && stat(path, &st) == 0
+        && (st.st_dev != dev || st.st_ino != ino)) {
         return stx_fail(STX_ENOENT, "'%s' now names another segment",
                         name);
     }
