@@ -172,6 +172,14 @@ pack_float(const item_format *fmt, PyObject *value, void *dst)
 int
 item_pack(const item_format *fmt, PyObject *value, void *dst)
 {
+    if (fmt->size == 8 && fmt->kind == KIND_SIGNED && PyLong_CheckExact(value)) {
+        int overflow;
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (!overflow) {
+            memcpy(dst, &v, 8); /* the default 'q' item, the common case */
+            return 0;
+        }
+    }
     switch (fmt->kind) {
     case KIND_SIGNED:
     case KIND_UNSIGNED:

@@ -640,7 +640,9 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
         || hdr->header_size < sizeof(stx_header)
         || hdr->slot_size != sizeof(stx_reader_slot)
         || hdr->nslots == 0 || hdr->nslots > MAX_NSLOTS
-        || hdr->data_off % STX_PAGE != 0 || hdr->ndim > STX_MAX_NDIM
+        || hdr->data_off % STX_PAGE != 0
+        || hdr->slots_off % STX_CACHE_LINE != 0 || hdr->undo_off % 8 != 0
+        || hdr->undo_size % 8 != 0 || hdr->ndim > STX_MAX_NDIM
         || hdr->itemsize == 0 || hdr->data_size % hdr->itemsize != 0
         || memchr(hdr->format, 0, sizeof(hdr->format)) == NULL) {
         return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header"

@@ -201,11 +201,17 @@ append_record(stx_txn *txn, uint64_t offset, uint64_t length)
                         "the %llu-byte undo log of '%s'",
                         (unsigned long long)seg->undo_size, seg->name);
     }
-    uint8_t *at = seg->undo + used;
-    stx_undo_record rec = {offset, length};
-    memcpy(at, &rec, sizeof(rec));
-    memcpy(at + sizeof(rec), seg->data + offset, length);
-    memcpy(at + total - sizeof(total), &total, sizeof(total));
+    /* the log starts on a cache line and `used` is a multiple of 8 */
+    uint64_t *words = (uint64_t *)(seg->undo + used);
+    words[0] = offset;
+    words[1] = length;
+    if (length == 8 && offset % 8 == 0) {
+        words[2] = *(const uint64_t *)(seg->data + offset); /* one item */
+    }
+    else {
+        memcpy(words + 2, seg->data + offset, length);
+    }
+    words[total / 8 - 1] = total;
     atomic_store_explicit(&seg->hdr->undo_used, used + total,
                           memory_order_release);
     remember_logged(txn, offset, length);
