@@ -18,11 +18,18 @@ from shmtxn import SharedMemory, _core
 CTX = multiprocessing.get_context("fork")
 
 
-def kill_writer_at_random(name, rng):
+def start_child(target, *args, expect):
+    """Start target(*args, conn) in a forked child and wait until it says
+    `expect` (it is then where the test wants it)."""
     parent, child = CTX.Pipe()
-    p = CTX.Process(target=helpers.uniform_writer_forever, args=(name, child))
+    p = CTX.Process(target=target, args=(*args, child))
     p.start()
-    assert parent.recv() == "in txn"
+    assert parent.recv() == expect
+    return p, parent
+
+
+def kill_writer_at_random(name, rng):
+    p, _ = start_child(helpers.uniform_writer_forever, name, expect="in txn")
     time.sleep(rng.uniform(0, 0.004))  # random kill point, not a sync
     helpers.kill(p)
 
@@ -76,10 +83,7 @@ def test_auto_commit_set_killed_is_all_or_nothing(name):
 
 def test_dead_reader_does_not_block_writers(name):
     with SharedMemory(name, create=True, size=16) as shr:
-        parent, child = CTX.Pipe()
-        p = CTX.Process(target=helpers.hold_read_txn, args=(name, child))
-        p.start()
-        assert parent.recv() == 0
+        p, _ = start_child(helpers.hold_read_txn, name, expect=0)
         with pytest.raises(shmtxn.LockTimeout):
             with shr.txn(timeout=0.05):
                 pass
@@ -92,10 +96,8 @@ def test_dead_reader_does_not_block_writers(name):
 
 def test_lock_timeout_names_the_segment(name):
     with SharedMemory(name, create=True, size=16) as shr:
-        parent, child = CTX.Pipe()
-        p = CTX.Process(target=helpers.hold_write_txn, args=(name, child))
-        p.start()
-        assert parent.recv() == "locked"
+        p, parent = start_child(helpers.hold_write_txn, name,
+                                expect="locked")
         for write in (True, False):
             with pytest.raises(shmtxn.LockTimeout) as err:
                 with shr.txn(write=write, timeout=0.05):
@@ -109,10 +111,8 @@ def test_lock_timeout_names_the_segment(name):
 
 def test_ctrl_c_interrupts_a_wait(name):
     with SharedMemory(name, create=True, size=16) as shr:
-        parent, child = CTX.Pipe()
-        p = CTX.Process(target=helpers.hold_write_txn, args=(name, child))
-        p.start()
-        assert parent.recv() == "locked"
+        p, parent = start_child(helpers.hold_write_txn, name,
+                                expect="locked")
         interrupter = subprocess.Popen(
             [sys.executable, "-c",
              "import os, signal, sys, time; time.sleep(0.2); "
@@ -144,10 +144,8 @@ def test_creator_killed_mid_creation_does_not_wedge_attachers(name, point):
 def test_read_only_handle_recovers_a_dead_writer(name):
     with SharedMemory(name, create=True, size=8 * 500) as shr:
         shr[0:500] = [3] * 500
-        parent, child = CTX.Pipe()
-        p = CTX.Process(target=helpers.hold_write_txn, args=(name, child))
-        p.start()
-        assert parent.recv() == "locked"  # slot 0 is now 12345, uncommitted
+        # slot 0 is now 12345, uncommitted
+        p, _ = start_child(helpers.hold_write_txn, name, expect="locked")
         helpers.kill(p)
         with SharedMemory(name, read_only=True) as ro:
             assert ro[0] == 3  # lock-free read falls back and recovers
@@ -161,12 +159,8 @@ def kill_workers_at_random(name, workers, rounds, seed):
     rng = random.Random(seed)
 
     def start(k):
-        parent, child = CTX.Pipe()
-        p = CTX.Process(target=helpers.paired_increments_forever,
-                        args=(name, k, child))
-        p.start()
-        assert parent.recv() == "running"
-        return p
+        return start_child(helpers.paired_increments_forever, name, k,
+                           expect="running")[0]
 
     with SharedMemory(name, create=True, size=8 * (1 + workers)) as shr:
         procs = [start(k) for k in range(workers)]

@@ -6,41 +6,10 @@
             shm[0] = 42
 """
 
-from .errors import (
-    AccessDeniedError,
-    BufferExportsError,
-    CorruptSegmentError,
-    Error,
-    IncompatibleSegmentError,
-    LockTimeout,
-    NestedTransactionError,
-    ReadOnlyError,
-    SegmentClosedError,
-    SegmentExistsError,
-    SegmentFullError,
-    SegmentNotFoundError,
-    TransactionClosedError,
-    TransactionTooLarge,
-)
+from . import errors
+from .errors import *  # noqa: F401,F403  (the exception hierarchy)
 from .memory import SharedMemory
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SharedMemory",
-    "Error",
-    "SegmentExistsError",
-    "SegmentNotFoundError",
-    "AccessDeniedError",
-    "ReadOnlyError",
-    "LockTimeout",
-    "TransactionTooLarge",
-    "SegmentFullError",
-    "CorruptSegmentError",
-    "IncompatibleSegmentError",
-    "TransactionClosedError",
-    "NestedTransactionError",
-    "SegmentClosedError",
-    "BufferExportsError",
-    "__version__",
-]
+__all__ = ["SharedMemory", "__version__", *errors.__all__]
