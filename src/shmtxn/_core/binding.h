@@ -40,6 +40,11 @@ void raise_lock_timeout(const char *name, double timeout, int write);
 /* Raise shmtxn.<class_name>(message). */
 void raise_named(const char *class_name, const char *fmt, ...);
 
+/* ---- segment state as Python data (info.c) ---- */
+
+/* A dict describing a mapped segment: geometry, lock, processes. */
+PyObject *segment_info(stx_segment *seg);
+
 /* ---- the two types ---- */
 
 /*
@@ -99,6 +104,9 @@ int memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
 /* py_txn.c: open `txn` on `mem`, releasing the GIL around each wait;
  * -1 with an exception (LockTimeout, KeyboardInterrupt, ...). */
 int txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout);
+/* py_txn.c: step an initialised `txn` until it is open, the GIL released
+ * around each slice; -1 (txn cancelled) on timeout, Ctrl-C or error. */
+int txn_wait(const char *name, stx_txn *txn, double timeout);
 /* py_txn.c: end `txn`; -1 with an exception if ending failed. */
 int txn_close(MemoryObject *mem, stx_txn *txn, int commit);
 /* py_txn.c: new Txn object for mem.txn(). */

@@ -130,6 +130,16 @@ typedef struct stx_txn {
     stx_logged *logged;
 } stx_txn;
 
+/* What stx_probe() found under a name. */
+enum stx_probe_state {
+    STX_PROBE_READY = 1,    /* a valid segment; `seg` is mapped read-only */
+    STX_PROBE_BUILDING,     /* being created by a live process */
+    STX_PROBE_ABANDONED,    /* its creator died mid-creation */
+    STX_PROBE_FOREIGN,      /* not a shmtxn segment (or no header yet) */
+    STX_PROBE_CORRUPT,      /* shmtxn magic, impossible header */
+    STX_PROBE_INCOMPAT,     /* another format version or ABI */
+};
+
 /* Options for stx_create(). */
 typedef struct stx_create_opts {
     uint32_t layout_kind;
@@ -171,6 +181,11 @@ int stx_create(stx_segment *seg, const char *name,
  * creator to finish initialising it. */
 int stx_attach(stx_segment *seg, const char *name, int read_only,
                uint64_t timeout_ns);
+/* Look at a segment without attaching to it: no reader slot is claimed
+ * and nothing waits.  Sets *state; for STX_PROBE_READY `seg` is mapped
+ * read-only (close it with stx_close), otherwise it is closed again and
+ * stx_detail() says why.  Returns 0, or an error opening the name. */
+int stx_probe(stx_segment *seg, const char *name, int *state);
 /* Unmap and drop this handle's reference to its file; idempotent. */
 void stx_close(stx_segment *seg);
 /* Remove the name if it still names the file (dev, ino) -- or whatever

@@ -25,6 +25,9 @@
 #include <stdint.h>
 
 #define STX_MAGIC 0x4e5854544d4853ULL  /* "SHMTTXN" little-endian, plus 0 */
+/* Stored first, while the creator builds the header: tells a half-built
+ * shmtxn segment from another program's zero-filled one. */
+#define STX_MAGIC_BUILDING 0x444c4955425854ULL /* "TXBUILD" */
 #define STX_FORMAT_VERSION 1u
 #define STX_CACHE_LINE 64u
 #define STX_PAGE 4096u
@@ -68,8 +71,8 @@ typedef struct stx_reader_slot {
  *
  * Creation protocol (segment.c): the creator opens the name with O_EXCL,
  * takes an fcntl write lock on byte 0 (the init lock), sizes and reserves
- * the file, fills every field, then stores `magic` with release order and
- * drops the init lock.  An attacher that finds `magic` unset waits for the
+ * the file, stores STX_MAGIC_BUILDING, fills every field, then stores
+ * STX_MAGIC with release order and drops the init lock.  An attacher that finds `magic` unset waits for the
  * init lock; when it gets the lock and `magic` is still unset, the creator
  * died mid-creation and the attach fails with CorruptSegmentError at once.
  *
@@ -92,7 +95,7 @@ typedef struct stx_reader_slot {
  */
 typedef struct stx_header {
     /* --- identity and geometry: written once by the creator --- */
-    _Atomic uint64_t magic;     /* STX_MAGIC, stored last during creation */
+    _Atomic uint64_t magic;     /* BUILDING first, STX_MAGIC last */
     uint32_t version;           /* STX_FORMAT_VERSION */
     uint32_t abi;               /* stx_abi_word() of the creator */
     uint32_t layout_kind;       /* enum stx_layout_kind */

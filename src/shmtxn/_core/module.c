@@ -24,7 +24,93 @@ core_unlink(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static const char *
+probe_state_name(int state)
+{
+    switch (state) {
+    case STX_PROBE_READY: return "ready";
+    case STX_PROBE_BUILDING: return "building";
+    case STX_PROBE_ABANDONED: return "abandoned";
+    case STX_PROBE_CORRUPT: return "corrupt";
+    case STX_PROBE_INCOMPAT: return "incompatible";
+    default: return "foreign";
+    }
+}
+
+/* probe(name) -> dict: what is under the name, without attaching. */
+static PyObject *
+core_probe(PyObject *module, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL) {
+        return NULL;
+    }
+    stx_segment seg;
+    int state = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = stx_probe(&seg, name, &state);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        raise_engine_error(rc, name);
+        return NULL;
+    }
+    if (state != STX_PROBE_READY) {
+        const char *detail = state == STX_PROBE_BUILDING ? ""
+                             : state == STX_PROBE_ABANDONED
+                                 ? "its creator died mid-creation"
+                                 : stx_detail();
+        return Py_BuildValue("{s:s,s:s,s:s}", "name", name, "state",
+                             probe_state_name(state), "detail", detail);
+    }
+    PyObject *info = segment_info(&seg);
+    stx_close(&seg);
+    return info;
+}
+
+/* repair(name, timeout) -> dict: recover a dead writer and clear dead
+ * readers exactly as the next write txn would. */
+static PyObject *
+core_repair(PyObject *module, PyObject *args)
+{
+    const char *name;
+    double timeout = 5.0;
+    if (!PyArg_ParseTuple(args, "s|d:repair", &name, &timeout)) {
+        return NULL;
+    }
+    stx_segment seg;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = stx_attach(&seg, name, 0, (uint64_t)(timeout * 1e9));
+    Py_END_ALLOW_THREADS
+    if (rc != 0) {
+        raise_engine_error(rc, name);
+        return NULL;
+    }
+    uint64_t before = atomic_load(&seg.hdr->recoveries);
+    stx_txn txn = {0};
+    rc = stx_txn_init(&txn, &seg, 1);
+    if (rc != 0) {
+        raise_engine_error(rc, name);
+    }
+    else if (txn_wait(name, &txn, timeout) == 0) {
+        int cleared = stx_slots_reap(&seg);
+        stx_txn_end(&txn, 1);
+        uint64_t recovered = atomic_load(&seg.hdr->recoveries) - before;
+        stx_close(&seg);
+        return Py_BuildValue("{s:K,s:i}", "recovered_writers",
+                             (unsigned long long)recovered,
+                             "cleared_readers", cleared);
+    }
+    stx_close(&seg);
+    return NULL;
+}
+
 static PyMethodDef core_methods[] = {
+    {"probe", core_probe, METH_O,
+     "probe(name) -> dict describing the segment, without attaching"},
+    {"repair", core_repair, METH_VARARGS,
+     "repair(name, timeout=5.0) -> dict: recover as the next txn would"},
     {"unlink", core_unlink, METH_O,
      "unlink(name): remove a segment's name; SegmentNotFoundError if none"},
     {NULL, NULL, 0, NULL},

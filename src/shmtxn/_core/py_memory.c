@@ -798,43 +798,7 @@ Memory_info(MemoryObject *self, PyObject *unused)
     if (memory_check_open(self) < 0) {
         return NULL;
     }
-    stx_header *h = self->seg.hdr;
-    PyObject *readers = PyList_New(0);
-    uint32_t hwm = atomic_load(&h->slots_hwm);
-    for (uint32_t i = 0; readers && i < hwm && i < self->seg.nslots; i++) {
-        stx_reader_slot *slot = &self->seg.slots[i];
-        int32_t pid = atomic_load(&slot->pid);
-        if (pid == 0) {
-            continue;
-        }
-        PyObject *entry = Py_BuildValue(
-            "{s:i,s:I,s:O}", "pid", pid, "readers",
-            atomic_load(&slot->readers), "alive",
-            stx_pid_alive(self->seg.file, pid) ? Py_True : Py_False);
-        if (entry == NULL || PyList_Append(readers, entry) < 0) {
-            Py_CLEAR(readers);
-        }
-        Py_XDECREF(entry);
-    }
-    if (readers == NULL) {
-        return NULL;
-    }
-    return Py_BuildValue(
-        "{s:O,s:I,s:K,s:K,s:K,s:K,s:K,s:I,s:i,s:i,s:K,s:K,s:K,s:K,s:K,s:N}",
-        "name", self->name, "format_version", h->version,
-        "data_size", (unsigned long long)h->data_size,
-        "total_size", (unsigned long long)h->total_size,
-        "undo_off", (unsigned long long)h->undo_off,
-        "undo_size", (unsigned long long)h->undo_size,
-        "undo_used", (unsigned long long)atomic_load(&h->undo_used),
-        "max_processes", h->nslots, "creator_pid", h->creator_pid,
-        "writer_pid", atomic_load(&h->writer_pid),
-        "seq", (unsigned long long)atomic_load(&h->seq),
-        "commits", (unsigned long long)atomic_load(&h->commits),
-        "recoveries", (unsigned long long)atomic_load(&h->recoveries),
-        "created_ns", (unsigned long long)h->created_ns,
-        "modified_ns", (unsigned long long)atomic_load(&h->modified_ns),
-        "processes", readers);
+    return segment_info(&self->seg);
 }
 
 static PyMethodDef Memory_methods[] = {

@@ -20,12 +20,12 @@ monotonic_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* Keep stepping the txn with the GIL released, slice by slice. */
-static int
-wait_open(MemoryObject *mem, stx_txn *txn, double timeout)
+int
+txn_wait(const char *name, stx_txn *txn, double timeout)
 {
-    double start = monotonic_s();
-    for (;;) {
+    int rc = stx_txn_step(txn, 0);
+    double start = rc == STX_EAGAIN ? monotonic_s() : 0; /* fast path: none */
+    while (rc == STX_EAGAIN) {
         if (PyErr_CheckSignals() < 0) {
             stx_txn_cancel(txn);
             return -1;
@@ -35,25 +35,22 @@ wait_open(MemoryObject *mem, stx_txn *txn, double timeout)
             double left = timeout - (monotonic_s() - start);
             if (left <= 0) {
                 stx_txn_cancel(txn);
-                raise_lock_timeout(mem->seg.name, timeout, txn->write);
+                raise_lock_timeout(name, timeout, txn->write);
                 return -1;
             }
             if (left * 1e9 < (double)slice) {
                 slice = (uint64_t)(left * 1e9) + 1;
             }
         }
-        int rc;
         Py_BEGIN_ALLOW_THREADS
         rc = stx_txn_step(txn, slice);
         Py_END_ALLOW_THREADS
-        if (rc == 0) {
-            return 0;
-        }
-        if (rc != STX_EAGAIN) {
-            raise_engine_error(rc, mem->seg.name);
-            return -1;
-        }
     }
+    if (rc != 0) {
+        raise_engine_error(rc, name); /* the step cancelled the txn */
+        return -1;
+    }
+    return 0;
 }
 
 int
@@ -69,17 +66,8 @@ txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout)
     }
     int *open_txns = memory_open_txns(mem);
     ++*open_txns;
-    rc = stx_txn_step(txn, 0);
-    if (rc == STX_EAGAIN) {
-        if (wait_open(mem, txn, timeout) == 0) {
-            return 0;
-        }
-    }
-    else if (rc == 0) {
+    if (txn_wait(mem->seg.name, txn, timeout) == 0) {
         return 0;
-    }
-    else {
-        raise_engine_error(rc, mem->seg.name);
     }
     --*open_txns;
     return -1;

@@ -524,6 +524,8 @@ build_segment(stx_segment *seg, const stx_create_opts *opts)
         rc = map_file(seg, plan.total_size, &base);
     }
     if (rc == 0) {
+        atomic_store_explicit(&((stx_header *)base)->magic,
+                              STX_MAGIC_BUILDING, memory_order_relaxed);
         /* the geometry fields lie between the magic and the format */
         memcpy(base + sizeof(plan.magic), (uint8_t *)&plan + sizeof(plan.magic),
                offsetof(stx_header, format) - sizeof(plan.magic));
@@ -677,21 +679,44 @@ file_size_of(stx_segment *seg, uint64_t *size)
     return 0;
 }
 
-/* Is the segment published?  1 yes, 0 not yet; reads only the magic. */
-static int
-is_published(stx_segment *seg, uint64_t size)
+/* The segment's magic (0 if the file is too short to hold one). */
+static uint64_t
+read_magic(stx_segment *seg, uint64_t size)
 {
     if (size < sizeof(stx_header)) {
         return 0;
     }
-    uint8_t *base;
-    if (map_file(seg, STX_PAGE, &base) != 0) {
+    void *p = mmap(NULL, STX_PAGE, PROT_READ, MAP_SHARED, seg->file->fd, 0);
+    if (p == MAP_FAILED) {
         return 0;
     }
-    uint64_t magic = atomic_load_explicit(&((stx_header *)base)->magic,
+    uint64_t magic = atomic_load_explicit(&((stx_header *)p)->magic,
                                           memory_order_acquire);
-    munmap(base, STX_PAGE);
-    return magic != 0;
+    munmap(p, STX_PAGE);
+    return magic;
+}
+
+/* Is the segment past creation?  A foreign or damaged magic counts as
+ * done too: validation then says what is wrong with it. */
+static int
+is_published(stx_segment *seg, uint64_t size)
+{
+    uint64_t magic = read_magic(seg, size);
+    return magic != 0 && magic != STX_MAGIC_BUILDING;
+}
+
+/* 1 if the creator's init lock on byte 0 is free (so it is not building),
+ * never when the creator is another thread of this process. */
+static int
+init_lock_free(stx_segment *seg)
+{
+    int fd = seg->file->fd;
+    if (seg->file->creating
+        || lock_byte(fd, F_RDLCK, INIT_LOCK_BYTE, F_SETLK) != 0) {
+        return 0;
+    }
+    lock_byte(fd, F_UNLCK, INIT_LOCK_BYTE, F_SETLK);
+    return 1;
 }
 
 /* Wait until the creator has published the header, or report that it died
@@ -708,11 +733,8 @@ wait_for_creator(stx_segment *seg, uint64_t timeout_ns)
         }
         /* fcntl locks never conflict within one process: when another of
          * our threads is the creator, only the magic can tell. */
-        int fd = seg->file->fd;
-        int free_now = !seg->file->creating
-                       && lock_byte(fd, F_RDLCK, INIT_LOCK_BYTE, F_SETLK) == 0;
+        int free_now = init_lock_free(seg);
         if (free_now) {
-            lock_byte(fd, F_UNLCK, INIT_LOCK_BYTE, F_SETLK);
             rc = file_size_of(seg, &size);
             if (rc != 0 || is_published(seg, size)) {
                 return rc;
@@ -791,6 +813,63 @@ stx_attach(stx_segment *seg, const char *name, int read_only,
         seg->file = NULL;
     }
     return rc;
+}
+
+/* Classify a segment whose header is not (yet) valid. */
+static int
+probe_unready(stx_segment *seg, uint64_t size)
+{
+    uint64_t magic = read_magic(seg, size);
+    if (magic == STX_MAGIC_BUILDING) {
+        return init_lock_free(seg) ? STX_PROBE_ABANDONED : STX_PROBE_BUILDING;
+    }
+    if (magic != STX_MAGIC) {
+        stx_fail(STX_ECORRUPT, "'%s' is not a shmtxn segment", seg->name);
+        return STX_PROBE_FOREIGN;
+    }
+    return -1;
+}
+
+int
+stx_probe(stx_segment *seg, const char *name, int *state)
+{
+    memset(seg, 0, sizeof(*seg));
+    int rc = stx_check_name(name);
+    if (rc == 0) {
+        snprintf(seg->name, sizeof(seg->name), "%s", name);
+        seg->read_only = 1;
+        rc = open_shared_fd(name, &seg->file);
+    }
+    uint64_t size = 0;
+    if (rc == 0) {
+        rc = file_size_of(seg, &size);
+    }
+    if (rc != 0) {
+        if (seg->file != NULL) {
+            release_file(seg->file);
+            seg->file = NULL;
+        }
+        return rc;
+    }
+    *state = probe_unready(seg, size);
+    if (*state < 0) {
+        void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, seg->file->fd, 0);
+        rc = p == MAP_FAILED ? fail_errno(errno, "mmap", name)
+                             : header_validate(p, size, name);
+        *state = rc == 0 ? STX_PROBE_READY
+                 : rc == STX_EINCOMPAT ? STX_PROBE_INCOMPAT
+                                       : STX_PROBE_CORRUPT;
+        if (rc == 0) {
+            fill_handle(seg, p, (size_t)size);
+            return 0;
+        }
+        if (p != MAP_FAILED) {
+            munmap(p, size);
+        }
+    }
+    release_file(seg->file);
+    seg->file = NULL;
+    return 0;
 }
 
 void

@@ -1,0 +1,99 @@
+/*
+ * info.c -- a segment's state as Python data, for Memory.info(), the
+ * module-level probe() and repair(), and through them `shmtxn ls`,
+ * `info`, `check` and `gc`.  Everything is read from shared memory once and
+ * clamped or checked before it is used.
+ */
+#include "binding.h"
+
+static const char *
+layout_name(uint32_t kind)
+{
+    return kind == STX_LAYOUT_SLOTS ? "slots"
+           : kind == STX_LAYOUT_DICT ? "dict" : "unknown";
+}
+
+/* The attached processes: one dict per claimed reader slot. */
+static PyObject *
+process_list(stx_segment *seg)
+{
+    PyObject *list = PyList_New(0);
+    uint32_t hwm = atomic_load(&seg->hdr->slots_hwm);
+    for (uint32_t i = 0; list && i < hwm && i < seg->nslots; i++) {
+        stx_reader_slot *slot = &seg->slots[i];
+        int32_t pid = atomic_load(&slot->pid);
+        if (pid == 0) {
+            continue;
+        }
+        PyObject *entry = Py_BuildValue(
+            "{s:i,s:I,s:O,s:K}", "pid", pid, "readers",
+            atomic_load(&slot->readers), "alive",
+            stx_pid_alive(seg->file, pid) ? Py_True : Py_False,
+            "attached_ns", (unsigned long long)slot->attached_ns);
+        if (entry == NULL || PyList_Append(list, entry) < 0) {
+            Py_CLEAR(list);
+        }
+        Py_XDECREF(entry);
+    }
+    return list;
+}
+
+/* "free", "held" (by a live writer) or "dead" (awaiting recovery). */
+static const char *
+lock_state(stx_segment *seg, int32_t holder)
+{
+    if (!atomic_load(&seg->hdr->writer_flag)) {
+        return "free";
+    }
+    return holder != 0 && stx_pid_alive(seg->file, holder) ? "held" : "dead";
+}
+
+static PyObject *
+shape_tuple(const stx_header *h)
+{
+    uint32_t ndim = h->ndim < STX_MAX_NDIM ? h->ndim : STX_MAX_NDIM;
+    PyObject *shape = PyTuple_New(ndim);
+    for (uint32_t i = 0; shape && i < ndim; i++) {
+        PyTuple_SET_ITEM(shape, i, PyLong_FromUnsignedLongLong(h->shape[i]));
+    }
+    return shape;
+}
+
+PyObject *
+segment_info(stx_segment *seg)
+{
+    stx_header *h = seg->hdr;
+    int32_t holder = atomic_load(&h->writer_pid);
+    int undo_rc = stx_undo_validate(seg);
+    PyObject *processes = process_list(seg);
+    PyObject *shape = shape_tuple(h);
+    if (processes == NULL || shape == NULL) {
+        Py_XDECREF(processes);
+        Py_XDECREF(shape);
+        return NULL;
+    }
+    return Py_BuildValue(
+        "{s:s,s:s,s:I,s:s,s:s,s:I,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s,"
+        "s:I,s:i,s:O,s:s,s:i,s:K,s:K,s:K,s:K,s:K,s:N}",
+        "name", seg->name, "state", "ready", "format_version", h->version,
+        "layout", layout_name(h->layout_kind), "format", h->format,
+        "itemsize", h->itemsize, "shape", shape,
+        "items", (unsigned long long)(h->data_size / h->itemsize),
+        "data_size", (unsigned long long)h->data_size,
+        "total_size", (unsigned long long)h->total_size,
+        "undo_off", (unsigned long long)h->undo_off,
+        "undo_size", (unsigned long long)h->undo_size,
+        "undo_used", (unsigned long long)atomic_load(&h->undo_used),
+        "undo_valid", undo_rc == 0 ? Py_True : Py_False,
+        "undo_problem", undo_rc == 0 ? "" : stx_detail(),
+        "max_processes", h->nslots, "creator_pid", h->creator_pid,
+        "creator_alive",
+        stx_pid_alive(seg->file, h->creator_pid) ? Py_True : Py_False,
+        "lock", lock_state(seg, holder), "writer_pid", holder,
+        "seq", (unsigned long long)atomic_load(&h->seq),
+        "commits", (unsigned long long)atomic_load(&h->commits),
+        "recoveries", (unsigned long long)atomic_load(&h->recoveries),
+        "created_ns", (unsigned long long)h->created_ns,
+        "modified_ns", (unsigned long long)atomic_load(&h->modified_ns),
+        "processes", processes);
+}
