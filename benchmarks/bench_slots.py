@@ -14,158 +14,16 @@ skipped.  Prints Markdown tables: medians, min, max, ratio to the floor.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import random
 import signal
-import statistics
-import struct
 import sys
-import tempfile
 import threading
 import time
-import timeit
-from multiprocessing import shared_memory
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _harness import machine, measure, optional, rate_table, table  # noqa: E402
-
-from shmtxn import SharedMemory  # noqa: E402
-
-posix_ipc = optional("posix_ipc")
-lmdb = optional("lmdb")
-
-SLOTS = 1000
-CTX = multiprocessing.get_context("fork")
-
-
-def loop(stmt: str, **names) -> "callable":
-    """A runner timing `stmt` n times with `names` bound as locals."""
-    setup = "\n".join(f"{k} = _names[{k!r}]" for k in names)
-    timer = timeit.Timer(stmt, setup=setup, globals={"_names": names})
-    return timer.timeit
-
-
-class Peers:
-    """Every candidate's shared state, created once per run."""
-
-    def __init__(self):
-        self.std = shared_memory.SharedMemory(create=True, size=8 * SLOTS)
-        self.mv = self.std.buf.cast("q")
-        self.lock = CTX.Lock()
-        self.array = CTX.Array("q", SLOTS)
-        self.shr = SharedMemory(create=True, size=8 * SLOTS)
-        self.sem = self.env = self.lmdb_dir = None
-        if posix_ipc:
-            self.sem = posix_ipc.Semaphore(None, posix_ipc.O_CREX,
-                                           initial_value=1)
-        if lmdb:
-            self.lmdb_dir = tempfile.mkdtemp(prefix="shmtxn-bench-",
-                                             dir="/dev/shm")
-            self.env = self.open_lmdb()
-            with self.env.begin(write=True) as tx:
-                for i in range(SLOTS):
-                    tx.put(b"%d" % i, bytes(8))
-
-    def open_lmdb(self):
-        return lmdb.open(self.lmdb_dir, map_size=1 << 26, writemap=True,
-                         sync=False, metasync=False, lock=True)
-
-    def lmdb_for_children(self) -> bool:
-        """Close the parent's env: an LMDB env must not cross fork(), so
-        each child opens its own.  True if lmdb is a candidate."""
-        if self.env is not None:
-            self.env.close()
-            self.env = None
-        return self.lmdb_dir is not None
-
-    def lmdb_counter(self, value: int | None = None) -> int:
-        """Read (or set) slot 0 through a short-lived env."""
-        env = self.open_lmdb()
-        try:
-            with env.begin(write=value is not None) as t:
-                if value is not None:
-                    t.put(b"0", value.to_bytes(8, "little"))
-                return int.from_bytes(t.get(b"0"), "little")
-        finally:
-            env.close()
-
-    def close(self):
-        self.mv.release()
-        self.std.close()
-        self.std.unlink()
-        self.shr.close()
-        self.shr.unlink()
-        if self.sem:
-            self.sem.unlink()
-        if self.env:
-            self.env.close()
-        if self.lmdb_dir:
-            for f in os.listdir(self.lmdb_dir):
-                os.unlink(os.path.join(self.lmdb_dir, f))
-            os.rmdir(self.lmdb_dir)
-
-
-# --------------------------------------------------------------------------
-# W1 and W2: one process
-
-def w1_candidates(p: Peers, op: str) -> dict:
-    get = op == "get"
-    c = {}
-    c["memoryview.cast('q') (unsafe floor)"] = loop(
-        "m[3]" if get else "m[3] = 5", m=p.mv)
-    c["struct on stdlib shm (unsafe)"] = loop(
-        "u('q', b, 24)[0]" if get else "u('q', b, 24, 5)",
-        u=struct.unpack_from if get else struct.pack_into, b=p.std.buf)
-    c["stdlib shm + mp.Lock"] = loop(
-        "with lk: m[3]" if get else "with lk: m[3] = 5", m=p.mv, lk=p.lock)
-    c["mp.Array with get_lock()"] = loop(
-        "with lk: a[3]" if get else "with lk: a[3] = 5",
-        a=p.array.get_obj(), lk=p.array.get_lock())
-    if p.sem:
-        c["posix_ipc sem + shm"] = loop(
-            "acq(); m[3]; rel()" if get else "acq(); m[3] = 5; rel()",
-            m=p.mv, acq=p.sem.acquire, rel=p.sem.release)
-    if p.env:
-        c["lmdb /dev/shm (txn per op)"] = loop(
-            "with b() as t: fb(t.get(k), 'little')" if get else
-            "with b(write=True) as t: t.put(k, (5).to_bytes(8, 'little'))",
-            b=p.env.begin, k=b"3", fb=int.from_bytes)
-    c["shmtxn shr[i] (auto-commit)"] = loop(
-        "s[3]" if get else "s[3] = 5", s=p.shr)
-    return c
-
-
-W2_BODY = "for i in range(10): {w}\nfor i in range(10): {r}"
-
-
-def indent(code: str, by: str = "    ") -> str:
-    return "\n".join(by + line for line in code.splitlines())
-
-
-def w2_candidates(p: Peers) -> dict:
-    body = W2_BODY.format(w="m[i] = i", r="m[i]")
-    c = {"unsafe memoryview loop (floor)": loop(body, m=p.mv)}
-    c["mp.Array raw under get_lock()"] = loop(
-        "with lk:\n" + indent(W2_BODY.format(w="a[i] = i", r="a[i]")),
-        a=p.array.get_obj(), lk=p.array.get_lock())
-    if p.sem:
-        c["posix_ipc sem + shm"] = loop(
-            "acq()\n" + body + "\nrel()", m=p.mv, acq=p.sem.acquire,
-            rel=p.sem.release)
-    if p.env:
-        c["lmdb writemap, one txn"] = loop(
-            "with b(write=True) as t:\n" + indent(W2_BODY.format(
-                w="t.put(ks[i], vs[i])", r="fb(t.get(ks[i]), 'little')")),
-            b=p.env.begin, fb=int.from_bytes,
-            ks=[b"%d" % i for i in range(10)],
-            vs=[i.to_bytes(8, "little") for i in range(10)])
-    c["shmtxn with shr.txn()"] = loop(
-        "with s.txn() as t:\n" + indent(W2_BODY.format(w="t[i] = i",
-                                                       r="t[i]")),
-        s=p.shr)
-    return c
+from shmtxn import SharedMemory
+from shmtxn._bench import (CTX, SLOTS, Peers, machine, measure, rate_table,
+                           table, w1_candidates, w2_candidates)
 
 
 # --------------------------------------------------------------------------

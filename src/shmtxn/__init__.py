@@ -8,8 +8,10 @@
 
 from . import errors
 from .errors import *  # noqa: F401,F403  (the exception hierarchy)
+from .admin import list_segments, segment_info
 from .memory import SharedMemory
 
 __version__ = "0.1.0"
 
-__all__ = ["SharedMemory", "__version__", *errors.__all__]
+__all__ = ["SharedMemory", "list_segments", "segment_info", "__version__",
+           *errors.__all__]

@@ -1,44 +1,251 @@
-"""The shmtxn command line (``shmtxn`` or ``python -m shmtxn``)."""
+"""The shmtxn command line (``shmtxn`` or ``python -m shmtxn``).
+
+Human tables by default, ``--json`` everywhere.  Exit codes: 0 ok, 1
+problems found (check) or an operation refused or failed, 2 usage errors.
+Errors go to stderr in one line.  The information comes from
+shmtxn.admin; this module only formats it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 
-from . import __version__
+from . import __version__, admin
+from .errors import Error
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------- formatting
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+def print_table(rows: list[list[str]], head: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    for row in [head, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths))
+              .rstrip())
+
+
+def lock_text(info: dict) -> str:
+    if info["lock"] == "free":
+        return "free"
+    verb = "held by" if info["lock"] == "held" else "DEAD holder"
+    return f"{verb} {info['writer_pid']}"
+
+
+def ls_row(info: dict) -> list[str]:
+    if info["state"] != "ready":
+        size = human_bytes(info.get("file_size", 0))
+        return [info["name"], info["state"], "-", size,
+                human_bytes(info.get("used_bytes", 0)), "-", "-", "-", "-",
+                "-", "-"]
+    shape = "x".join(str(d) for d in info["shape"])
+    creator = (f"{info['creator_pid']}"
+               f"{'' if info['creator_alive'] else ' (gone)'}")
+    attached = ",".join(map(str, info["attached"])) or "none (orphaned)"
+    return [info["name"], info["layout"], f"{info['format']}[{shape}]",
+            human_bytes(info["data_size"]), human_bytes(info["used_bytes"]),
+            creator, attached, lock_text(info), str(info["active_readers"]),
+            when(info["created_ns"]), when(info["modified_ns"])]
+
+
+def emit(args, data, human) -> None:
+    """Print `data` as JSON with --json, else call human(data)."""
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        human(data)
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_ls(args) -> int:
+    infos = admin.list_segments(all=args.all, prefix=args.prefix)
+    emit(args, infos, lambda rows: print_table(
+        [ls_row(i) for i in rows],
+        ["NAME", "LAYOUT", "ITEMS", "SIZE", "USED", "CREATOR", "ATTACHED",
+         "LOCK", "READERS", "CREATED", "MODIFIED"]) if rows else
+        print("no shmtxn segments in /dev/shm"))
+    return 0
+
+
+def _items(name: str, count: int) -> list:
+    from .memory import SharedMemory
+    with SharedMemory(name, read_only=True) as shr:
+        return shr[0:count]
+
+
+def cmd_info(args) -> int:
+    info = admin.segment_info(args.name)
+    if args.items and info["state"] == "ready" and info["layout"] == "slots":
+        info["first_items"] = _items(args.name, args.items)
+
+    def human(i):
+        for key, value in i.items():
+            if key == "processes":
+                print("processes:")
+                for p in value:
+                    state = "alive" if p["alive"] else "DEAD"
+                    print(f"  pid {p['pid']:<8} {state:<5} readers "
+                          f"{p['readers']}  attached {when(p['attached_ns'])}")
+            elif key.endswith("_ns") and isinstance(value, int):
+                print(f"{key[:-3]}: {when(value)}")
+            else:
+                print(f"{key}: {value}")
+    emit(args, info, human)
+    return 0
+
+
+def cmd_check(args) -> int:
+    result = admin.check(args.name, repair=args.repair, timeout=args.timeout)
+
+    def human(r):
+        if r["repaired"]:
+            print(f"repaired: {r['repaired']['recovered_writers']} dead "
+                  f"writer(s) rolled back, {r['repaired']['cleared_readers']}"
+                  " dead reader slot(s) cleared")
+        for problem in r["problems"]:
+            print(f"problem: {problem}")
+        if not r["problems"]:
+            print(f"{r['name']}: ok")
+    emit(args, result, human)
+    return 1 if result["problems"] else 0
+
+
+def cmd_rm(args) -> int:
+    results, status = [], 0
+    for name in args.names:
+        try:
+            results.append(admin.remove(name, force=args.force))
+        except Error as e:
+            print(f"shmtxn rm: {e}", file=sys.stderr)
+            results.append({"name": name, "removed": False,
+                            "error": str(e)})
+            status = 1
+    emit(args, results, lambda rs: [print(f"removed {r['name']}")
+                                    for r in rs if r["removed"]])
+    return status
+
+
+def cmd_gc(args) -> int:
+    removed = admin.gc(dry_run=args.dry_run, prefix=args.prefix)
+    verb = "would remove" if args.dry_run else "removed"
+    emit(args, removed, lambda rs: print(
+        "\n".join(f"{verb} {r['name']} ({r['state']})" for r in rs)
+        or "nothing to remove"))
+    return 0
+
+
+def cmd_demo(args) -> int:
     from .demo import run
 
-    return 0 if run(args.writers, args.readers, args.txns,
-                    args.start_method) else 1
+    result = run(args.writers, args.readers, args.txns, args.seconds,
+                 args.start_method, stream=None if args.json else sys.stdout)
+    if args.json:
+        emit(args, result, None)
+    return 0 if result["ok"] else 1
 
+
+def cmd_bench(args) -> int:
+    from ._bench import quick_tables, table
+
+    samples, min_sample = (3, 0.05) if args.quick else (5, 0.2)
+    tables = quick_tables(samples, min_sample)
+    if args.json:
+        emit(args, {title: {name: {"median_s": r.median,
+                                   "ratio": r.median / res[floor].median}
+                            for name, r in res.items()}
+                    for title, res, floor in tables}, None)
+    else:
+        for title, res, floor in tables:
+            print(table(title, res, floor))
+    return 0
+
+
+# ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="shmtxn", description="Transactional shared memory for Python.")
+        prog="shmtxn",
+        description="See, check and clean shmtxn shared-memory segments.")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser(
-        "demo", help="run the article's producer/consumer, scaled up and "
-        "verified")
-    demo.add_argument("--writers", type=int, default=4,
-                      help="writer processes (default 4)")
-    demo.add_argument("--readers", type=int, default=2,
-                      help="reader processes (default 2)")
-    demo.add_argument("--txns", type=int, default=50000,
-                      help="write transactions per writer (default 50000)")
-    demo.add_argument("--start-method", choices=["fork", "spawn",
-                                                 "forkserver"],
-                      help="multiprocessing start method")
-    demo.set_defaults(func=_cmd_demo)
+
+    def command(name, func, help):
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true",
+                       help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("ls", cmd_ls, "list shmtxn segments in /dev/shm")
+    p.add_argument("--all", action="store_true",
+                   help="also list other files there, flagged foreign")
+    p.add_argument("--prefix", default="", help="only names starting so")
+    p = command("info", cmd_info, "show one segment's header and state")
+    p.add_argument("name")
+    p.add_argument("--items", type=int, default=0, metavar="N",
+                   help="also show the first N items")
+    p = command("check", cmd_check, "verify a segment's invariants "
+                "(exit 1 if problems remain)")
+    p.add_argument("name")
+    p.add_argument("--repair", action="store_true",
+                   help="recover a dead writer and clear dead readers, as "
+                        "the next transaction would")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for the lock when repairing")
+    p = command("rm", cmd_rm, "remove segments (refused while live "
+                "processes have them attached)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--force", action="store_true",
+                   help="remove even if attached, being created or foreign")
+    p = command("gc", cmd_gc, "remove segments no live process has attached")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only say what would be removed")
+    p.add_argument("--prefix", default="", help="only names starting so")
+    p = command("demo", cmd_demo, "run the article's producer/consumer, "
+                "scaled up and verified")
+    p.add_argument("--writers", type=int, default=4,
+                   help="writer processes (default 4)")
+    p.add_argument("--readers", type=int, default=2,
+                   help="reader processes (default 2)")
+    p.add_argument("--txns", type=int, default=50000,
+                   help="write transactions per writer (default 50000)")
+    p.add_argument("--seconds", type=float, default=0.0,
+                   help="run for this long instead of a number of txns")
+    p.add_argument("--start-method",
+                   choices=["fork", "spawn", "forkserver"],
+                   help="multiprocessing start method")
+    p = command("bench", cmd_bench, "quick side-by-side table against the "
+                "stdlib, multiprocessing, posix_ipc and lmdb")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer, shorter samples")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Error as e:
+        print(f"shmtxn {args.command}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:
+        print(f"shmtxn {args.command}: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
 
 
 if __name__ == "__main__":

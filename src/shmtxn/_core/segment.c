@@ -524,8 +524,6 @@ build_segment(stx_segment *seg, const stx_create_opts *opts)
         rc = map_file(seg, plan.total_size, &base);
     }
     if (rc == 0) {
-        atomic_store_explicit(&((stx_header *)base)->magic,
-                              STX_MAGIC_BUILDING, memory_order_relaxed);
         /* the geometry fields lie between the magic and the format */
         memcpy(base + sizeof(plan.magic), (uint8_t *)&plan + sizeof(plan.magic),
                offsetof(stx_header, format) - sizeof(plan.magic));
@@ -564,6 +562,17 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
     }
     if (lock_byte(fd, F_WRLCK, INIT_LOCK_BYTE, F_SETLK) != 0) {
         rc = fail_errno(errno, "taking the init lock", name);
+        close(fd);
+        shm_unlink(shm_name);
+        pthread_mutex_unlock(&registry_lock);
+        return rc;
+    }
+    /* Mark the file as a shmtxn segment under construction at once, so a
+     * creator killed from here on leaves an "abandoned" segment that
+     * `shmtxn gc` may remove, not an anonymous file. */
+    uint64_t building = STX_MAGIC_BUILDING;
+    if (pwrite(fd, &building, sizeof(building), 0) != sizeof(building)) {
+        rc = fail_errno(errno, "create", name);
         close(fd);
         shm_unlink(shm_name);
         pthread_mutex_unlock(&registry_lock);
@@ -683,15 +692,19 @@ file_size_of(stx_segment *seg, uint64_t *size)
 static uint64_t
 read_magic(stx_segment *seg, uint64_t size)
 {
-    if (size < sizeof(stx_header)) {
-        return 0;
+    uint64_t magic = 0;
+    if (size < sizeof(stx_header)) { /* only the creator's first word */
+        if (pread(seg->file->fd, &magic, sizeof(magic), 0) != sizeof(magic)) {
+            return 0;
+        }
+        return magic;
     }
     void *p = mmap(NULL, STX_PAGE, PROT_READ, MAP_SHARED, seg->file->fd, 0);
     if (p == MAP_FAILED) {
         return 0;
     }
-    uint64_t magic = atomic_load_explicit(&((stx_header *)p)->magic,
-                                          memory_order_acquire);
+    magic = atomic_load_explicit(&((stx_header *)p)->magic,
+                                 memory_order_acquire);
     munmap(p, STX_PAGE);
     return magic;
 }

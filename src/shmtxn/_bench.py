@@ -1,0 +1,284 @@
+"""Benchmark machinery shared by `benchmarks/` and `shmtxn bench`
+(method: ../shared/BENCHMARKING.md).
+
+Each candidate is a function ``run(n) -> seconds`` that performs ``n``
+operations the way a user writes them and returns the elapsed time.  The
+harness calibrates ``n`` so one sample lasts at least ``min_sample``
+seconds, then takes ``samples`` samples of every candidate interleaved
+(A B C A B C ...) so drift on a shared machine hits all of them alike, and
+reports median, min and max per operation and the ratio of medians to the
+floor measured in the same run.  Peers that are not installed
+(``pip install '.[bench]'``) are skipped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import platform
+import statistics
+import struct
+import tempfile
+import time
+import timeit
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import Callable
+
+from .memory import SharedMemory
+
+Runner = Callable[[int], float]
+
+
+@dataclass
+class Result:
+    name: str
+    per_op: list[float] = field(default_factory=list)  # seconds
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_op)
+
+
+def calibrate(run: Runner, min_sample: float) -> int:
+    """Smallest power-of-two-ish n whose sample lasts >= min_sample."""
+    n = 1
+    while True:
+        elapsed = run(n)
+        if elapsed >= min_sample:
+            return n
+        grow = min_sample / max(elapsed, 1e-7) * 1.2
+        n = max(n * 2, int(n * min(grow, 100)))
+
+
+def measure(candidates: dict[str, Runner], samples: int = 5,
+            min_sample: float = 0.2) -> dict[str, Result]:
+    """Interleaved samples of every candidate; per-operation seconds."""
+    sizes = {name: calibrate(run, min_sample)
+             for name, run in candidates.items()}
+    results = {name: Result(name) for name in candidates}
+    for _ in range(samples):
+        for name, run in candidates.items():
+            n = sizes[name]
+            results[name].per_op.append(run(n) / n)
+    return results
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.2f} µs"
+    return f"{seconds * 1e9:.1f} ns"
+
+
+def table(title: str, results: dict[str, Result], floor: str,
+          note: str = "") -> str:
+    """A Markdown table: median, min, max, ratio to the floor's median."""
+    base = results[floor].median
+    lines = [f"### {title}", ""]
+    if note:
+        lines += [note, ""]
+    lines += ["| candidate | median | min | max | × floor |",
+              "|---|---:|---:|---:|---:|"]
+    for r in results.values():
+        lines.append(
+            f"| {r.name} | {fmt_time(r.median)} | {fmt_time(min(r.per_op))}"
+            f" | {fmt_time(max(r.per_op))} | {r.median / base:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def rate_table(title: str, rates: dict[str, list[float]], unit: str,
+               note: str = "", ratio_to: str | None = None) -> str:
+    """A Markdown table of throughputs (higher is better)."""
+    lines = [f"### {title}", ""]
+    if note:
+        lines += [note, ""]
+    head = "| candidate | median | min | max |"
+    rule = "|---|---:|---:|---:|"
+    if ratio_to:
+        head += f" × {ratio_to} |"
+        rule += "---:|"
+    lines += [head, rule]
+    base = statistics.median(rates[ratio_to]) if ratio_to else None
+    for name, values in rates.items():
+        med = statistics.median(values)
+        row = (f"| {name} | {med:,.2f} {unit} | {min(values):,.2f} | "
+               f"{max(values):,.2f} |")
+        if base:
+            row += f" {med / base:.2f} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {cpu}, "
+            f"Python {platform.python_version()}")
+
+
+def optional(module: str):
+    """Import a peer if installed (pip install .[bench]); else None."""
+    try:
+        return __import__(module)
+    except ImportError:
+        return None
+
+
+posix_ipc = optional("posix_ipc")
+lmdb = optional("lmdb")
+SLOTS = 1000
+CTX = multiprocessing.get_context("fork")
+
+
+def loop(stmt: str, **names) -> "callable":
+    """A runner timing `stmt` n times with `names` bound as locals."""
+    setup = "\n".join(f"{k} = _names[{k!r}]" for k in names)
+    timer = timeit.Timer(stmt, setup=setup, globals={"_names": names})
+    return timer.timeit
+
+
+class Peers:
+    """Every candidate's shared state, created once per run."""
+
+    def __init__(self):
+        self.std = shared_memory.SharedMemory(create=True, size=8 * SLOTS)
+        self.mv = self.std.buf.cast("q")
+        self.lock = CTX.Lock()
+        self.array = CTX.Array("q", SLOTS)
+        self.shr = SharedMemory(create=True, size=8 * SLOTS)
+        self.sem = self.env = self.lmdb_dir = None
+        if posix_ipc:
+            self.sem = posix_ipc.Semaphore(None, posix_ipc.O_CREX,
+                                           initial_value=1)
+        if lmdb:
+            self.lmdb_dir = tempfile.mkdtemp(prefix="shmtxn-bench-",
+                                             dir="/dev/shm")
+            self.env = self.open_lmdb()
+            with self.env.begin(write=True) as tx:
+                for i in range(SLOTS):
+                    tx.put(b"%d" % i, bytes(8))
+
+    def open_lmdb(self):
+        return lmdb.open(self.lmdb_dir, map_size=1 << 26, writemap=True,
+                         sync=False, metasync=False, lock=True)
+
+    def lmdb_for_children(self) -> bool:
+        """Close the parent's env: an LMDB env must not cross fork(), so
+        each child opens its own.  True if lmdb is a candidate."""
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        return self.lmdb_dir is not None
+
+    def lmdb_counter(self, value: int | None = None) -> int:
+        """Read (or set) slot 0 through a short-lived env."""
+        env = self.open_lmdb()
+        try:
+            with env.begin(write=value is not None) as t:
+                if value is not None:
+                    t.put(b"0", value.to_bytes(8, "little"))
+                return int.from_bytes(t.get(b"0"), "little")
+        finally:
+            env.close()
+
+    def close(self):
+        self.mv.release()
+        self.std.close()
+        self.std.unlink()
+        self.shr.close()
+        self.shr.unlink()
+        if self.sem:
+            self.sem.unlink()
+        if self.env:
+            self.env.close()
+        if self.lmdb_dir:
+            for f in os.listdir(self.lmdb_dir):
+                os.unlink(os.path.join(self.lmdb_dir, f))
+            os.rmdir(self.lmdb_dir)
+
+
+# --------------------------------------------------------------------------
+# W1 and W2: one process
+
+def w1_candidates(p: Peers, op: str) -> dict:
+    get = op == "get"
+    c = {}
+    c["memoryview.cast('q') (unsafe floor)"] = loop(
+        "m[3]" if get else "m[3] = 5", m=p.mv)
+    c["struct on stdlib shm (unsafe)"] = loop(
+        "u('q', b, 24)[0]" if get else "u('q', b, 24, 5)",
+        u=struct.unpack_from if get else struct.pack_into, b=p.std.buf)
+    c["stdlib shm + mp.Lock"] = loop(
+        "with lk: m[3]" if get else "with lk: m[3] = 5", m=p.mv, lk=p.lock)
+    c["mp.Array with get_lock()"] = loop(
+        "with lk: a[3]" if get else "with lk: a[3] = 5",
+        a=p.array.get_obj(), lk=p.array.get_lock())
+    if p.sem:
+        c["posix_ipc sem + shm"] = loop(
+            "acq(); m[3]; rel()" if get else "acq(); m[3] = 5; rel()",
+            m=p.mv, acq=p.sem.acquire, rel=p.sem.release)
+    if p.env:
+        c["lmdb /dev/shm (txn per op)"] = loop(
+            "with b() as t: fb(t.get(k), 'little')" if get else
+            "with b(write=True) as t: t.put(k, (5).to_bytes(8, 'little'))",
+            b=p.env.begin, k=b"3", fb=int.from_bytes)
+    c["shmtxn shr[i] (auto-commit)"] = loop(
+        "s[3]" if get else "s[3] = 5", s=p.shr)
+    return c
+
+
+W2_BODY = "for i in range(10): {w}\nfor i in range(10): {r}"
+
+
+def indent(code: str, by: str = "    ") -> str:
+    return "\n".join(by + line for line in code.splitlines())
+
+
+def w2_candidates(p: Peers) -> dict:
+    body = W2_BODY.format(w="m[i] = i", r="m[i]")
+    c = {"unsafe memoryview loop (floor)": loop(body, m=p.mv)}
+    c["mp.Array raw under get_lock()"] = loop(
+        "with lk:\n" + indent(W2_BODY.format(w="a[i] = i", r="a[i]")),
+        a=p.array.get_obj(), lk=p.array.get_lock())
+    if p.sem:
+        c["posix_ipc sem + shm"] = loop(
+            "acq()\n" + body + "\nrel()", m=p.mv, acq=p.sem.acquire,
+            rel=p.sem.release)
+    if p.env:
+        c["lmdb writemap, one txn"] = loop(
+            "with b(write=True) as t:\n" + indent(W2_BODY.format(
+                w="t.put(ks[i], vs[i])", r="fb(t.get(ks[i]), 'little')")),
+            b=p.env.begin, fb=int.from_bytes,
+            ks=[b"%d" % i for i in range(10)],
+            vs=[i.to_bytes(8, "little") for i in range(10)])
+    c["shmtxn with shr.txn()"] = loop(
+        "with s.txn() as t:\n" + indent(W2_BODY.format(w="t[i] = i",
+                                                       r="t[i]")),
+        s=p.shr)
+    return c
+
+
+def quick_tables(samples: int = 3, min_sample: float = 0.05) -> list[tuple]:
+    """W1 get, W1 set and W2 against the peers: (title, results, floor)."""
+    p = Peers()
+    try:
+        out = []
+        for op in ("get", "set"):
+            out.append((f"W1 single int {op}",
+                        measure(w1_candidates(p, op), samples, min_sample),
+                        "memoryview.cast('q') (unsafe floor)"))
+        out.append(("W2 the article's txn: 10 writes then 10 reads",
+                    measure(w2_candidates(p), samples, min_sample),
+                    "unsafe memoryview loop (floor)"))
+        return out
+    finally:
+        p.close()

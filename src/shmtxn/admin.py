@@ -1,0 +1,163 @@
+"""See, check and clean segments: the Python API behind the `shmtxn` CLI.
+
+Every function here looks at segments *without attaching* (no reader slot
+is claimed, nothing waits), except ``check(..., repair=True)``, which
+attaches and takes the write lock exactly as the next transaction would.
+
+A segment is *orphaned* when no live process has it attached: every
+attached process holds a liveness beacon (an fcntl lock on byte ``pid`` of
+the segment), so "no beacon" means dead, even if the pid was reused.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import _core
+from .errors import Error, SegmentNotFoundError
+
+__all__ = ["SHM_DIR", "list_segments", "segment_info", "check", "remove",
+           "gc", "SegmentInUseError"]
+
+SHM_DIR = "/dev/shm"
+
+
+class SegmentInUseError(Error, OSError):
+    """rm refused: live processes have the segment attached."""
+
+
+def _disk_usage(name: str) -> dict:
+    st = os.stat(os.path.join(SHM_DIR, name))
+    return {"file_size": st.st_size, "used_bytes": st.st_blocks * 512,
+            "mtime_ns": st.st_mtime_ns}
+
+
+def segment_info(name: str) -> dict:
+    """Everything known about `name`, without attaching.
+
+    ``state`` is ``ready``, ``building`` (a live creator is initialising
+    it), ``abandoned`` (its creator died mid-creation), ``corrupt``,
+    ``incompatible`` or ``foreign`` (not a shmtxn segment).  Ready segments
+    also carry their header, lock state (``free``/``held``/``dead``),
+    attached processes, ``attached`` (live pids), ``active_readers`` and
+    ``orphaned``.
+    """
+    info = _core.probe(name)
+    info.update(_disk_usage(name))
+    if info["state"] == "ready":
+        live = [p for p in info["processes"] if p["alive"]]
+        info["attached"] = [p["pid"] for p in live]
+        info["active_readers"] = sum(p["readers"] for p in live)
+        info["dead_processes"] = [p["pid"] for p in info["processes"]
+                                  if not p["alive"]]
+        info["orphaned"] = not live
+    return info
+
+
+def _names() -> list[str]:
+    """Regular files in /dev/shm, except POSIX semaphores (sem.*)."""
+    try:
+        entries = os.scandir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    with entries:
+        return sorted(e.name for e in entries
+                      if e.is_file(follow_symlinks=False)
+                      and not e.name.startswith("sem."))
+
+
+def list_segments(all: bool = False, prefix: str = "") -> list[dict]:
+    """segment_info() of every shmtxn segment in /dev/shm (and, with
+    ``all=True``, every other file there too, as ``foreign``)."""
+    found = []
+    for name in _names():
+        if not name.startswith(prefix):
+            continue
+        try:
+            info = segment_info(name)
+        except (OSError, ValueError) as e:  # vanished, or not ours to read
+            info = {"name": name, "state": "unreadable", "detail": str(e)}
+        if all or info["state"] not in ("foreign", "unreadable"):
+            found.append(info)
+    return found
+
+
+def _problems(info: dict) -> list[str]:
+    """What is wrong with a segment, as sentences."""
+    state = info["state"]
+    if state != "ready":
+        if state == "building":
+            return []
+        return [f"segment is {state}: {info.get('detail') or state}"]
+    found = []
+    live_writer = info["lock"] == "held"
+    if info["lock"] == "dead":
+        found.append(f"the writer lock is held by dead process "
+                     f"{info['writer_pid']}: its transaction will be rolled "
+                     "back by the next one (--repair does it now)")
+    if not live_writer and info["undo_used"]:
+        found.append(f"the undo log holds {info['undo_used']} bytes of an "
+                     "unfinished transaction")
+    if not live_writer and info["seq"] % 2:
+        found.append("the sequence is odd: a writer died mid-transaction")
+    if not live_writer and not info["undo_valid"]:
+        found.append(f"the undo log is damaged: {info['undo_problem']}")
+    for proc in info["processes"]:
+        if not proc["alive"]:
+            inside = " inside a read transaction" if proc["readers"] else ""
+            found.append(f"process {proc['pid']} died{inside} and still "
+                         "holds a reader slot")
+    return found
+
+
+def check(name: str, repair: bool = False, timeout: float = 5.0) -> dict:
+    """Verify every invariant of `name`.  With ``repair=True``, first
+    recover a dead writer and clear dead readers, exactly as the next
+    transaction would.  Returns ``{"problems": [...], "repaired": {...}}``;
+    no problems means the segment is sound."""
+    repaired = None
+    if repair and segment_info(name)["state"] == "ready":
+        repaired = _core.repair(name, timeout)
+    return {"name": name, "problems": _problems(segment_info(name)),
+            "repaired": repaired}
+
+
+def remove(name: str, force: bool = False) -> dict:
+    """Unlink `name`.  Refuses (SegmentInUseError) while live processes
+    have it attached, while its creator is still building it, or if it is
+    not a shmtxn segment -- unless ``force=True``."""
+    info = segment_info(name)
+    if not force:
+        others = [p for p in info.get("attached", []) if p != os.getpid()]
+        reason = None
+        if others:
+            reason = f"live processes have it attached: {others}"
+        elif info["state"] == "building":
+            reason = "a live process is still creating it"
+        elif info["state"] in ("foreign", "unreadable"):
+            reason = "it is not a shmtxn segment"
+        if reason:
+            raise SegmentInUseError(
+                f"not removing segment '{name}': {reason}; use --force "
+                "(force=True) to remove it anyway")
+    try:
+        _core.unlink(name)
+    except SegmentNotFoundError:
+        pass  # removed meanwhile: the goal is reached
+    return {"name": name, "removed": True, "state": info["state"]}
+
+
+def gc(dry_run: bool = False, prefix: str = "") -> list[dict]:
+    """Remove every shmtxn segment no live process has attached (and those
+    whose creator died mid-creation).  Never a live one, never a foreign
+    file.  Returns what was (or, with ``dry_run``, would be) removed."""
+    doomed = [info for info in list_segments(prefix=prefix)
+              if info["state"] == "abandoned" or info.get("orphaned")]
+    for info in doomed:
+        if not dry_run:
+            try:
+                _core.unlink(info["name"])
+            except SegmentNotFoundError:
+                pass
+    return [{"name": i["name"], "state": i["state"],
+             "removed": not dry_run} for i in doomed]
