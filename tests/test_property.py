@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, invariant,
                                  precondition, rule)
 
-import shmtxn
 from shmtxn import SharedMemory
 
 N = 12
