@@ -119,3 +119,29 @@ def test_misaligned_regions_in_a_valid_looking_header_are_corrupt(name):
     with pytest.raises(shmtxn.CorruptSegmentError, match="geometry"):
         SharedMemory(name)
     os.unlink(f"/dev/shm/{name}")
+
+
+def _attach_and_report(name, conn):
+    try:
+        SharedMemory(name).close()
+        conn.send("attached")
+    except shmtxn.SegmentFullError as e:
+        conn.send(str(e))
+
+
+def test_max_processes_is_honoured(name):
+    import multiprocessing
+    import helpers
+    from test_crash import start_child
+    ctx = multiprocessing.get_context("fork")
+    with SharedMemory(name, create=True, size=8, max_processes=2):
+        holder, _ = start_child(helpers.hold_read_txn, name, expect=0)
+        try:
+            parent, child = ctx.Pipe()
+            p = ctx.Process(target=_attach_and_report, args=(name, child))
+            p.start()
+            said = parent.recv()
+            p.join()
+            assert "max_processes" in said
+        finally:
+            helpers.kill(holder)

@@ -57,6 +57,8 @@ typedef struct MemoryObject {
     stx_segment seg;
     const item_format *fmt;
     Py_ssize_t nitems;
+    int ndim;                             /* the segment's shape */
+    Py_ssize_t shape[STX_MAX_NDIM];
     int created;            /* this handle created the segment */
     long creator_pid;       /* ...in this process (not a forked child) */
     int open_txns;          /* txns of this handle open in this process */

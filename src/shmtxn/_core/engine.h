@@ -92,6 +92,7 @@ typedef struct stx_segment {
     uint8_t *data;
     uint64_t data_size;
     int read_only;
+    int populate;       /* map with MAP_POPULATE: no first-touch faults */
     char name[STX_NAME_MAX + 2];
 } stx_segment;
 
@@ -151,6 +152,8 @@ typedef struct stx_create_opts {
     uint32_t ndim;
     const uint64_t *shape;
     unsigned mode;          /* file mode, e.g. 0600 */
+    int populate;           /* prefault the mapping (MAP_POPULATE) */
+    const void *initial;    /* data_size bytes to start with, or NULL */
 } stx_create_opts;
 
 /* Bumped in every forked child; a txn from before the fork is stale. */
@@ -178,9 +181,9 @@ uint64_t stx_default_undo_size(uint64_t data_size);
 int stx_create(stx_segment *seg, const char *name,
                const stx_create_opts *opts);
 /* Attach to an existing segment, waiting at most `timeout_ns` for its
- * creator to finish initialising it. */
+ * creator to finish initialising it; `populate` prefaults the mapping. */
 int stx_attach(stx_segment *seg, const char *name, int read_only,
-               uint64_t timeout_ns);
+               int populate, uint64_t timeout_ns);
 /* Look at a segment without attaching to it: no reader slot is claimed
  * and nothing waits.  Sets *state; for STX_PROBE_READY `seg` is mapped
  * read-only (close it with stx_close), otherwise it is closed again and

@@ -81,7 +81,7 @@ core_repair(PyObject *module, PyObject *args)
     stx_segment seg;
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = stx_attach(&seg, name, 0, (uint64_t)(timeout * 1e9));
+    rc = stx_attach(&seg, name, 0, 0, (uint64_t)(timeout * 1e9));
     Py_END_ALLOW_THREADS
     if (rc != 0) {
         raise_engine_error(rc, name);

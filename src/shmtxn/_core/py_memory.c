@@ -87,39 +87,104 @@ random_name(char *out, size_t size)
     return 0;
 }
 
-static int
-create_segment(MemoryObject *self, const char *name, Py_ssize_t size,
-               Py_ssize_t undo_size, int max_processes, int mode)
+/* Everything SharedMemory(...) was given, parsed. */
+typedef struct open_args {
+    const char *name;
+    const char *format;
+    int create, read_only, max_processes, mode, populate;
+    Py_ssize_t size, undo_size;
+    double timeout;
+    uint32_t ndim;                 /* 0: no shape given */
+    uint64_t shape[STX_MAX_NDIM];
+    Py_buffer data;                /* data.obj == NULL: not given */
+} open_args;
+
+/* The number of items `shape` holds, or 0 (ValueError) if absurd. */
+static uint64_t
+shape_items(const open_args *a)
 {
-    if (size <= 0 || size % self->fmt->size != 0) {
-        PyErr_Format(PyExc_ValueError, "size must be a positive multiple "
-                     "of the %d-byte item of format '%c' (got %zd)",
-                     self->fmt->size, self->fmt->code, size);
+    uint64_t items = 1;
+    for (uint32_t i = 0; i < a->ndim; i++) {
+        if (items > (1ull << 46) / a->shape[i]) {
+            PyErr_SetString(PyExc_ValueError, "shape holds more items than "
+                            "any machine has memory for");
+            return 0;
+        }
+        items *= a->shape[i];
+    }
+    return items;
+}
+
+/* Derive size and shape from each other and from `data` (creation). */
+static int
+resolve_geometry(MemoryObject *self, open_args *a)
+{
+    int itemsize = self->fmt->size;
+    if (a->ndim > 0) {
+        uint64_t items = shape_items(a);
+        if (items == 0) {
+            return -1;
+        }
+        if (a->size != 0 && (uint64_t)a->size != items * itemsize) {
+            PyErr_Format(PyExc_ValueError, "size=%zd disagrees with shape "
+                         "(%llu bytes); give one of them", a->size,
+                         (unsigned long long)(items * itemsize));
+            return -1;
+        }
+        a->size = (Py_ssize_t)(items * itemsize);
+    }
+    if (a->data.obj != NULL && a->size == 0) {
+        a->size = a->data.len;
+    }
+    if (a->data.obj != NULL && a->data.len != a->size) {
+        PyErr_Format(PyExc_ValueError, "data has %zd bytes but the segment "
+                     "holds %zd", a->data.len, a->size);
         return -1;
     }
-    if (undo_size < 0 || max_processes < 0) {
+    if (a->size <= 0 || a->size % itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "size must be a positive multiple "
+                     "of the %d-byte item of format '%c' (got %zd)",
+                     itemsize, self->fmt->code, a->size);
+        return -1;
+    }
+    if (a->ndim == 0) {
+        a->ndim = 1;
+        a->shape[0] = (uint64_t)(a->size / itemsize);
+    }
+    return 0;
+}
+
+static int
+create_segment(MemoryObject *self, open_args *a)
+{
+    if (resolve_geometry(self, a) < 0) {
+        return -1;
+    }
+    if (a->undo_size < 0 || a->max_processes < 0) {
         PyErr_SetString(PyExc_ValueError, "undo_size and max_processes "
                         "must not be negative");
         return -1;
     }
     char code[2] = {self->fmt->code, 0};
-    uint64_t shape = (uint64_t)(size / self->fmt->size);
     stx_create_opts opts = {
-        .layout_kind = STX_LAYOUT_SLOTS, .data_size = (uint64_t)size,
-        .undo_size = (uint64_t)undo_size, .nslots = (uint32_t)max_processes,
-        .format = code, .itemsize = self->fmt->size, .ndim = 1,
-        .shape = &shape, .mode = (unsigned)mode};
+        .layout_kind = STX_LAYOUT_SLOTS, .data_size = (uint64_t)a->size,
+        .undo_size = (uint64_t)a->undo_size,
+        .nslots = (uint32_t)a->max_processes, .format = code,
+        .itemsize = self->fmt->size, .ndim = a->ndim, .shape = a->shape,
+        .mode = (unsigned)a->mode, .populate = a->populate,
+        .initial = a->data.obj ? a->data.buf : NULL};
     char generated[32];
     for (int attempt = 0; attempt < 8; attempt++) {
-        if (name == NULL && random_name(generated, sizeof(generated)) < 0) {
+        if (a->name == NULL
+            && random_name(generated, sizeof(generated)) < 0) {
             return -1;
         }
         int rc;
-        const char *use = name ? name : generated;
+        const char *use = a->name ? a->name : generated;
         Py_BEGIN_ALLOW_THREADS
         rc = stx_create(&self->seg, use, &opts);
         Py_END_ALLOW_THREADS
-        if (rc == STX_EEXIST && name == NULL) {
+        if (rc == STX_EEXIST && a->name == NULL) {
             continue;
         }
         if (rc != 0) {
@@ -134,9 +199,27 @@ create_segment(MemoryObject *self, const char *name, Py_ssize_t size,
     return -1;
 }
 
-/* After attaching: the caller's size and format must match the header. */
+/* The caller's shape, if given, must be the stored one. */
 static int
-check_attached(MemoryObject *self, Py_ssize_t size, const char *format)
+check_shape(MemoryObject *self, const open_args *a)
+{
+    stx_header *hdr = self->seg.hdr;
+    int same = a->ndim == 0 || a->ndim == hdr->ndim;
+    for (uint32_t i = 0; same && i < a->ndim; i++) {
+        same = a->shape[i] == hdr->shape[i];
+    }
+    if (!same) {
+        raise_named("IncompatibleSegmentError", "segment '%s' has another "
+                    "shape; omit shape= to use the stored one",
+                    self->seg.name);
+        return -1;
+    }
+    return 0;
+}
+
+/* After attaching: the caller's size, format and shape must match. */
+static int
+check_attached(MemoryObject *self, const open_args *a)
 {
     stx_header *hdr = self->seg.hdr;
     if (hdr->layout_kind != STX_LAYOUT_SLOTS) {
@@ -152,41 +235,44 @@ check_attached(MemoryObject *self, Py_ssize_t size, const char *format)
                     "item format", self->seg.name);
         return -1;
     }
-    if (format != NULL && self->fmt->code != stored->code) {
+    if (a->format != NULL && self->fmt->code != stored->code) {
         raise_named("IncompatibleSegmentError", "segment '%s' stores format"
                     " '%c', not '%c'; omit format= to use the stored one",
                     self->seg.name, stored->code, self->fmt->code);
         return -1;
     }
-    if (size != 0 && (uint64_t)size != hdr->data_size) {
+    if (a->size != 0 && (uint64_t)a->size != hdr->data_size) {
         raise_named("IncompatibleSegmentError", "segment '%s' holds %llu "
                     "bytes, not %zd; pass size=0 to accept its size",
                     self->seg.name, (unsigned long long)hdr->data_size,
-                    size);
+                    a->size);
         return -1;
     }
     self->fmt = stored;
-    return 0;
+    return check_shape(self, a);
 }
 
 static int
-attach_segment(MemoryObject *self, const char *name, int read_only,
-               double timeout, Py_ssize_t size, const char *format)
+attach_segment(MemoryObject *self, open_args *a)
 {
     int rc;
-    uint64_t wait_ns = (uint64_t)(timeout * 1e9);
+    if (a->data.obj != NULL) {
+        PyErr_SetString(PyExc_ValueError, "data= is only for create=True");
+        return -1;
+    }
+    uint64_t wait_ns = (uint64_t)(a->timeout * 1e9);
     Py_BEGIN_ALLOW_THREADS
-    rc = stx_attach(&self->seg, name, read_only, wait_ns);
+    rc = stx_attach(&self->seg, a->name, a->read_only, a->populate, wait_ns);
     Py_END_ALLOW_THREADS
     if (rc == STX_EAGAIN) {
-        raise_lock_timeout(name, timeout, 0);
+        raise_lock_timeout(a->name, a->timeout, 0);
         return -1;
     }
     if (rc != 0) {
-        raise_engine_error(rc, name);
+        raise_engine_error(rc, a->name);
         return -1;
     }
-    if (check_attached(self, size, format) < 0) {
+    if (check_attached(self, a) < 0) {
         stx_close(&self->seg);
         return -1;
     }
@@ -221,73 +307,133 @@ plain_name(const char *name)
     return name[0] == '/' ? name + 1 : name;
 }
 
+/* shape=: an int or a sequence of 1 to STX_MAX_NDIM positive ints. */
 static int
-Memory_init(MemoryObject *self, PyObject *args, PyObject *kwds)
+parse_shape(PyObject *arg, open_args *a)
+{
+    if (arg == NULL || arg == Py_None) {
+        return 0;
+    }
+    PyObject *seq = PyLong_Check(arg) ? PyTuple_Pack(1, arg)
+                                      : PySequence_Tuple(arg);
+    if (seq == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    int rc = 0;
+    if (n < 1 || n > STX_MAX_NDIM) {
+        PyErr_Format(PyExc_ValueError, "shape has 1 to %d dimensions",
+                     STX_MAX_NDIM);
+        rc = -1;
+    }
+    for (Py_ssize_t i = 0; rc == 0 && i < n; i++) {
+        Py_ssize_t d = PyNumber_AsSsize_t(PyTuple_GET_ITEM(seq, i),
+                                          PyExc_OverflowError);
+        if (d <= 0) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError,
+                                "every dimension of shape must be positive");
+            }
+            rc = -1;
+        }
+        a->shape[i] = (uint64_t)d;
+    }
+    a->ndim = rc == 0 ? (uint32_t)n : 0;
+    Py_DECREF(seq);
+    return rc;
+}
+
+static int
+parse_open_args(PyObject *args, PyObject *kwds, open_args *a)
 {
     static char *kwlist[] = {"name", "create", "size", "read_only",
                              "format", "undo_size", "max_processes",
-                             "timeout", "mode", NULL};
-    const char *name = NULL, *format = NULL;
-    int create = 0, read_only = 0, max_processes = 0, mode = 0600;
-    Py_ssize_t size = 0, undo_size = 0;
-    PyObject *timeout_arg = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|zpn$pznnOi", kwlist,
-                                     &name, &create, &size, &read_only,
-                                     &format, &undo_size, &max_processes,
-                                     &timeout_arg, &mode)) {
+                             "timeout", "mode", "shape", "data", "populate",
+                             NULL};
+    PyObject *timeout_arg = NULL, *shape_arg = NULL, *data_arg = NULL;
+    a->mode = 0600;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "|zpn$pzniOiOOp", kwlist, &a->name, &a->create,
+            &a->size, &a->read_only, &a->format, &a->undo_size,
+            &a->max_processes, &timeout_arg, &a->mode, &shape_arg,
+            &data_arg, &a->populate)
+        || parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT, &a->timeout) < 0
+        || parse_shape(shape_arg, a) < 0) {
         return -1;
     }
-    double timeout;
-    if (self->seg.file != NULL || self->name != NULL) {
-        PyErr_SetString(PyExc_TypeError, "SharedMemory is already open");
-        return -1;
-    }
-    if (parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT, &timeout) < 0) {
-        return -1;
-    }
-    if (size < 0) {
+    if (a->size < 0) {
         PyErr_Format(PyExc_ValueError, "size must not be negative (got %zd)",
-                     size);
+                     a->size);
         return -1;
     }
-    self->fmt = item_format_find(format ? format : "q");
-    if (self->fmt == NULL) {
-        return -1;
-    }
-    if (name != NULL) {
-        name = plain_name(name);
-        if (stx_check_name(name) != 0) {
+    if (a->name != NULL) {
+        a->name = plain_name(a->name);
+        if (stx_check_name(a->name) != 0) {
             PyErr_SetString(PyExc_ValueError, stx_detail());
             return -1;
         }
     }
-    int rc;
-    if (create) {
-        if (read_only) {
+    if (data_arg != NULL && data_arg != Py_None
+        && PyObject_GetBuffer(data_arg, &a->data, PyBUF_C_CONTIGUOUS) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Open (create or attach) as `a` says. */
+static int
+open_segment(MemoryObject *self, open_args *a)
+{
+    if (a->create) {
+        if (a->read_only) {
             PyErr_SetString(PyExc_ValueError, "cannot create a segment "
                             "read-only; create it, then open read_only=True"
                             " handles on it");
             return -1;
         }
-        rc = create_segment(self, name, size, undo_size, max_processes,
-                            mode);
+        return create_segment(self, a);
     }
-    else if (name == NULL) {
+    if (a->name == NULL) {
         PyErr_SetString(PyExc_ValueError, "name is required to attach "
                         "(or pass create=True)");
         return -1;
     }
-    else {
-        rc = attach_segment(self, name, read_only, timeout, size, format);
-    }
-    if (rc < 0) {
-        return -1;
-    }
+    return attach_segment(self, a);
+}
+
+/* Remember what the handle needs after opening: identity and shape. */
+static int
+adopt_geometry(MemoryObject *self)
+{
+    stx_header *hdr = self->seg.hdr;
     self->dev = self->seg.file->dev;
     self->ino = self->seg.file->ino;
     self->nitems = (Py_ssize_t)(self->seg.data_size / self->fmt->size);
+    self->ndim = (int)hdr->ndim;
+    for (uint32_t i = 0; i < hdr->ndim; i++) {
+        self->shape[i] = (Py_ssize_t)hdr->shape[i];
+    }
     self->name = PyUnicode_FromString(self->seg.name);
     return self->name == NULL ? -1 : 0;
+}
+
+static int
+Memory_init(MemoryObject *self, PyObject *args, PyObject *kwds)
+{
+    if (self->seg.file != NULL || self->name != NULL) {
+        PyErr_SetString(PyExc_TypeError, "SharedMemory is already open");
+        return -1;
+    }
+    open_args a = {0};
+    int rc = parse_open_args(args, kwds, &a);
+    if (rc == 0) {
+        self->fmt = item_format_find(a.format ? a.format : "q");
+        rc = self->fmt == NULL ? -1 : open_segment(self, &a);
+    }
+    if (a.data.obj != NULL) {
+        PyBuffer_Release(&a.data);
+    }
+    return rc < 0 ? -1 : adopt_geometry(self);
 }
 
 /* ------------------------------------------------------------------ */

@@ -358,8 +358,9 @@ fill_handle(stx_segment *seg, uint8_t *base, size_t map_size)
 static int
 map_file(stx_segment *seg, size_t size, uint8_t **out)
 {
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED,
-                   seg->file->fd, 0);
+    int flags = MAP_SHARED | (seg->populate ? MAP_POPULATE : 0);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, seg->file->fd,
+                   0);
     if (p == MAP_FAILED) {
         return fail_errno(errno, "mmap", seg->name);
     }
@@ -504,6 +505,9 @@ init_header(stx_segment *seg, const stx_create_opts *opts)
                         "mutex on this system");
     }
     hdr->checksum = header_checksum(hdr);
+    if (opts->initial != NULL) {
+        memcpy(seg->data, opts->initial, opts->data_size); /* unseen yet */
+    }
     stx_crash_point("create:before_magic");
     atomic_store_explicit(&hdr->magic, STX_MAGIC, memory_order_release);
     return 0;
@@ -546,6 +550,7 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
         return rc;
     }
     snprintf(seg->name, sizeof(seg->name), "%s", name);
+    seg->populate = opts->populate;
     char shm_name[STX_NAME_MAX + 2];
     snprintf(shm_name, sizeof(shm_name), "/%s", name);
     pthread_mutex_lock(&registry_lock);
@@ -621,6 +626,24 @@ check_region(const char *what, uint64_t off, uint64_t len, uint64_t total,
     return 0;
 }
 
+/* 1 if shape[0] * ... * shape[ndim-1] * itemsize == data_size, computed
+ * without overflow (ndim 0: no shape, as for a dict). */
+static int
+shape_matches(const stx_header *hdr)
+{
+    if (hdr->ndim == 0) {
+        return 1;
+    }
+    uint64_t bytes = hdr->itemsize;
+    for (uint32_t i = 0; i < hdr->ndim; i++) {
+        if (hdr->shape[i] != 0 && bytes > UINT64_MAX / hdr->shape[i]) {
+            return 0;
+        }
+        bytes *= hdr->shape[i];
+    }
+    return bytes == hdr->data_size;
+}
+
 /* Check every immutable header field against the file's real size. */
 static int
 header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
@@ -658,6 +681,11 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
         || memchr(hdr->format, 0, sizeof(hdr->format)) == NULL) {
         return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header"
                         " geometry is impossible", name);
+    }
+    if (!shape_matches(hdr)) {
+        return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its shape "
+                        "does not match its %llu data bytes", name,
+                        (unsigned long long)hdr->data_size);
     }
     int rc = check_region("header", 0, hdr->header_size, file_size, name);
     if (rc == 0) {
@@ -802,7 +830,7 @@ attach_mapped(stx_segment *seg)
 }
 
 int
-stx_attach(stx_segment *seg, const char *name, int read_only,
+stx_attach(stx_segment *seg, const char *name, int read_only, int populate,
            uint64_t timeout_ns)
 {
     memset(seg, 0, sizeof(*seg));
@@ -812,6 +840,7 @@ stx_attach(stx_segment *seg, const char *name, int read_only,
     }
     snprintf(seg->name, sizeof(seg->name), "%s", name);
     seg->read_only = read_only;
+    seg->populate = populate;
     rc = open_shared_fd(name, &seg->file);
     if (rc != 0) {
         return rc;
