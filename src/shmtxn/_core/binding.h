@@ -59,6 +59,8 @@ typedef struct MemoryObject {
     Py_ssize_t nitems;
     int ndim;                             /* the segment's shape */
     Py_ssize_t shape[STX_MAX_NDIM];
+    Py_ssize_t strides[STX_MAX_NDIM];     /* C order, in bytes */
+    char format[2];                       /* fmt->code as a C string */
     int created;            /* this handle created the segment */
     long creator_pid;       /* ...in this process (not a forked child) */
     int open_txns;          /* txns of this handle open in this process */
@@ -81,13 +83,42 @@ typedef struct TxnObject {
     int write;
     int entered;
     double timeout;         /* seconds, < 0: wait forever */
-    Py_ssize_t exports;     /* live buffers from t.buf */
+    Py_ssize_t exports;     /* live buffers taken from the txn itself */
     PyObject *buf;          /* the memoryview t.buf handed out */
+    PyObject *views;        /* list of the Views it made, or NULL */
     stx_logged logged[STX_LOGGED_CACHE];
 } TxnObject;
 
+/*
+ * ViewObject -- shmtxn._core.View (py_view.c): one typed zero-copy export
+ * of part of a segment; see py_view.c for its lifetime rules.
+ */
+typedef struct ViewObject {
+    PyObject_HEAD
+    MemoryObject *mem;
+    char *ptr;
+    Py_ssize_t len;
+    int readonly;
+    int valid;              /* 0 once its txn ended: no new exports */
+    char format[2];
+    int itemsize;
+    int ndim;
+    Py_ssize_t shape[STX_MAX_NDIM];
+    Py_ssize_t strides[STX_MAX_NDIM];
+    Py_ssize_t exports;
+} ViewObject;
+
 extern PyTypeObject Memory_Type;
 extern PyTypeObject Txn_Type;
+extern PyTypeObject View_Type;
+
+/* py_view.c: a new C-ordered View of `shape` items at `ptr`. */
+PyObject *view_new(MemoryObject *mem, char *ptr, char format, int itemsize,
+                   int ndim, const Py_ssize_t *shape, int readonly);
+/* py_view.c: invalidate `v` unless exported; 1 if still exported. */
+int view_end(ViewObject *v);
+/* py_view.c: numpy.asarray(obj), with a clear ImportError sans numpy. */
+PyObject *view_to_ndarray(PyObject *obj);
 
 /* py_memory.c: the open-txn count of `mem` in this process (a forked
  * child starts from 0: its parent's txns are not its own). */

@@ -134,7 +134,7 @@ PyInit__core(void)
     /* Test hook: SHMTXN_CRASH_AT=<point> SIGKILLs the process there. */
     stx_set_crash_point(getenv("SHMTXN_CRASH_AT"));
     if (errors_init() < 0 || PyType_Ready(&Memory_Type) < 0
-        || PyType_Ready(&Txn_Type) < 0) {
+        || PyType_Ready(&Txn_Type) < 0 || PyType_Ready(&View_Type) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&core_module);
@@ -143,6 +143,7 @@ PyInit__core(void)
     }
     if (PyModule_AddObjectRef(m, "Memory", (PyObject *)&Memory_Type) < 0
         || PyModule_AddObjectRef(m, "Txn", (PyObject *)&Txn_Type) < 0
+        || PyModule_AddObjectRef(m, "View", (PyObject *)&View_Type) < 0
         || PyModule_AddIntConstant(m, "FORMAT_VERSION",
                                    STX_FORMAT_VERSION) < 0
         || PyModule_AddIntConstant(m, "NAME_MAX", STX_NAME_MAX) < 0) {

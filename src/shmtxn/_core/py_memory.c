@@ -410,9 +410,14 @@ adopt_geometry(MemoryObject *self)
     self->ino = self->seg.file->ino;
     self->nitems = (Py_ssize_t)(self->seg.data_size / self->fmt->size);
     self->ndim = (int)hdr->ndim;
-    for (uint32_t i = 0; i < hdr->ndim; i++) {
+    Py_ssize_t stride = self->fmt->size;
+    for (int i = self->ndim - 1; i >= 0; i--) {
         self->shape[i] = (Py_ssize_t)hdr->shape[i];
+        self->strides[i] = stride;
+        stride *= self->shape[i];
     }
+    self->format[0] = self->fmt->code;
+    self->format[1] = '\0';
     self->name = PyUnicode_FromString(self->seg.name);
     return self->name == NULL ? -1 : 0;
 }
@@ -729,6 +734,49 @@ write_packed(MemoryObject *mem, stx_txn *txn, const slice_span *s,
     return rc == 0 ? 0 : txn_write_failed(mem, txn, rc);
 }
 
+/* The item format a buffer declares, if it is one of ours in native
+ * order; NULL (no error) otherwise. */
+static const item_format *
+buffer_item_format(const Py_buffer *view)
+{
+    const char *code = view->format ? view->format : "B";
+    if (code[0] == '=' || code[0] == '|'
+        || (code[0] == '<' && PY_LITTLE_ENDIAN)
+        || (code[0] == '>' && !PY_LITTLE_ENDIAN)) {
+        code++;
+    }
+    const item_format *fmt = item_format_find(code);
+    if (fmt == NULL) {
+        PyErr_Clear();
+    }
+    return fmt;
+}
+
+/* 1 (and `view` held) if `value` is a C-contiguous buffer of exactly
+ * `count` items of the segment's kind and size -- a numpy array of the
+ * same dtype, an array.array -- so it can be copied as bytes; 0 if not. */
+static int
+matching_buffer(MemoryObject *mem, PyObject *value, Py_ssize_t count,
+                Py_buffer *view)
+{
+    if (!PyObject_CheckBuffer(value)) {
+        return 0;
+    }
+    if (PyObject_GetBuffer(value, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
+        < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    const item_format *fmt = buffer_item_format(view);
+    if (fmt != NULL && fmt->size == mem->fmt->size
+        && fmt->kind == mem->fmt->kind
+        && view->len == count * mem->fmt->size) {
+        return 1;
+    }
+    PyBuffer_Release(view);
+    return 0;
+}
+
 int
 memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
                    stx_txn *txn)
@@ -737,8 +785,13 @@ memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
     if (memory_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
         return -1;
     }
-    uint8_t *packed = pack_values(mem, value, &s);
-    if (packed == NULL) {
+    Py_buffer view = {0};
+    uint8_t *packed = NULL;
+    const uint8_t *src;
+    if (matching_buffer(mem, value, s.count, &view)) {
+        src = view.buf;
+    }
+    else if ((src = packed = pack_values(mem, value, &s)) == NULL) {
         return -1;
     }
     stx_txn own = {0};
@@ -747,12 +800,15 @@ memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
         rc = txn_open(mem, &own, 1, -1);
     }
     if (rc == 0) {
-        rc = write_packed(mem, txn ? txn : &own, &s, packed);
+        rc = write_packed(mem, txn ? txn : &own, &s, src);
     }
     if (rc == 0 && txn == NULL) {
         rc = txn_close(mem, &own, 1);
     }
     PyMem_Free(packed);
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
     return rc;
 }
 
@@ -919,6 +975,47 @@ Memory_get_format(MemoryObject *self, void *closure)
 }
 
 static PyObject *
+Memory_get_shape(MemoryObject *self, void *closure)
+{
+    PyObject *shape = PyTuple_New(self->ndim);
+    for (int i = 0; shape && i < self->ndim; i++) {
+        PyTuple_SET_ITEM(shape, i, PyLong_FromSsize_t(self->shape[i]));
+    }
+    return shape;
+}
+
+/* shr.ndarray(copy=False): a read-only array over the whole segment.  Not
+ * transactional: it shows commits as they happen.  copy=True returns a
+ * consistent private copy taken inside a read txn. */
+static PyObject *
+Memory_ndarray(MemoryObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"copy", NULL};
+    int copy = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$p", kwlist, &copy)
+        || memory_check_open(self) < 0) {
+        return NULL;
+    }
+    PyObject *view = view_new(self, (char *)self->seg.data, self->fmt->code,
+                              self->fmt->size, self->ndim, self->shape, 1);
+    PyObject *array = view ? view_to_ndarray(view) : NULL;
+    Py_XDECREF(view);
+    if (array == NULL || !copy) {
+        return array;
+    }
+    stx_txn txn = {0};
+    PyObject *snapshot = NULL;
+    if (txn_open(self, &txn, 0, -1) == 0) {
+        snapshot = PyObject_CallMethod(array, "copy", NULL);
+        if (txn_close(self, &txn, 1) < 0) {
+            Py_CLEAR(snapshot);
+        }
+    }
+    Py_DECREF(array);
+    return snapshot;
+}
+
+static PyObject *
 Memory_get_itemsize(MemoryObject *self, void *closure)
 {
     return PyLong_FromLong(self->fmt ? self->fmt->size : 0);
@@ -955,6 +1052,10 @@ static PyMethodDef Memory_methods[] = {
      "Unmap this handle (idempotent)."},
     {"unlink", (PyCFunction)Memory_unlink, METH_NOARGS,
      "Remove the segment's name (idempotent)."},
+    {"ndarray", (PyCFunction)(void (*)(void))Memory_ndarray,
+     METH_VARARGS | METH_KEYWORDS,
+     "ndarray(*, copy=False) -> read-only numpy array of the whole segment "
+     "(live; copy=True: a consistent snapshot)"},
     {"info", (PyCFunction)Memory_info, METH_NOARGS,
      "Header, lock and attached-process state as a dict."},
     {"__enter__", (PyCFunction)Memory_enter, METH_NOARGS, NULL},
@@ -968,6 +1069,7 @@ static PyGetSetDef Memory_getset[] = {
     {"read_only", (getter)Memory_get_read_only, NULL, NULL, NULL},
     {"format", (getter)Memory_get_format, NULL, "item struct code", NULL},
     {"itemsize", (getter)Memory_get_itemsize, NULL, NULL, NULL},
+    {"shape", (getter)Memory_get_shape, NULL, "items per dimension", NULL},
     {"closed", (getter)Memory_get_closed, NULL, NULL, NULL},
     {"owner", (getter)Memory_get_owner, NULL,
      "True in the process whose handle created the segment", NULL},

@@ -143,6 +143,7 @@ txn_new(MemoryObject *mem, int write, double timeout)
     self->timeout = timeout;
     self->exports = 0;
     self->buf = NULL;
+    self->views = NULL;
     PyObject_GC_Track(self);
     return (PyObject *)self;
 }
@@ -170,25 +171,30 @@ check_usable(TxnObject *self)
     return -1;
 }
 
-/* Take back the memoryview t.buf handed out; warn if a view derived from
- * it outlives the txn (its writes would not be transactional). */
+/* Invalidate the views this txn made; warn if any outlives it (what is
+ * written through it afterwards is not transactional). */
 static void
 release_view(TxnObject *self)
 {
-    if (self->buf == NULL) {
-        return;
+    if (self->buf != NULL) {
+        PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
+        if (r == NULL) {
+            PyErr_Clear(); /* a slice of it is alive: counted below */
+        }
+        Py_XDECREF(r);
+        Py_CLEAR(self->buf);
     }
-    PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
-    if (r == NULL) {
-        PyErr_Clear();
+    Py_ssize_t alive = self->exports;
+    Py_ssize_t n = self->views ? PyList_GET_SIZE(self->views) : 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        alive += view_end((ViewObject *)PyList_GET_ITEM(self->views, i));
     }
-    Py_XDECREF(r);
-    Py_CLEAR(self->buf);
-    if (self->exports > 0) {
-        PyErr_WarnFormat(PyExc_ResourceWarning, 1, "a view from txn.buf of "
-                         "segment '%s' outlives its transaction; what is "
-                         "written through it is not transactional",
-                         self->mem->seg.name);
+    Py_CLEAR(self->views);
+    if (alive > 0) {
+        PyErr_WarnFormat(PyExc_ResourceWarning, 1, "%zd view(s) or array(s)"
+                         " of segment '%s' outlive their transaction; what is"
+                         " written through them now is not transactional",
+                         alive, self->mem->seg.name);
     }
 }
 
@@ -258,6 +264,7 @@ Txn_dealloc(TxnObject *self)
         --*memory_open_txns(self->mem);
     }
     Py_CLEAR(self->buf);
+    Py_CLEAR(self->views);
     Py_CLEAR(self->mem);
     if (txn_free_count < TXN_FREELIST) {
         txn_freelist[txn_free_count++] = self;
@@ -271,6 +278,7 @@ Txn_traverse(TxnObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->mem);
     Py_VISIT(self->buf);
+    Py_VISIT(self->views);
     return 0;
 }
 
@@ -410,19 +418,44 @@ Txn_items(TxnObject *self, PyObject *unused)
 /* ------------------------------------------------------------------ */
 /* t.buf                                                               */
 
+/* In a write txn, log [offset, +length) before handing out a writable
+ * view of it, so writes through the view roll back like any other. */
+static int
+prepare_view(TxnObject *self, uint64_t offset, uint64_t length)
+{
+    if (!self->write) {
+        return 0;
+    }
+    int rc = stx_undo_prepare(&self->txn, offset, length);
+    return rc == 0 ? 0 : txn_write_failed(self->mem, &self->txn, rc);
+}
+
+/* np.asarray(t): the whole segment, typed and shaped. */
 static int
 Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
 {
     MemoryObject *mem = self->mem;
-    if (check_usable(self) < 0) {
-        view->obj = NULL;
+    view->obj = NULL;
+    if (check_usable(self) < 0
+        || prepare_view(self, 0, mem->seg.data_size) < 0) {
         return -1;
     }
-    if (PyBuffer_FillInfo(view, (PyObject *)self, mem->seg.data,
-                          (Py_ssize_t)mem->seg.data_size, !self->write,
-                          flags) < 0) {
+    if ((flags & PyBUF_WRITABLE) && !self->write) {
+        PyErr_SetString(PyExc_BufferError, "a read transaction gives "
+                        "read-only views");
         return -1;
     }
+    view->buf = mem->seg.data;
+    view->obj = Py_NewRef(self);
+    view->len = (Py_ssize_t)mem->seg.data_size;
+    view->readonly = !self->write;
+    view->itemsize = mem->fmt->size;
+    view->format = (flags & PyBUF_FORMAT) ? mem->format : NULL;
+    view->ndim = mem->ndim;
+    view->shape = (flags & PyBUF_ND) ? mem->shape : NULL;
+    view->strides = (flags & PyBUF_STRIDES) ? mem->strides : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
     self->exports++;
     mem->exports++;
     return 0;
@@ -435,26 +468,98 @@ Txn_releasebuffer(TxnObject *self, Py_buffer *view)
     self->mem->exports--;
 }
 
-/* In a write txn the whole data region is logged before the view is
- * handed out, so writes through it roll back like any other. */
+/* Keep `view` so the end of the txn can invalidate it. */
+static PyObject *
+track_view(TxnObject *self, PyObject *view)
+{
+    if (view != NULL && self->views == NULL) {
+        self->views = PyList_New(0);
+    }
+    if (view == NULL || self->views == NULL
+        || PyList_Append(self->views, view) < 0) {
+        Py_XDECREF(view);
+        return NULL;
+    }
+    return view;
+}
+
+/* t.buf: the data region as bytes, valid inside the transaction. */
 static PyObject *
 Txn_get_buf(TxnObject *self, void *closure)
 {
+    MemoryObject *mem = self->mem;
     if (check_usable(self) < 0) {
         return NULL;
     }
     if (self->buf == NULL) {
-        if (self->write) {
-            int rc = stx_undo_prepare(&self->txn, 0,
-                                      self->mem->seg.data_size);
-            if (rc != 0) {
-                txn_write_failed(self->mem, &self->txn, rc);
-                return NULL;
-            }
+        Py_ssize_t len = (Py_ssize_t)mem->seg.data_size;
+        if (prepare_view(self, 0, mem->seg.data_size) < 0) {
+            return NULL;
         }
-        self->buf = PyMemoryView_FromObject((PyObject *)self);
+        PyObject *view = track_view(self, view_new(mem, (char *)mem->seg.data,
+                                                   'B', 1, 1, &len,
+                                                   !self->write));
+        if (view == NULL) {
+            return NULL;
+        }
+        self->buf = PyMemoryView_FromObject(view);
+        Py_DECREF(view);
     }
     return Py_XNewRef(self->buf);
+}
+
+/* Rows [start, stop) of the first dimension, as slice bounds would be. */
+static int
+row_range(TxnObject *self, PyObject *start_arg, PyObject *stop_arg,
+          Py_ssize_t *start, Py_ssize_t *stop)
+{
+    PyObject *slice = PySlice_New(start_arg, stop_arg, NULL);
+    if (slice == NULL) {
+        return -1;
+    }
+    Py_ssize_t step;
+    int rc = PySlice_Unpack(slice, start, stop, &step);
+    Py_DECREF(slice);
+    if (rc == 0) {
+        PySlice_AdjustIndices(self->mem->shape[0], start, stop, 1);
+        if (*stop < *start) {
+            *stop = *start;
+        }
+    }
+    return rc;
+}
+
+/* t.ndarray(start=None, stop=None): a zero-copy numpy array of rows
+ * [start:stop] of the segment (all of it by default).  Read-only in a read
+ * txn; in a write txn exactly those rows are logged first, so a small view
+ * of a huge array logs little. */
+static PyObject *
+Txn_ndarray(TxnObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"start", "stop", NULL};
+    PyObject *start_arg = Py_None, *stop_arg = Py_None;
+    Py_ssize_t start, stop;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:ndarray", kwlist,
+                                     &start_arg, &stop_arg)
+        || check_usable(self) < 0
+        || row_range(self, start_arg, stop_arg, &start, &stop) < 0) {
+        return NULL;
+    }
+    MemoryObject *mem = self->mem;
+    Py_ssize_t row_bytes = mem->strides[0];
+    if (prepare_view(self, (uint64_t)(start * row_bytes),
+                     (uint64_t)((stop - start) * row_bytes)) < 0) {
+        return NULL;
+    }
+    Py_ssize_t shape[STX_MAX_NDIM];
+    memcpy(shape, mem->shape, sizeof(shape));
+    shape[0] = stop - start;
+    PyObject *view = track_view(self, view_new(
+        mem, (char *)mem->seg.data + start * row_bytes, mem->fmt->code,
+        mem->fmt->size, mem->ndim, shape, !self->write));
+    PyObject *array = view ? view_to_ndarray(view) : NULL;
+    Py_XDECREF(view);
+    return array;
 }
 
 static PyObject *
@@ -487,6 +592,10 @@ static PyMethodDef Txn_methods[] = {
      "Commit now; the transaction cannot be used afterwards."},
     {"abort", (PyCFunction)Txn_abort, METH_NOARGS,
      "Roll back every change of this transaction and end it."},
+    {"ndarray", (PyCFunction)(void (*)(void))Txn_ndarray,
+     METH_VARARGS | METH_KEYWORDS,
+     "ndarray(start=None, stop=None) -> zero-copy numpy array of rows "
+     "[start:stop], valid inside the transaction"},
     {"get", (PyCFunction)Txn_get, METH_VARARGS,
      "get(index, default=None)"},
     {"keys", (PyCFunction)Txn_keys, METH_NOARGS, "range of the indices"},

@@ -1,0 +1,144 @@
+/*
+ * py_view.c -- shmtxn._core.View: one typed, zero-copy export of a range of
+ * a segment's data (format, shape, strides), made by t.ndarray(), t.buf and
+ * shr.ndarray().  numpy is not needed to build: views speak the buffer
+ * protocol, and numpy.asarray() is only called when the user asks for an
+ * ndarray.
+ *
+ * Lifetime: a view made inside a txn is valid while the txn is open.  When
+ * the txn ends it is invalidated (new exports fail) if nothing holds it; a
+ * view still exported then keeps its memory readable, and the txn warns
+ * that writes through it are no longer transactional.  Every export is
+ * counted on the handle too, so close() refuses while any is alive: the
+ * mapping can never vanish under an array.
+ */
+#include "binding.h"
+
+static PyObject *numpy_asarray;
+
+/* numpy.asarray(obj), importing numpy on first use. */
+PyObject *
+view_to_ndarray(PyObject *obj)
+{
+    if (numpy_asarray == NULL) {
+        PyObject *numpy = PyImport_ImportModule("numpy");
+        if (numpy == NULL) {
+            PyErr_SetString(PyExc_ImportError, "ndarray() needs numpy (pip "
+                            "install numpy); without it, .buf gives a "
+                            "memoryview of the same memory");
+            return NULL;
+        }
+        numpy_asarray = PyObject_GetAttrString(numpy, "asarray");
+        Py_DECREF(numpy);
+        if (numpy_asarray == NULL) {
+            return NULL;
+        }
+    }
+    return PyObject_CallOneArg(numpy_asarray, obj);
+}
+
+PyObject *
+view_new(MemoryObject *mem, char *ptr, char format, int itemsize, int ndim,
+         const Py_ssize_t *shape, int readonly)
+{
+    ViewObject *v = PyObject_New(ViewObject, &View_Type);
+    if (v == NULL) {
+        return NULL;
+    }
+    v->mem = (MemoryObject *)Py_NewRef(mem);
+    v->ptr = ptr;
+    v->readonly = readonly;
+    v->valid = 1;
+    v->format[0] = format;
+    v->format[1] = '\0';
+    v->itemsize = itemsize;
+    v->ndim = ndim;
+    v->exports = 0;
+    Py_ssize_t stride = itemsize;
+    for (int i = ndim - 1; i >= 0; i--) { /* C order */
+        v->shape[i] = shape[i];
+        v->strides[i] = stride;
+        stride *= shape[i];
+    }
+    v->len = stride;
+    return (PyObject *)v;
+}
+
+int
+view_end(ViewObject *v)
+{
+    if (v->exports > 0) {
+        return 1;
+    }
+    v->valid = 0;
+    return 0;
+}
+
+static int
+View_getbuffer(ViewObject *v, Py_buffer *view, int flags)
+{
+    view->obj = NULL;
+    if (!v->valid) {
+        raise_named("TransactionClosedError", "this view's transaction has "
+                    "ended; take a new view inside a transaction");
+        return -1;
+    }
+    if ((flags & PyBUF_WRITABLE) && v->readonly) {
+        PyErr_SetString(PyExc_BufferError, "this view is read-only (a read "
+                        "transaction, or a read-only handle)");
+        return -1;
+    }
+    view->buf = v->ptr;
+    view->obj = Py_NewRef(v);
+    view->len = v->len;
+    view->readonly = v->readonly;
+    view->itemsize = v->itemsize;
+    view->format = (flags & PyBUF_FORMAT) ? v->format : NULL;
+    view->ndim = v->ndim;
+    view->shape = (flags & PyBUF_ND) ? v->shape : NULL;
+    view->strides = (flags & PyBUF_STRIDES) ? v->strides : NULL;
+    view->suboffsets = NULL;
+    view->internal = NULL;
+    v->exports++;
+    v->mem->exports++;
+    return 0;
+}
+
+static void
+View_releasebuffer(ViewObject *v, Py_buffer *view)
+{
+    v->exports--;
+    v->mem->exports--;
+}
+
+static void
+View_dealloc(ViewObject *v)
+{
+    Py_CLEAR(v->mem);
+    PyObject_Free(v);
+}
+
+static PyObject *
+View_repr(ViewObject *v)
+{
+    return PyUnicode_FromFormat("<shmtxn view of %R: format '%s', %zd bytes,"
+                                " %s%s>", v->mem->name, v->format, v->len,
+                                v->readonly ? "read-only" : "writable",
+                                v->valid ? "" : ", ended");
+}
+
+static PyBufferProcs View_as_buffer = {
+    .bf_getbuffer = (getbufferproc)View_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)View_releasebuffer,
+};
+
+PyTypeObject View_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmtxn._core.View",
+    .tp_basicsize = sizeof(ViewObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A typed zero-copy export of part of a segment.",
+    .tp_dealloc = (destructor)View_dealloc,
+    .tp_repr = (reprfunc)View_repr,
+    .tp_as_buffer = &View_as_buffer,
+};
