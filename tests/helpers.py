@@ -108,3 +108,38 @@ def paired_increments_forever(name, k, conn):
         if first:
             conn.send("running")
             first = False
+
+
+def fill_row(args):
+    """Pool task: fill row i of a 2-D segment inside a write txn."""
+    shr, i = args
+    with shr.txn() as shm:
+        shm.ndarray(i, i + 1)[:] = i * 10.0 + 0.5
+    return i
+
+
+def copyto_forever(name, conn):
+    """Overwrite the whole array through a write-txn view, endlessly."""
+    import numpy as np
+    shr = SharedMemory(name)
+    with shr.txn() as shm:
+        view = shm.ndarray()
+        conn.send("in txn")
+        k = 1.0
+        while True:
+            np.copyto(view, k)
+            k += 1.0
+
+
+def patch_header(name, offset, data):
+    """Overwrite header bytes and recompute the checksum, as a hostile (or
+    buggy) process could: only the field checks can catch it."""
+    import struct
+    with open(f"/dev/shm/{name}", "r+b") as f:
+        header = bytearray(f.read(200))
+        header[offset:offset + len(data)] = data
+        h = 0xcbf29ce484222325
+        for byte in header[8:200]:
+            h = ((h ^ byte) * 0x100000001b3) & (2**64 - 1)
+        f.seek(0)
+        f.write(header + struct.pack("Q", h))

@@ -105,17 +105,11 @@ def test_misaligned_regions_in_a_valid_looking_header_are_corrupt(name):
     """A hostile header with a correct checksum but an undo log that is
     not 8-byte aligned is refused before anything is written there."""
     import struct
+    import helpers
     shr = SharedMemory(name, create=True, size=80)
+    undo_off = shr.info()["undo_off"]
     shr.close()
-    with open(f"/dev/shm/{name}", "r+b") as f:
-        header = bytearray(f.read(200))
-        struct.pack_into("Q", header, 48, struct.unpack_from("Q", header,
-                                                              48)[0] + 4)
-        h = 0xcbf29ce484222325
-        for byte in header[8:200]:
-            h = ((h ^ byte) * 0x100000001b3) & (2**64 - 1)
-        f.seek(0)
-        f.write(header + struct.pack("Q", h))
+    helpers.patch_header(name, 48, struct.pack("Q", undo_off + 4))
     with pytest.raises(shmtxn.CorruptSegmentError, match="geometry"):
         SharedMemory(name)
     os.unlink(f"/dev/shm/{name}")
