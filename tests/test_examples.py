@@ -40,3 +40,9 @@ def test_example2_prints_name_size_and_slice():
     assert lines[0].startswith("name: stx_")
     assert lines[1] == "size: 80"
     assert lines[2] == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
+
+
+def test_pool_example_fills_and_verifies_the_array():
+    pytest.importorskip("numpy")
+    lines = run_example("pool_fill_rows.py")
+    assert lines[-1].endswith("verified")
