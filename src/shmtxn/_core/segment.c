@@ -796,9 +796,11 @@ wait_for_creator(stx_segment *seg, uint64_t timeout_ns)
     }
 }
 
-/* Map a published segment, validate its header, protect, claim a slot. */
+/* Map the segment once, validate its header, protect, claim a slot.
+ * With `require_published`, return 1 (nothing kept) if the magic is not
+ * yet the final one, so the caller can wait for the creator. */
 static int
-attach_mapped(stx_segment *seg)
+attach_mapped(stx_segment *seg, int require_published)
 {
     uint64_t size;
     int rc = file_size_of(seg, &size);
@@ -806,15 +808,23 @@ attach_mapped(stx_segment *seg)
         return rc;
     }
     if (size < STX_PAGE) {
-        return stx_fail(STX_ECORRUPT, "'%s' is not a shmtxn segment (only "
-                        "%llu bytes)", seg->name, (unsigned long long)size);
+        return require_published ? 1 : stx_fail(
+            STX_ECORRUPT, "'%s' is not a shmtxn segment (only %llu bytes)",
+            seg->name, (unsigned long long)size);
     }
     uint8_t *base;
     rc = map_file(seg, (size_t)size, &base);
     if (rc != 0) {
         return rc;
     }
-    rc = header_validate((stx_header *)base, size, seg->name);
+    uint64_t magic = atomic_load_explicit(&((stx_header *)base)->magic,
+                                          memory_order_acquire);
+    if (require_published && magic != STX_MAGIC) {
+        rc = 1; /* not yet (or not ours): wait for the creator first */
+    }
+    else {
+        rc = header_validate((stx_header *)base, size, seg->name);
+    }
     if (rc == 0) {
         fill_handle(seg, base, (size_t)size);
         rc = protect_data(seg);
@@ -846,9 +856,12 @@ stx_attach(stx_segment *seg, const char *name, int read_only, int populate,
         return rc;
     }
     stx_crash_point("attach:after_open");
-    rc = wait_for_creator(seg, timeout_ns);
-    if (rc == 0) {
-        rc = attach_mapped(seg);
+    rc = attach_mapped(seg, 1); /* the common case: published long ago */
+    if (rc == 1) {
+        rc = wait_for_creator(seg, timeout_ns);
+        if (rc == 0) {
+            rc = attach_mapped(seg, 0);
+        }
     }
     if (rc != 0) {
         release_file(seg->file);
