@@ -300,3 +300,26 @@ def test_timeout_argument_is_checked(name):
     with SharedMemory(name, create=True, size=8) as shr:
         with pytest.raises(ValueError):
             shr.txn(timeout=-1)
+
+
+def mappings_of(name):
+    with open("/proc/self/maps") as f:
+        return sum(1 for line in f if line.rstrip().endswith(f"/dev/shm/{name}"))
+
+
+def test_handles_of_one_process_share_one_mapping_per_kind(name):
+    first = SharedMemory(name, create=True, size=80)
+    second = SharedMemory(name)
+    assert mappings_of(name) == 1
+    ro = SharedMemory(name, read_only=True)
+    assert mappings_of(name) >= 2  # the read-only one protects its data
+    first[0] = 5
+    first.close()
+    second[1] = 6  # the shared mapping outlives the handle that made it
+    assert ro[0:2] == [5, 6]
+    with pytest.raises(TypeError):
+        ro.buf[0] = 1
+    second.close()
+    ro.close()
+    assert mappings_of(name) == 0
+    SharedMemory(name).unlink()

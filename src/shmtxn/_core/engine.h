@@ -55,7 +55,8 @@ enum stx_error {
  * `pid` of this fd.  Classic locks vanish when *any* fd of the file closes
  * in the process, so every handle of the process shares this one fd
  * (refcounted, found by device and inode) and it is closed only with the
- * last handle.  A forked child re-takes the beacon under its own pid in an
+ * last handle.  Handles of one kind (read-write or read-only) share one
+ * mapping the same way, so re-attaching in a process costs no mmap.  A forked child re-takes the beacon under its own pid in an
  * atfork handler and claims a reader slot of its own on first use.
  *
  * Process-local fields are guarded by the caller's lock (the GIL).
@@ -67,6 +68,9 @@ typedef struct stx_file {
     int fd;
     int refs;
     int creating;       /* this process is initialising the segment */
+    uint8_t *maps[2];   /* mappings shared by this process's handles: */
+    size_t map_sizes[2]; /* [0] read-write, [1] data read-only */
+    int map_refs[2];
     int32_t slot;       /* our reader slot index, -1 until claimed */
     uint64_t fork_gen;  /* stx_fork_gen when `slot` was claimed */
     int ntxn;           /* txns open in this process on this segment */
@@ -92,6 +96,7 @@ typedef struct stx_segment {
     uint8_t *data;
     uint64_t data_size;
     int read_only;
+    int shared_map;     /* `base` is file->maps[read_only], refcounted */
     int populate;       /* map with MAP_POPULATE: no first-touch faults */
     char name[STX_NAME_MAX + 2];
 } stx_segment;

@@ -368,6 +368,63 @@ map_file(stx_segment *seg, size_t size, uint8_t **out)
     return 0;
 }
 
+/* Make the handle's fresh mapping the one its process's handles of the
+ * same kind share (if there is none yet). */
+static void
+share_mapping(stx_segment *seg)
+{
+    stx_file *f = seg->file;
+    int kind = seg->read_only;
+    pthread_mutex_lock(&registry_lock);
+    if (f->maps[kind] == NULL) {
+        f->maps[kind] = seg->base;
+        f->map_sizes[kind] = seg->map_size;
+        f->map_refs[kind] = 1;
+        seg->shared_map = 1;
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* The shared mapping of this kind and `size`, with a reference taken, or
+ * NULL. */
+static uint8_t *
+reuse_mapping(stx_segment *seg, uint64_t size)
+{
+    stx_file *f = seg->file;
+    int kind = seg->read_only;
+    uint8_t *base = NULL;
+    pthread_mutex_lock(&registry_lock);
+    if (f->maps[kind] != NULL && f->map_sizes[kind] == size) {
+        base = f->maps[kind];
+        f->map_refs[kind]++;
+        seg->shared_map = 1;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return base;
+}
+
+/* Drop this handle's mapping: unmap it unless other handles share it. */
+static void
+unmap_handle(stx_segment *seg)
+{
+    stx_file *f = seg->file;
+    int kind = seg->read_only;
+    int last = 1;
+    if (seg->shared_map) {
+        pthread_mutex_lock(&registry_lock);
+        last = --f->map_refs[kind] == 0;
+        if (last) {
+            f->maps[kind] = NULL;
+        }
+        pthread_mutex_unlock(&registry_lock);
+    }
+    if (last && seg->base != NULL) {
+        munmap(seg->base, seg->map_size);
+    }
+    seg->base = NULL;
+    seg->shared_map = 0;
+}
+
 /* Read-only handles see the data region as PROT_READ. */
 static int
 protect_data(stx_segment *seg)
@@ -532,10 +589,10 @@ build_segment(stx_segment *seg, const stx_create_opts *opts)
         memcpy(base + sizeof(plan.magic), (uint8_t *)&plan + sizeof(plan.magic),
                offsetof(stx_header, format) - sizeof(plan.magic));
         fill_handle(seg, base, plan.total_size);
+        share_mapping(seg);
         rc = init_header(seg, opts);
         if (rc != 0) {
-            munmap(base, plan.total_size);
-            seg->base = NULL;
+            unmap_handle(seg);
         }
     }
     return rc;
@@ -812,11 +869,16 @@ attach_mapped(stx_segment *seg, int require_published)
             STX_ECORRUPT, "'%s' is not a shmtxn segment (only %llu bytes)",
             seg->name, (unsigned long long)size);
     }
-    uint8_t *base;
-    rc = map_file(seg, (size_t)size, &base);
-    if (rc != 0) {
-        return rc;
+    uint8_t *base = reuse_mapping(seg, size);
+    int fresh = base == NULL;
+    if (fresh) {
+        rc = map_file(seg, (size_t)size, &base);
+        if (rc != 0) {
+            return rc;
+        }
     }
+    seg->base = base;
+    seg->map_size = (size_t)size;
     uint64_t magic = atomic_load_explicit(&((stx_header *)base)->magic,
                                           memory_order_acquire);
     if (require_published && magic != STX_MAGIC) {
@@ -827,14 +889,16 @@ attach_mapped(stx_segment *seg, int require_published)
     }
     if (rc == 0) {
         fill_handle(seg, base, (size_t)size);
-        rc = protect_data(seg);
+        rc = fresh ? protect_data(seg) : 0;
+    }
+    if (rc == 0 && fresh) {
+        share_mapping(seg);
     }
     if (rc == 0) {
         rc = stx_slot_ensure(seg);
     }
     if (rc != 0) {
-        munmap(base, (size_t)size);
-        seg->base = NULL;
+        unmap_handle(seg);
     }
     return rc;
 }
@@ -936,9 +1000,7 @@ stx_close(stx_segment *seg)
     if (seg->file->refs == 1) {
         stx_slot_release(seg);
     }
-    if (seg->base != NULL) {
-        munmap(seg->base, seg->map_size);
-    }
+    unmap_handle(seg);
     release_file(seg->file);
     seg->file = NULL;
     seg->base = NULL;
