@@ -83,7 +83,6 @@ typedef struct TxnObject {
     int write;
     int entered;
     double timeout;         /* seconds, < 0: wait forever */
-    Py_ssize_t exports;     /* live buffers taken from the txn itself */
     PyObject *buf;          /* the memoryview t.buf handed out */
     PyObject *views;        /* list of the Views it made, or NULL */
     stx_logged logged[STX_LOGGED_CACHE];
@@ -115,6 +114,8 @@ extern PyTypeObject View_Type;
 /* py_view.c: a new C-ordered View of `shape` items at `ptr`. */
 PyObject *view_new(MemoryObject *mem, char *ptr, char format, int itemsize,
                    int ndim, const Py_ssize_t *shape, int readonly);
+/* py_view.c: the buffer protocol of a View (also behind np.asarray(t)). */
+int view_getbuffer(ViewObject *v, Py_buffer *view, int flags);
 /* py_view.c: invalidate `v` unless exported; 1 if still exported. */
 int view_end(ViewObject *v);
 /* py_view.c: numpy.asarray(obj), with a clear ImportError sans numpy. */

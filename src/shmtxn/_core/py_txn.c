@@ -141,7 +141,6 @@ txn_new(MemoryObject *mem, int write, double timeout)
     self->write = write;
     self->entered = 0;
     self->timeout = timeout;
-    self->exports = 0;
     self->buf = NULL;
     self->views = NULL;
     PyObject_GC_Track(self);
@@ -184,7 +183,7 @@ release_view(TxnObject *self)
         Py_XDECREF(r);
         Py_CLEAR(self->buf);
     }
-    Py_ssize_t alive = self->exports;
+    Py_ssize_t alive = 0;
     Py_ssize_t n = self->views ? PyList_GET_SIZE(self->views) : 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         alive += view_end((ViewObject *)PyList_GET_ITEM(self->views, i));
@@ -430,44 +429,6 @@ prepare_view(TxnObject *self, uint64_t offset, uint64_t length)
     return rc == 0 ? 0 : txn_write_failed(self->mem, &self->txn, rc);
 }
 
-/* np.asarray(t): the whole segment, typed and shaped. */
-static int
-Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
-{
-    MemoryObject *mem = self->mem;
-    view->obj = NULL;
-    if (check_usable(self) < 0
-        || prepare_view(self, 0, mem->seg.data_size) < 0) {
-        return -1;
-    }
-    if ((flags & PyBUF_WRITABLE) && !self->write) {
-        PyErr_SetString(PyExc_BufferError, "a read transaction gives "
-                        "read-only views");
-        return -1;
-    }
-    view->buf = mem->seg.data;
-    view->obj = Py_NewRef(self);
-    view->len = (Py_ssize_t)mem->seg.data_size;
-    view->readonly = !self->write;
-    view->itemsize = mem->fmt->size;
-    view->format = (flags & PyBUF_FORMAT) ? mem->format : NULL;
-    view->ndim = mem->ndim;
-    view->shape = (flags & PyBUF_ND) ? mem->shape : NULL;
-    view->strides = (flags & PyBUF_STRIDES) ? mem->strides : NULL;
-    view->suboffsets = NULL;
-    view->internal = NULL;
-    self->exports++;
-    mem->exports++;
-    return 0;
-}
-
-static void
-Txn_releasebuffer(TxnObject *self, Py_buffer *view)
-{
-    self->exports--;
-    self->mem->exports--;
-}
-
 /* Keep `view` so the end of the txn can invalidate it. */
 static PyObject *
 track_view(TxnObject *self, PyObject *view)
@@ -481,6 +442,28 @@ track_view(TxnObject *self, PyObject *view)
         return NULL;
     }
     return view;
+}
+
+/* np.asarray(t): the whole segment, typed and shaped, through a View
+ * the end of the txn invalidates like any other. */
+static int
+Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
+{
+    MemoryObject *mem = self->mem;
+    view->obj = NULL;
+    if (check_usable(self) < 0
+        || prepare_view(self, 0, mem->seg.data_size) < 0) {
+        return -1;
+    }
+    PyObject *v = track_view(self, view_new(
+        mem, (char *)mem->seg.data, mem->fmt->code, mem->fmt->size,
+        mem->ndim, mem->shape, !self->write));
+    if (v == NULL) {
+        return -1;
+    }
+    int rc = view_getbuffer((ViewObject *)v, view, flags);
+    Py_DECREF(v); /* the txn's list and the buffer keep it */
+    return rc;
 }
 
 /* t.buf: the data region as bytes, valid inside the transaction. */
@@ -622,7 +605,6 @@ static PyMappingMethods Txn_as_mapping = {
 
 static PyBufferProcs Txn_as_buffer = {
     .bf_getbuffer = (getbufferproc)Txn_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)Txn_releasebuffer,
 };
 
 PyTypeObject Txn_Type = {

@@ -74,8 +74,8 @@ view_end(ViewObject *v)
     return 0;
 }
 
-static int
-View_getbuffer(ViewObject *v, Py_buffer *view, int flags)
+int
+view_getbuffer(ViewObject *v, Py_buffer *view, int flags)
 {
     view->obj = NULL;
     if (!v->valid) {
@@ -128,7 +128,7 @@ View_repr(ViewObject *v)
 }
 
 static PyBufferProcs View_as_buffer = {
-    .bf_getbuffer = (getbufferproc)View_getbuffer,
+    .bf_getbuffer = (getbufferproc)view_getbuffer,
     .bf_releasebuffer = (releasebufferproc)View_releasebuffer,
 };
 
