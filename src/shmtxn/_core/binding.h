@@ -48,11 +48,13 @@ PyObject *segment_info(stx_segment *seg);
 /* ---- the two types ---- */
 
 /*
- * MemoryObject -- shmtxn._core.Memory, the base of SharedMemory: one handle
- * on one slots segment.  `exports` counts live buffers taken from it or
- * from its txns; close() refuses while any is alive.
+ * HandleObject -- one open handle on one segment: the state of
+ * shmtxn._core.Segment (py_segment.c), the base of Memory (slots) and Dict.
+ * `exports` counts live buffers taken from it or from its txns; close()
+ * refuses while any is alive.  The slot fields (fmt, nitems, shape) are
+ * Memory's; a Dict sees its data region as bytes (format 'B').
  */
-typedef struct MemoryObject {
+typedef struct HandleObject {
     PyObject_HEAD
     stx_segment seg;
     const item_format *fmt;
@@ -71,14 +73,26 @@ typedef struct MemoryObject {
     ino_t ino;              /* so unlink() never removes a newer one */
     PyObject *buf;          /* cached memoryview, or NULL */
     PyObject *weakrefs;
-} MemoryObject;
+} HandleObject;
+
+/* Everything a SharedMemory(...) or SharedDict(...) call was given. */
+typedef struct open_args {
+    const char *name;
+    const char *format;
+    int create, read_only, max_processes, mode, populate;
+    Py_ssize_t size, undo_size;
+    double timeout;
+    uint32_t ndim;                 /* 0: no shape given */
+    uint64_t shape[STX_MAX_NDIM];
+    Py_buffer data;                /* data.obj == NULL: not given */
+} open_args;
 
 /*
  * TxnObject -- shmtxn._core.Txn: the object `with shr.txn() as t` binds.
  */
 typedef struct TxnObject {
     PyObject_HEAD
-    MemoryObject *mem;
+    HandleObject *mem;
     stx_txn txn;
     int write;
     int entered;
@@ -94,7 +108,7 @@ typedef struct TxnObject {
  */
 typedef struct ViewObject {
     PyObject_HEAD
-    MemoryObject *mem;
+    HandleObject *mem;
     char *ptr;
     Py_ssize_t len;
     int readonly;
@@ -107,12 +121,13 @@ typedef struct ViewObject {
     Py_ssize_t exports;
 } ViewObject;
 
+extern PyTypeObject Segment_Type;
 extern PyTypeObject Memory_Type;
 extern PyTypeObject Txn_Type;
 extern PyTypeObject View_Type;
 
 /* py_view.c: a new C-ordered View of `shape` items at `ptr`. */
-PyObject *view_new(MemoryObject *mem, char *ptr, char format, int itemsize,
+PyObject *view_new(HandleObject *mem, char *ptr, char format, int itemsize,
                    int ndim, const Py_ssize_t *shape, int readonly);
 /* py_view.c: the buffer protocol of a View (also behind np.asarray(t)). */
 int view_getbuffer(ViewObject *v, Py_buffer *view, int flags);
@@ -121,32 +136,42 @@ int view_end(ViewObject *v);
 /* py_view.c: numpy.asarray(obj), with a clear ImportError sans numpy. */
 PyObject *view_to_ndarray(PyObject *obj);
 
-/* py_memory.c: the open-txn count of `mem` in this process (a forked
+/* py_segment.c: the open-txn count of `h` in this process (a forked
  * child starts from 0: its parent's txns are not its own). */
-int *memory_open_txns(MemoryObject *mem);
-/* py_memory.c: -1 with an exception if `mem` is closed. */
-int memory_check_open(MemoryObject *mem);
+int *handle_open_txns(HandleObject *h);
+/* py_segment.c: -1 with an exception if `h` is closed. */
+int handle_check_open(HandleObject *h);
+/* py_segment.c: seconds from a timeout argument; None means `fallback`. */
+int handle_parse_timeout(PyObject *arg, double fallback, double *out);
+/* py_segment.c: check and normalise a.name ("/x" is "x"); -1 if bad. */
+int handle_check_name(open_args *a);
+/* py_segment.c: create a segment as `opts` says (under a.name, or a fresh
+ * random one) or attach to a.name, which must hold `opts->layout_kind`;
+ * then adopt its name and identity.  -1 with an exception. */
+int handle_open(HandleObject *h, open_args *a, const stx_create_opts *opts);
+/* py_segment.c: close `h` (Segment.close()); -1 with an exception. */
+int handle_close(HandleObject *h);
 /* py_memory.c: normalise index `key` (int) into [0, n); -1 on error. */
-int memory_index(MemoryObject *mem, PyObject *key, Py_ssize_t *index);
+int memory_index(HandleObject *mem, PyObject *key, Py_ssize_t *index);
 /* py_memory.c: read items [start:stop:step] via `read` into a list. */
-PyObject *memory_read_slice(MemoryObject *mem, PyObject *slice,
+PyObject *memory_read_slice(HandleObject *mem, PyObject *slice,
                             stx_txn *txn);
 /* py_memory.c: write an iterable over the items `slice` names. */
-int memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
+int memory_write_slice(HandleObject *mem, PyObject *slice, PyObject *value,
                        stx_txn *txn);
 
 /* py_txn.c: open `txn` on `mem`, releasing the GIL around each wait;
  * -1 with an exception (LockTimeout, KeyboardInterrupt, ...). */
-int txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout);
+int txn_open(HandleObject *mem, stx_txn *txn, int write, double timeout);
 /* py_txn.c: step an initialised `txn` until it is open, the GIL released
  * around each slice; -1 (txn cancelled) on timeout, Ctrl-C or error. */
 int txn_wait(const char *name, stx_txn *txn, double timeout);
 /* py_txn.c: end `txn`; -1 with an exception if ending failed. */
-int txn_close(MemoryObject *mem, stx_txn *txn, int commit);
+int txn_close(HandleObject *mem, stx_txn *txn, int commit);
 /* py_txn.c: new Txn object for mem.txn(). */
-PyObject *txn_new(MemoryObject *mem, int write, double timeout);
+PyObject *txn_new(HandleObject *mem, int write, double timeout);
 /* py_txn.c: raise for a failed write inside a txn, rolling it back if the
  * undo log overflowed.  Always returns -1. */
-int txn_write_failed(MemoryObject *mem, stx_txn *txn, int code);
+int txn_write_failed(HandleObject *mem, stx_txn *txn, int code);
 
 #endif /* STX_BINDING_H */

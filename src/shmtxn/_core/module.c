@@ -133,7 +133,8 @@ PyInit__core(void)
     }
     /* Test hook: SHMTXN_CRASH_AT=<point> SIGKILLs the process there. */
     stx_set_crash_point(getenv("SHMTXN_CRASH_AT"));
-    if (errors_init() < 0 || PyType_Ready(&Memory_Type) < 0
+    if (errors_init() < 0 || PyType_Ready(&Segment_Type) < 0
+        || PyType_Ready(&Memory_Type) < 0
         || PyType_Ready(&Txn_Type) < 0 || PyType_Ready(&View_Type) < 0) {
         return NULL;
     }
@@ -141,7 +142,8 @@ PyInit__core(void)
     if (m == NULL) {
         return NULL;
     }
-    if (PyModule_AddObjectRef(m, "Memory", (PyObject *)&Memory_Type) < 0
+    if (PyModule_AddObjectRef(m, "Segment", (PyObject *)&Segment_Type) < 0
+        || PyModule_AddObjectRef(m, "Memory", (PyObject *)&Memory_Type) < 0
         || PyModule_AddObjectRef(m, "Txn", (PyObject *)&Txn_Type) < 0
         || PyModule_AddObjectRef(m, "View", (PyObject *)&View_Type) < 0
         || PyModule_AddIntConstant(m, "FORMAT_VERSION",

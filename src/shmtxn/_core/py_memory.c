@@ -4,9 +4,6 @@
  * class shmtxn.SharedMemory subclasses it (memory.py) for repr and pickling;
  * the hot paths (indexing, txn()) stay here in C.
  */
-#include <sys/random.h>
-#include <unistd.h>
-
 #include "binding.h"
 #include "seqlock.h"
 
@@ -15,32 +12,10 @@
 /* Slice reads up to this many bytes use a stack buffer. */
 #define STACK_BYTES 512
 
-int *
-memory_open_txns(MemoryObject *mem)
-{
-    if (mem->txns_gen != stx_fork_gen) {
-        mem->txns_gen = stx_fork_gen;
-        mem->open_txns = 0;
-    }
-    return &mem->open_txns;
-}
-
 int
-memory_check_open(MemoryObject *mem)
+memory_index(HandleObject *mem, PyObject *key, Py_ssize_t *index)
 {
-    if (mem->seg.file == NULL) {
-        raise_named("SegmentClosedError", "segment %R is closed; open it "
-                    "again with SharedMemory(name)",
-                    mem->name ? mem->name : Py_None);
-        return -1;
-    }
-    return 0;
-}
-
-int
-memory_index(MemoryObject *mem, PyObject *key, Py_ssize_t *index)
-{
-    if (memory_check_open(mem) < 0) {
+    if (handle_check_open(mem) < 0) {
         return -1;
     }
     Py_ssize_t i = PyLong_CheckExact(key) ? PyLong_AsSsize_t(key)
@@ -69,36 +44,6 @@ memory_index(MemoryObject *mem, PyObject *key, Py_ssize_t *index)
 /* ------------------------------------------------------------------ */
 /* creation and attachment                                             */
 
-/* A fresh name like "stx_k3v9q0zd2m": short enough for macOS. */
-static int
-random_name(char *out, size_t size)
-{
-    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
-    unsigned char bytes[10];
-    if (getrandom(bytes, sizeof(bytes), 0) != (ssize_t)sizeof(bytes)) {
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
-    }
-    char *p = out + snprintf(out, size, "stx_");
-    for (size_t i = 0; i < sizeof(bytes); i++) {
-        *p++ = alphabet[bytes[i] % 36];
-    }
-    *p = '\0';
-    return 0;
-}
-
-/* Everything SharedMemory(...) was given, parsed. */
-typedef struct open_args {
-    const char *name;
-    const char *format;
-    int create, read_only, max_processes, mode, populate;
-    Py_ssize_t size, undo_size;
-    double timeout;
-    uint32_t ndim;                 /* 0: no shape given */
-    uint64_t shape[STX_MAX_NDIM];
-    Py_buffer data;                /* data.obj == NULL: not given */
-} open_args;
-
 /* The number of items `shape` holds, or 0 (ValueError) if absurd. */
 static uint64_t
 shape_items(const open_args *a)
@@ -117,7 +62,7 @@ shape_items(const open_args *a)
 
 /* Derive size and shape from each other and from `data` (creation). */
 static int
-resolve_geometry(MemoryObject *self, open_args *a)
+resolve_geometry(HandleObject *self, open_args *a)
 {
     int itemsize = self->fmt->size;
     if (a->ndim > 0) {
@@ -154,54 +99,29 @@ resolve_geometry(MemoryObject *self, open_args *a)
     return 0;
 }
 
+/* The engine's options for creating a slots segment as `a` says. */
 static int
-create_segment(MemoryObject *self, open_args *a)
+slots_create_opts(HandleObject *self, open_args *a, stx_create_opts *opts,
+                  char code[2])
 {
-    if (resolve_geometry(self, a) < 0) {
+    if (a->create && resolve_geometry(self, a) < 0) {
         return -1;
     }
-    if (a->undo_size < 0 || a->max_processes < 0) {
-        PyErr_SetString(PyExc_ValueError, "undo_size and max_processes "
-                        "must not be negative");
-        return -1;
-    }
-    char code[2] = {self->fmt->code, 0};
-    stx_create_opts opts = {
+    code[0] = self->fmt->code;
+    code[1] = '\0';
+    *opts = (stx_create_opts){
         .layout_kind = STX_LAYOUT_SLOTS, .data_size = (uint64_t)a->size,
         .undo_size = (uint64_t)a->undo_size,
         .nslots = (uint32_t)a->max_processes, .format = code,
         .itemsize = self->fmt->size, .ndim = a->ndim, .shape = a->shape,
         .mode = (unsigned)a->mode, .populate = a->populate,
         .initial = a->data.obj ? a->data.buf : NULL};
-    char generated[32];
-    for (int attempt = 0; attempt < 8; attempt++) {
-        if (a->name == NULL
-            && random_name(generated, sizeof(generated)) < 0) {
-            return -1;
-        }
-        int rc;
-        const char *use = a->name ? a->name : generated;
-        Py_BEGIN_ALLOW_THREADS
-        rc = stx_create(&self->seg, use, &opts);
-        Py_END_ALLOW_THREADS
-        if (rc == STX_EEXIST && a->name == NULL) {
-            continue;
-        }
-        if (rc != 0) {
-            raise_engine_error(rc, use);
-            return -1;
-        }
-        self->created = 1;
-        self->creator_pid = (long)getpid();
-        return 0;
-    }
-    raise_engine_error(STX_EEXIST, "(generated)");
-    return -1;
+    return 0;
 }
 
 /* The caller's shape, if given, must be the stored one. */
 static int
-check_shape(MemoryObject *self, const open_args *a)
+check_shape(HandleObject *self, const open_args *a)
 {
     stx_header *hdr = self->seg.hdr;
     int same = a->ndim == 0 || a->ndim == hdr->ndim;
@@ -219,15 +139,9 @@ check_shape(MemoryObject *self, const open_args *a)
 
 /* After attaching: the caller's size, format and shape must match. */
 static int
-check_attached(MemoryObject *self, const open_args *a)
+check_attached(HandleObject *self, const open_args *a)
 {
     stx_header *hdr = self->seg.hdr;
-    if (hdr->layout_kind != STX_LAYOUT_SLOTS) {
-        raise_named("IncompatibleSegmentError", "segment '%s' holds a "
-                    "SharedDict, not slots; open it with SharedDict",
-                    self->seg.name);
-        return -1;
-    }
     const item_format *stored = item_format_find(hdr->format);
     if (stored == NULL || stored->size != hdr->itemsize) {
         PyErr_Clear();
@@ -250,61 +164,6 @@ check_attached(MemoryObject *self, const open_args *a)
     }
     self->fmt = stored;
     return check_shape(self, a);
-}
-
-static int
-attach_segment(MemoryObject *self, open_args *a)
-{
-    int rc;
-    if (a->data.obj != NULL) {
-        PyErr_SetString(PyExc_ValueError, "data= is only for create=True");
-        return -1;
-    }
-    uint64_t wait_ns = (uint64_t)(a->timeout * 1e9);
-    Py_BEGIN_ALLOW_THREADS
-    rc = stx_attach(&self->seg, a->name, a->read_only, a->populate, wait_ns);
-    Py_END_ALLOW_THREADS
-    if (rc == STX_EAGAIN) {
-        raise_lock_timeout(a->name, a->timeout, 0);
-        return -1;
-    }
-    if (rc != 0) {
-        raise_engine_error(rc, a->name);
-        return -1;
-    }
-    if (check_attached(self, a) < 0) {
-        stx_close(&self->seg);
-        return -1;
-    }
-    return 0;
-}
-
-/* Seconds from a timeout argument; None means `fallback`. */
-static int
-parse_timeout(PyObject *arg, double fallback, double *out)
-{
-    if (arg == NULL || arg == Py_None) {
-        *out = fallback;
-        return 0;
-    }
-    double t = PyFloat_AsDouble(arg);
-    if (t == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (t < 0 || t != t) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be None or a "
-                        "number of seconds >= 0");
-        return -1;
-    }
-    *out = t;
-    return 0;
-}
-
-/* Strip one leading '/', as the stdlib accepts "/name" too. */
-static const char *
-plain_name(const char *name)
-{
-    return name[0] == '/' ? name + 1 : name;
 }
 
 /* shape=: an int or a sequence of 1 to STX_MAX_NDIM positive ints. */
@@ -357,21 +216,10 @@ parse_open_args(PyObject *args, PyObject *kwds, open_args *a)
             &a->size, &a->read_only, &a->format, &a->undo_size,
             &a->max_processes, &timeout_arg, &a->mode, &shape_arg,
             &data_arg, &a->populate)
-        || parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT, &a->timeout) < 0
-        || parse_shape(shape_arg, a) < 0) {
+        || handle_parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT,
+                                &a->timeout) < 0
+        || parse_shape(shape_arg, a) < 0 || handle_check_name(a) < 0) {
         return -1;
-    }
-    if (a->size < 0) {
-        PyErr_Format(PyExc_ValueError, "size must not be negative (got %zd)",
-                     a->size);
-        return -1;
-    }
-    if (a->name != NULL) {
-        a->name = plain_name(a->name);
-        if (stx_check_name(a->name) != 0) {
-            PyErr_SetString(PyExc_ValueError, stx_detail());
-            return -1;
-        }
     }
     if (data_arg != NULL && data_arg != Py_None
         && PyObject_GetBuffer(data_arg, &a->data, PyBUF_C_CONTIGUOUS) < 0) {
@@ -380,34 +228,11 @@ parse_open_args(PyObject *args, PyObject *kwds, open_args *a)
     return 0;
 }
 
-/* Open (create or attach) as `a` says. */
-static int
-open_segment(MemoryObject *self, open_args *a)
-{
-    if (a->create) {
-        if (a->read_only) {
-            PyErr_SetString(PyExc_ValueError, "cannot create a segment "
-                            "read-only; create it, then open read_only=True"
-                            " handles on it");
-            return -1;
-        }
-        return create_segment(self, a);
-    }
-    if (a->name == NULL) {
-        PyErr_SetString(PyExc_ValueError, "name is required to attach "
-                        "(or pass create=True)");
-        return -1;
-    }
-    return attach_segment(self, a);
-}
-
 /* Remember what the handle needs after opening: identity and shape. */
 static int
-adopt_geometry(MemoryObject *self)
+adopt_geometry(HandleObject *self)
 {
     stx_header *hdr = self->seg.hdr;
-    self->dev = self->seg.file->dev;
-    self->ino = self->seg.file->ino;
     self->nitems = (Py_ssize_t)(self->seg.data_size / self->fmt->size);
     self->ndim = (int)hdr->ndim;
     Py_ssize_t stride = self->fmt->size;
@@ -418,22 +243,27 @@ adopt_geometry(MemoryObject *self)
     }
     self->format[0] = self->fmt->code;
     self->format[1] = '\0';
-    self->name = PyUnicode_FromString(self->seg.name);
-    return self->name == NULL ? -1 : 0;
+    return 0;
 }
 
 static int
-Memory_init(MemoryObject *self, PyObject *args, PyObject *kwds)
+Memory_init(HandleObject *self, PyObject *args, PyObject *kwds)
 {
-    if (self->seg.file != NULL || self->name != NULL) {
-        PyErr_SetString(PyExc_TypeError, "SharedMemory is already open");
-        return -1;
-    }
     open_args a = {0};
+    stx_create_opts opts;
+    char code[2];
     int rc = parse_open_args(args, kwds, &a);
     if (rc == 0) {
         self->fmt = item_format_find(a.format ? a.format : "q");
-        rc = self->fmt == NULL ? -1 : open_segment(self, &a);
+        rc = self->fmt == NULL ? -1 : slots_create_opts(self, &a, &opts,
+                                                        code);
+    }
+    if (rc == 0) {
+        rc = handle_open(self, &a, &opts);
+    }
+    if (rc == 0 && !a.create && check_attached(self, &a) < 0) {
+        stx_close(&self->seg);
+        rc = -1;
     }
     if (a.data.obj != NULL) {
         PyBuffer_Release(&a.data);
@@ -442,115 +272,11 @@ Memory_init(MemoryObject *self, PyObject *args, PyObject *kwds)
 }
 
 /* ------------------------------------------------------------------ */
-/* lifetime                                                            */
-
-static PyObject *
-Memory_close(MemoryObject *self, PyObject *unused)
-{
-    if (self->seg.file == NULL) {
-        Py_RETURN_NONE;
-    }
-    int open_txns = *memory_open_txns(self);
-    if (open_txns > 0) {
-        raise_named("Error", "cannot close segment '%s': %d transaction(s) "
-                    "are open on it; leave their with-blocks first",
-                    self->seg.name, open_txns);
-        return NULL;
-    }
-    if (self->buf != NULL) {
-        PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
-        if (r == NULL) {
-            PyErr_Clear(); /* reported below as an export */
-        }
-        else {
-            Py_DECREF(r);
-            Py_CLEAR(self->buf);
-        }
-    }
-    if (self->exports > 0) {
-        raise_named("BufferExportsError", "cannot close segment '%s': %zd "
-                    "view(s) of its memory (from .buf, slices of it, numpy "
-                    "arrays or txn.buf) are still alive; release them (del, "
-                    "or .release() on memoryviews) first", self->seg.name,
-                    self->exports);
-        return NULL;
-    }
-    stx_close(&self->seg);
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-Memory_unlink(MemoryObject *self, PyObject *unused)
-{
-    if (self->name == NULL) {
-        Py_RETURN_NONE;
-    }
-    const char *name = PyUnicode_AsUTF8(self->name);
-    int rc = stx_unlink(name, self->dev, self->ino);
-    if (rc != 0 && rc != STX_ENOENT) {
-        raise_engine_error(rc, name);
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-Memory_enter(MemoryObject *self, PyObject *unused)
-{
-    if (memory_check_open(self) < 0) {
-        return NULL;
-    }
-    return Py_NewRef(self);
-}
-
-/* Leaving `with`: the creating process unlinks, everyone closes. */
-static PyObject *
-Memory_exit(MemoryObject *self, PyObject *args)
-{
-    if (self->created && self->creator_pid == (long)getpid()) {
-        PyObject *r = Memory_unlink(self, NULL);
-        if (r == NULL) {
-            return NULL;
-        }
-        Py_DECREF(r);
-    }
-    PyObject *r = Memory_close(self, NULL);
-    if (r == NULL) {
-        return NULL;
-    }
-    Py_DECREF(r);
-    Py_RETURN_FALSE;
-}
-
-static void
-Memory_dealloc(MemoryObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    if (self->weakrefs != NULL) {
-        PyObject_ClearWeakRefs((PyObject *)self);
-    }
-    Py_CLEAR(self->buf);
-    if (self->seg.file != NULL) {
-        stx_close(&self->seg);
-    }
-    Py_CLEAR(self->name);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static int
-Memory_traverse(MemoryObject *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->buf);
-    Py_VISIT(Py_TYPE(self));
-    return 0;
-}
-
-/* ------------------------------------------------------------------ */
 /* items                                                               */
 
 /* Read one item under a read txn (the seqlock saw a writer). */
 static PyObject *
-locked_get(MemoryObject *self, uint64_t offset)
+locked_get(HandleObject *self, uint64_t offset)
 {
     stx_txn txn = {0};
     uint64_t raw = 0;
@@ -565,7 +291,7 @@ locked_get(MemoryObject *self, uint64_t offset)
 }
 
 static PyObject *
-get_item(MemoryObject *self, PyObject *key)
+get_item(HandleObject *self, PyObject *key)
 {
     Py_ssize_t i;
     if (memory_index(self, key, &i) < 0) {
@@ -581,7 +307,7 @@ get_item(MemoryObject *self, PyObject *key)
 }
 
 static int
-set_item(MemoryObject *self, PyObject *key, PyObject *value)
+set_item(HandleObject *self, PyObject *key, PyObject *value)
 {
     Py_ssize_t i;
     uint64_t raw = 0;
@@ -606,7 +332,7 @@ typedef struct slice_span {
 } slice_span;
 
 static int
-unpack_slice(MemoryObject *mem, PyObject *slice, slice_span *s)
+unpack_slice(HandleObject *mem, PyObject *slice, slice_span *s)
 {
     if (PySlice_Unpack(slice, &s->start, &s->stop, &s->step) < 0) {
         return -1;
@@ -619,7 +345,7 @@ unpack_slice(MemoryObject *mem, PyObject *slice, slice_span *s)
 /* Items of `s` as a list, from `base` (the data region or a copy of the
  * contiguous run starting at s->start). */
 static PyObject *
-list_from(MemoryObject *mem, const slice_span *s, const uint8_t *base,
+list_from(HandleObject *mem, const slice_span *s, const uint8_t *base,
           Py_ssize_t base_index)
 {
     PyObject *list = PyList_New(s->count);
@@ -638,7 +364,7 @@ list_from(MemoryObject *mem, const slice_span *s, const uint8_t *base,
 
 /* A contiguous slice read lock-free; NULL without error to fall back. */
 static PyObject *
-seqlock_slice(MemoryObject *mem, const slice_span *s)
+seqlock_slice(HandleObject *mem, const slice_span *s)
 {
     uint64_t bytes = (uint64_t)s->count * mem->fmt->size;
     uint8_t stack[STACK_BYTES];
@@ -659,10 +385,10 @@ seqlock_slice(MemoryObject *mem, const slice_span *s)
 }
 
 PyObject *
-memory_read_slice(MemoryObject *mem, PyObject *slice, stx_txn *txn)
+memory_read_slice(HandleObject *mem, PyObject *slice, stx_txn *txn)
 {
     slice_span s;
-    if (memory_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
+    if (handle_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
         return NULL;
     }
     if (s.count == 0) {
@@ -690,7 +416,7 @@ memory_read_slice(MemoryObject *mem, PyObject *slice, stx_txn *txn)
 
 /* Convert every value first: a bad one raises before anything changes. */
 static uint8_t *
-pack_values(MemoryObject *mem, PyObject *value, const slice_span *s)
+pack_values(HandleObject *mem, PyObject *value, const slice_span *s)
 {
     PyObject *seq = PySequence_Fast(value, "slice assignment needs an "
                                     "iterable of values");
@@ -718,7 +444,7 @@ pack_values(MemoryObject *mem, PyObject *value, const slice_span *s)
 }
 
 static int
-write_packed(MemoryObject *mem, stx_txn *txn, const slice_span *s,
+write_packed(HandleObject *mem, stx_txn *txn, const slice_span *s,
              const uint8_t *packed)
 {
     int size = mem->fmt->size;
@@ -756,7 +482,7 @@ buffer_item_format(const Py_buffer *view)
  * `count` items of the segment's kind and size -- a numpy array of the
  * same dtype, an array.array -- so it can be copied as bytes; 0 if not. */
 static int
-matching_buffer(MemoryObject *mem, PyObject *value, Py_ssize_t count,
+matching_buffer(HandleObject *mem, PyObject *value, Py_ssize_t count,
                 Py_buffer *view)
 {
     if (!PyObject_CheckBuffer(value)) {
@@ -778,11 +504,11 @@ matching_buffer(MemoryObject *mem, PyObject *value, Py_ssize_t count,
 }
 
 int
-memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
+memory_write_slice(HandleObject *mem, PyObject *slice, PyObject *value,
                    stx_txn *txn)
 {
     slice_span s;
-    if (memory_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
+    if (handle_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
         return -1;
     }
     Py_buffer view = {0};
@@ -813,7 +539,7 @@ memory_write_slice(MemoryObject *mem, PyObject *slice, PyObject *value,
 }
 
 static PyObject *
-Memory_subscript(MemoryObject *self, PyObject *key)
+Memory_subscript(HandleObject *self, PyObject *key)
 {
     if (PySlice_Check(key)) {
         return memory_read_slice(self, key, NULL);
@@ -822,7 +548,7 @@ Memory_subscript(MemoryObject *self, PyObject *key)
 }
 
 static int
-Memory_ass_subscript(MemoryObject *self, PyObject *key, PyObject *value)
+Memory_ass_subscript(HandleObject *self, PyObject *key, PyObject *value)
 {
     if (value == NULL) {
         PyErr_SetString(PyExc_TypeError, "slots cannot be deleted; a "
@@ -836,13 +562,13 @@ Memory_ass_subscript(MemoryObject *self, PyObject *key, PyObject *value)
 }
 
 static Py_ssize_t
-Memory_length(MemoryObject *self)
+Memory_length(HandleObject *self)
 {
-    return memory_check_open(self) < 0 ? -1 : self->nitems;
+    return handle_check_open(self) < 0 ? -1 : self->nitems;
 }
 
 static PyObject *
-Memory_iter(MemoryObject *self)
+Memory_iter(HandleObject *self)
 {
     PyObject *all = PySlice_New(NULL, NULL, NULL);
     PyObject *list = all ? memory_read_slice(self, all, NULL) : NULL;
@@ -889,7 +615,7 @@ parse_txn_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
 }
 
 static PyObject *
-Memory_txn(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs,
+Memory_txn(HandleObject *self, PyObject *const *args, Py_ssize_t nargs,
            PyObject *kwnames)
 {
     PyObject *write_arg = Py_None, *timeout_arg = Py_None;
@@ -897,8 +623,8 @@ Memory_txn(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     double timeout;
-    if (memory_check_open(self) < 0
-        || parse_timeout(timeout_arg, -1.0, &timeout) < 0) {
+    if (handle_check_open(self) < 0
+        || handle_parse_timeout(timeout_arg, -1.0, &timeout) < 0) {
         return NULL;
     }
     int write = !self->seg.read_only;
@@ -913,9 +639,9 @@ Memory_txn(MemoryObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 static int
-Memory_getbuffer(MemoryObject *self, Py_buffer *view, int flags)
+Memory_getbuffer(HandleObject *self, Py_buffer *view, int flags)
 {
-    if (memory_check_open(self) < 0) {
+    if (handle_check_open(self) < 0) {
         view->obj = NULL;
         return -1;
     }
@@ -929,15 +655,15 @@ Memory_getbuffer(MemoryObject *self, Py_buffer *view, int flags)
 }
 
 static void
-Memory_releasebuffer(MemoryObject *self, Py_buffer *view)
+Memory_releasebuffer(HandleObject *self, Py_buffer *view)
 {
     self->exports--;
 }
 
 static PyObject *
-Memory_get_buf(MemoryObject *self, void *closure)
+Memory_get_buf(HandleObject *self, void *closure)
 {
-    if (memory_check_open(self) < 0) {
+    if (handle_check_open(self) < 0) {
         return NULL;
     }
     if (self->buf == NULL) {
@@ -947,26 +673,7 @@ Memory_get_buf(MemoryObject *self, void *closure)
 }
 
 static PyObject *
-Memory_get_name(MemoryObject *self, void *closure)
-{
-    return Py_NewRef(self->name ? self->name : Py_None);
-}
-
-static PyObject *
-Memory_get_size(MemoryObject *self, void *closure)
-{
-    return PyLong_FromSsize_t(self->nitems * (self->fmt ? self->fmt->size
-                                                        : 0));
-}
-
-static PyObject *
-Memory_get_read_only(MemoryObject *self, void *closure)
-{
-    return PyBool_FromLong(self->seg.read_only);
-}
-
-static PyObject *
-Memory_get_format(MemoryObject *self, void *closure)
+Memory_get_format(HandleObject *self, void *closure)
 {
     if (self->fmt == NULL) {
         Py_RETURN_NONE;
@@ -975,7 +682,7 @@ Memory_get_format(MemoryObject *self, void *closure)
 }
 
 static PyObject *
-Memory_get_shape(MemoryObject *self, void *closure)
+Memory_get_shape(HandleObject *self, void *closure)
 {
     PyObject *shape = PyTuple_New(self->ndim);
     for (int i = 0; shape && i < self->ndim; i++) {
@@ -988,12 +695,12 @@ Memory_get_shape(MemoryObject *self, void *closure)
  * transactional: it shows commits as they happen.  copy=True returns a
  * consistent private copy taken inside a read txn. */
 static PyObject *
-Memory_ndarray(MemoryObject *self, PyObject *args, PyObject *kwds)
+Memory_ndarray(HandleObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"copy", NULL};
     int copy = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$p", kwlist, &copy)
-        || memory_check_open(self) < 0) {
+        || handle_check_open(self) < 0) {
         return NULL;
     }
     PyObject *view = view_new(self, (char *)self->seg.data, self->fmt->code,
@@ -1016,63 +723,26 @@ Memory_ndarray(MemoryObject *self, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
-Memory_get_itemsize(MemoryObject *self, void *closure)
+Memory_get_itemsize(HandleObject *self, void *closure)
 {
     return PyLong_FromLong(self->fmt ? self->fmt->size : 0);
-}
-
-static PyObject *
-Memory_get_closed(MemoryObject *self, void *closure)
-{
-    return PyBool_FromLong(self->seg.file == NULL);
-}
-
-static PyObject *
-Memory_get_owner(MemoryObject *self, void *closure)
-{
-    return PyBool_FromLong(self->created
-                           && self->creator_pid == (long)getpid());
-}
-
-/* Header and slot state, for `shmtxn info` and the tests. */
-static PyObject *
-Memory_info(MemoryObject *self, PyObject *unused)
-{
-    if (memory_check_open(self) < 0) {
-        return NULL;
-    }
-    return segment_info(&self->seg);
 }
 
 static PyMethodDef Memory_methods[] = {
     {"txn", (PyCFunction)(void (*)(void))Memory_txn,
      METH_FASTCALL | METH_KEYWORDS,
      "txn(write=None, timeout=None) -> a transaction to use with `with`"},
-    {"close", (PyCFunction)Memory_close, METH_NOARGS,
-     "Unmap this handle (idempotent)."},
-    {"unlink", (PyCFunction)Memory_unlink, METH_NOARGS,
-     "Remove the segment's name (idempotent)."},
     {"ndarray", (PyCFunction)(void (*)(void))Memory_ndarray,
      METH_VARARGS | METH_KEYWORDS,
      "ndarray(*, copy=False) -> read-only numpy array of the whole segment "
      "(live; copy=True: a consistent snapshot)"},
-    {"info", (PyCFunction)Memory_info, METH_NOARGS,
-     "Header, lock and attached-process state as a dict."},
-    {"__enter__", (PyCFunction)Memory_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)Memory_exit, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Memory_getset[] = {
-    {"name", (getter)Memory_get_name, NULL, "segment name", NULL},
-    {"size", (getter)Memory_get_size, NULL, "data bytes", NULL},
-    {"read_only", (getter)Memory_get_read_only, NULL, NULL, NULL},
     {"format", (getter)Memory_get_format, NULL, "item struct code", NULL},
     {"itemsize", (getter)Memory_get_itemsize, NULL, NULL, NULL},
     {"shape", (getter)Memory_get_shape, NULL, "items per dimension", NULL},
-    {"closed", (getter)Memory_get_closed, NULL, NULL, NULL},
-    {"owner", (getter)Memory_get_owner, NULL,
-     "True in the process whose handle created the segment", NULL},
     {"buf", (getter)Memory_get_buf, NULL,
      "memoryview of the data region (not transactional)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -1092,14 +762,12 @@ static PyBufferProcs Memory_as_buffer = {
 PyTypeObject Memory_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmtxn._core.Memory",
-    .tp_basicsize = sizeof(MemoryObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "A handle on a shared-memory segment of typed slots.",
+    .tp_base = &Segment_Type,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Memory_init,
-    .tp_dealloc = (destructor)Memory_dealloc,
-    .tp_traverse = (traverseproc)Memory_traverse,
-    .tp_weaklistoffset = offsetof(MemoryObject, weakrefs),
     .tp_as_mapping = &Memory_as_mapping,
     .tp_as_buffer = &Memory_as_buffer,
     .tp_iter = (getiterfunc)Memory_iter,

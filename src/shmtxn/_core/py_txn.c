@@ -54,9 +54,9 @@ txn_wait(const char *name, stx_txn *txn, double timeout)
 }
 
 int
-txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout)
+txn_open(HandleObject *mem, stx_txn *txn, int write, double timeout)
 {
-    if (memory_check_open(mem) < 0) {
+    if (handle_check_open(mem) < 0) {
         return -1;
     }
     int rc = stx_txn_init(txn, &mem->seg, write);
@@ -64,7 +64,7 @@ txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout)
         raise_engine_error(rc, mem->seg.name);
         return -1;
     }
-    int *open_txns = memory_open_txns(mem);
+    int *open_txns = handle_open_txns(mem);
     ++*open_txns;
     if (txn_wait(mem->seg.name, txn, timeout) == 0) {
         return 0;
@@ -74,14 +74,14 @@ txn_open(MemoryObject *mem, stx_txn *txn, int write, double timeout)
 }
 
 int
-txn_close(MemoryObject *mem, stx_txn *txn, int commit)
+txn_close(HandleObject *mem, stx_txn *txn, int commit)
 {
     int rc = stx_txn_end(txn, commit);
     if (rc == STX_EFORKED) {
         txn->state = STX_TXN_IDLE; /* the parent's: not counted here */
     }
     else if (txn->state == STX_TXN_IDLE) {
-        --*memory_open_txns(mem);
+        --*handle_open_txns(mem);
     }
     if (rc != 0) {
         raise_engine_error(rc, mem->seg.name);
@@ -91,13 +91,13 @@ txn_close(MemoryObject *mem, stx_txn *txn, int commit)
 }
 
 int
-txn_write_failed(MemoryObject *mem, stx_txn *txn, int code)
+txn_write_failed(HandleObject *mem, stx_txn *txn, int code)
 {
     int user_error = code == STX_ERANGE || code == STX_EREADONLY
                      || code == STX_EINVAL;
     if (!user_error && txn->state == STX_TXN_OPEN) {
         stx_txn_end(txn, 0); /* roll the whole txn back */
-        --*memory_open_txns(mem);
+        --*handle_open_txns(mem);
     }
     raise_engine_error(code, mem->seg.name);
     return -1;
@@ -129,13 +129,13 @@ txn_alloc(void)
 }
 
 PyObject *
-txn_new(MemoryObject *mem, int write, double timeout)
+txn_new(HandleObject *mem, int write, double timeout)
 {
     TxnObject *self = txn_alloc();
     if (self == NULL) {
         return NULL;
     }
-    self->mem = (MemoryObject *)Py_NewRef(mem);
+    self->mem = (HandleObject *)Py_NewRef(mem);
     self->txn.state = STX_TXN_IDLE;
     self->txn.logged = self->logged;
     self->write = write;
@@ -260,7 +260,7 @@ Txn_dealloc(TxnObject *self)
         && stx_txn_usable(&self->txn) == 0) {
         release_view(self);
         stx_txn_end(&self->txn, 0); /* never entered `with`: roll back */
-        --*memory_open_txns(self->mem);
+        --*handle_open_txns(self->mem);
     }
     Py_CLEAR(self->buf);
     Py_CLEAR(self->views);
@@ -290,7 +290,7 @@ Txn_subscript(TxnObject *self, PyObject *key)
     if (check_usable(self) < 0) {
         return NULL;
     }
-    MemoryObject *mem = self->mem;
+    HandleObject *mem = self->mem;
     if (PySlice_Check(key)) {
         return memory_read_slice(mem, key, &self->txn);
     }
@@ -304,7 +304,7 @@ Txn_subscript(TxnObject *self, PyObject *key)
 static int
 Txn_ass_subscript(TxnObject *self, PyObject *key, PyObject *value)
 {
-    MemoryObject *mem = self->mem;
+    HandleObject *mem = self->mem;
     if (check_usable(self) < 0) {
         return -1;
     }
@@ -449,7 +449,7 @@ track_view(TxnObject *self, PyObject *view)
 static int
 Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
 {
-    MemoryObject *mem = self->mem;
+    HandleObject *mem = self->mem;
     view->obj = NULL;
     if (check_usable(self) < 0
         || prepare_view(self, 0, mem->seg.data_size) < 0) {
@@ -470,7 +470,7 @@ Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
 static PyObject *
 Txn_get_buf(TxnObject *self, void *closure)
 {
-    MemoryObject *mem = self->mem;
+    HandleObject *mem = self->mem;
     if (check_usable(self) < 0) {
         return NULL;
     }
@@ -528,7 +528,7 @@ Txn_ndarray(TxnObject *self, PyObject *args, PyObject *kwds)
         || row_range(self, start_arg, stop_arg, &start, &stop) < 0) {
         return NULL;
     }
-    MemoryObject *mem = self->mem;
+    HandleObject *mem = self->mem;
     Py_ssize_t row_bytes = mem->strides[0];
     if (prepare_view(self, (uint64_t)(start * row_bytes),
                      (uint64_t)((stop - start) * row_bytes)) < 0) {

@@ -38,14 +38,14 @@ view_to_ndarray(PyObject *obj)
 }
 
 PyObject *
-view_new(MemoryObject *mem, char *ptr, char format, int itemsize, int ndim,
+view_new(HandleObject *mem, char *ptr, char format, int itemsize, int ndim,
          const Py_ssize_t *shape, int readonly)
 {
     ViewObject *v = PyObject_New(ViewObject, &View_Type);
     if (v == NULL) {
         return NULL;
     }
-    v->mem = (MemoryObject *)Py_NewRef(mem);
+    v->mem = (HandleObject *)Py_NewRef(mem);
     v->ptr = ptr;
     v->readonly = readonly;
     v->valid = 1;

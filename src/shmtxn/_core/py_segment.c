@@ -1,0 +1,390 @@
+/*
+ * py_segment.c -- shmtxn._core.Segment: what every handle does whatever
+ * its segment holds.  Creating or attaching by name, close() and unlink(),
+ * the creator-owned `with` lifetime, and the name/size/read_only/closed/
+ * owner attributes.  Memory (slots, py_memory.c) and Dict (py_dict.c)
+ * subclass it.
+ */
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "binding.h"
+
+int *
+handle_open_txns(HandleObject *h)
+{
+    if (h->txns_gen != stx_fork_gen) {
+        h->txns_gen = stx_fork_gen;
+        h->open_txns = 0;
+    }
+    return &h->open_txns;
+}
+
+int
+handle_check_open(HandleObject *h)
+{
+    if (h->seg.file == NULL) {
+        raise_named("SegmentClosedError", "segment %R is closed; open it "
+                    "again with %s(name)", h->name ? h->name : Py_None,
+                    _PyType_Name(Py_TYPE(h)));
+        return -1;
+    }
+    return 0;
+}
+
+int
+handle_parse_timeout(PyObject *arg, double fallback, double *out)
+{
+    if (arg == NULL || arg == Py_None) {
+        *out = fallback;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(arg);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (t < 0 || t != t) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be None or a "
+                        "number of seconds >= 0");
+        return -1;
+    }
+    *out = t;
+    return 0;
+}
+
+int
+handle_check_name(open_args *a)
+{
+    if (a->size < 0) {
+        PyErr_Format(PyExc_ValueError, "size must not be negative (got %zd)",
+                     a->size);
+        return -1;
+    }
+    if (a->name == NULL) {
+        return 0;
+    }
+    if (a->name[0] == '/') {
+        a->name++; /* the stdlib accepts "/name" too */
+    }
+    if (stx_check_name(a->name) != 0) {
+        PyErr_SetString(PyExc_ValueError, stx_detail());
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* creation and attachment                                             */
+
+/* A fresh name like "stx_k3v9q0zd2m": short enough for macOS. */
+static int
+random_name(char *out, size_t size)
+{
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
+    unsigned char bytes[10];
+    if (getrandom(bytes, sizeof(bytes), 0) != (ssize_t)sizeof(bytes)) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    char *p = out + snprintf(out, size, "stx_");
+    for (size_t i = 0; i < sizeof(bytes); i++) {
+        *p++ = alphabet[bytes[i] % 36];
+    }
+    *p = '\0';
+    return 0;
+}
+
+static int
+create_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
+{
+    if (a->undo_size < 0 || a->max_processes < 0) {
+        PyErr_SetString(PyExc_ValueError, "undo_size and max_processes "
+                        "must not be negative");
+        return -1;
+    }
+    char generated[32];
+    for (int attempt = 0; attempt < 8; attempt++) {
+        if (a->name == NULL
+            && random_name(generated, sizeof(generated)) < 0) {
+            return -1;
+        }
+        int rc;
+        const char *use = a->name ? a->name : generated;
+        Py_BEGIN_ALLOW_THREADS
+        rc = stx_create(&self->seg, use, opts);
+        Py_END_ALLOW_THREADS
+        if (rc == STX_EEXIST && a->name == NULL) {
+            continue;
+        }
+        if (rc != 0) {
+            raise_engine_error(rc, use);
+            return -1;
+        }
+        self->created = 1;
+        self->creator_pid = (long)getpid();
+        return 0;
+    }
+    raise_engine_error(STX_EEXIST, "(generated)");
+    return -1;
+}
+
+/* The class that opens segments of layout `kind`. */
+static const char *
+layout_class(uint32_t kind)
+{
+    return kind == STX_LAYOUT_DICT ? "SharedDict" : "SharedMemory";
+}
+
+static int
+attach_segment(HandleObject *self, open_args *a, uint32_t kind)
+{
+    int rc;
+    if (a->data.obj != NULL) {
+        PyErr_SetString(PyExc_ValueError, "data= is only for create=True");
+        return -1;
+    }
+    uint64_t wait_ns = (uint64_t)(a->timeout * 1e9);
+    Py_BEGIN_ALLOW_THREADS
+    rc = stx_attach(&self->seg, a->name, a->read_only, a->populate, wait_ns);
+    Py_END_ALLOW_THREADS
+    if (rc == STX_EAGAIN) {
+        raise_lock_timeout(a->name, a->timeout, 0);
+        return -1;
+    }
+    if (rc != 0) {
+        raise_engine_error(rc, a->name);
+        return -1;
+    }
+    uint32_t stored = self->seg.hdr->layout_kind;
+    if (stored != kind) {
+        raise_named("IncompatibleSegmentError", "segment '%s' holds a %s, "
+                    "not a %s; open it with %s", a->name,
+                    layout_class(stored), layout_class(kind),
+                    layout_class(stored));
+        stx_close(&self->seg);
+        return -1;
+    }
+    return 0;
+}
+
+int
+handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
+{
+    if (self->seg.file != NULL || self->name != NULL) {
+        PyErr_Format(PyExc_TypeError, "%s is already open",
+                     _PyType_Name(Py_TYPE(self)));
+        return -1;
+    }
+    int rc;
+    if (a->create && a->read_only) {
+        PyErr_SetString(PyExc_ValueError, "cannot create a segment "
+                        "read-only; create it, then open read_only=True "
+                        "handles on it");
+        return -1;
+    }
+    if (!a->create && a->name == NULL) {
+        PyErr_SetString(PyExc_ValueError, "name is required to attach "
+                        "(or pass create=True)");
+        return -1;
+    }
+    rc = a->create ? create_segment(self, a, opts)
+                   : attach_segment(self, a, opts->layout_kind);
+    if (rc < 0) {
+        return -1;
+    }
+    self->dev = self->seg.file->dev;
+    self->ino = self->seg.file->ino;
+    self->name = PyUnicode_FromString(self->seg.name);
+    return self->name == NULL ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* lifetime                                                            */
+
+int
+handle_close(HandleObject *self)
+{
+    if (self->seg.file == NULL) {
+        return 0;
+    }
+    int open_txns = *handle_open_txns(self);
+    if (open_txns > 0) {
+        raise_named("Error", "cannot close segment '%s': %d transaction(s) "
+                    "are open on it; leave their with-blocks first",
+                    self->seg.name, open_txns);
+        return -1;
+    }
+    if (self->buf != NULL) {
+        PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
+        if (r == NULL) {
+            PyErr_Clear(); /* reported below as an export */
+        }
+        else {
+            Py_DECREF(r);
+            Py_CLEAR(self->buf);
+        }
+    }
+    if (self->exports > 0) {
+        raise_named("BufferExportsError", "cannot close segment '%s': %zd "
+                    "view(s) of its memory (from .buf, slices of it, numpy "
+                    "arrays or txn.buf) are still alive; release them (del, "
+                    "or .release() on memoryviews) first", self->seg.name,
+                    self->exports);
+        return -1;
+    }
+    stx_close(&self->seg);
+    return 0;
+}
+
+static PyObject *
+Segment_close(HandleObject *self, PyObject *unused)
+{
+    if (handle_close(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_unlink(HandleObject *self, PyObject *unused)
+{
+    if (self->name == NULL) {
+        Py_RETURN_NONE;
+    }
+    const char *name = PyUnicode_AsUTF8(self->name);
+    int rc = stx_unlink(name, self->dev, self->ino);
+    if (rc != 0 && rc != STX_ENOENT) {
+        raise_engine_error(rc, name);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Segment_enter(HandleObject *self, PyObject *unused)
+{
+    if (handle_check_open(self) < 0) {
+        return NULL;
+    }
+    return Py_NewRef(self);
+}
+
+/* Leaving `with`: the creating process unlinks, everyone closes. */
+static PyObject *
+Segment_exit(HandleObject *self, PyObject *args)
+{
+    if (self->created && self->creator_pid == (long)getpid()) {
+        PyObject *r = Segment_unlink(self, NULL);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
+    }
+    if (handle_close(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_FALSE;
+}
+
+static void
+Segment_dealloc(HandleObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    Py_CLEAR(self->buf);
+    if (self->seg.file != NULL) {
+        stx_close(&self->seg);
+    }
+    Py_CLEAR(self->name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Segment_traverse(HandleObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->buf);
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* attributes                                                          */
+
+static PyObject *
+Segment_get_name(HandleObject *self, void *closure)
+{
+    return Py_NewRef(self->name ? self->name : Py_None);
+}
+
+static PyObject *
+Segment_get_size(HandleObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->nitems * (self->fmt ? self->fmt->size
+                                                        : 0));
+}
+
+static PyObject *
+Segment_get_read_only(HandleObject *self, void *closure)
+{
+    return PyBool_FromLong(self->seg.read_only);
+}
+
+static PyObject *
+Segment_get_closed(HandleObject *self, void *closure)
+{
+    return PyBool_FromLong(self->seg.file == NULL);
+}
+
+static PyObject *
+Segment_get_owner(HandleObject *self, void *closure)
+{
+    return PyBool_FromLong(self->created
+                           && self->creator_pid == (long)getpid());
+}
+
+/* Header and slot state, for `shmtxn info` and the tests. */
+static PyObject *
+Segment_info(HandleObject *self, PyObject *unused)
+{
+    if (handle_check_open(self) < 0) {
+        return NULL;
+    }
+    return segment_info(&self->seg);
+}
+
+static PyMethodDef Segment_methods[] = {
+    {"close", (PyCFunction)Segment_close, METH_NOARGS,
+     "Unmap this handle (idempotent)."},
+    {"unlink", (PyCFunction)Segment_unlink, METH_NOARGS,
+     "Remove the segment's name (idempotent)."},
+    {"info", (PyCFunction)Segment_info, METH_NOARGS,
+     "Header, lock and attached-process state as a dict."},
+    {"__enter__", (PyCFunction)Segment_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)Segment_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Segment_getset[] = {
+    {"name", (getter)Segment_get_name, NULL, "segment name", NULL},
+    {"size", (getter)Segment_get_size, NULL, "data bytes", NULL},
+    {"read_only", (getter)Segment_get_read_only, NULL, NULL, NULL},
+    {"closed", (getter)Segment_get_closed, NULL, NULL, NULL},
+    {"owner", (getter)Segment_get_owner, NULL,
+     "True in the process whose handle created the segment", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject Segment_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmtxn._core.Segment",
+    .tp_basicsize = sizeof(HandleObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A handle on a shmtxn segment (base of Memory and Dict).",
+    .tp_dealloc = (destructor)Segment_dealloc,
+    .tp_traverse = (traverseproc)Segment_traverse,
+    .tp_weaklistoffset = offsetof(HandleObject, weakrefs),
+    .tp_methods = Segment_methods,
+    .tp_getset = Segment_getset,
+};
