@@ -160,4 +160,102 @@ _Static_assert(offsetof(stx_header, writer_mutex) == 384,
 _Static_assert(sizeof(stx_reader_slot) == STX_CACHE_LINE,
                "a reader slot is one cache line");
 
+
+/* ------------------------------------------------------------------ */
+/* The data region of a dict segment (STX_LAYOUT_DICT)                 */
+
+#define STX_DICT_MAGIC 0x5443494458545453ULL /* "STSXDICT" */
+/* Size classes of the heap allocator (alloc.c has the sizes). */
+#define STX_DICT_CLASSES 176u
+/* Heap blocks start on, and are sized in, multiples of this. */
+#define STX_BLOCK_ALIGN 16u
+/* Index slot values besides "entry number + 1". */
+#define STX_INDEX_EMPTY 0u
+#define STX_INDEX_DELETED 0xffffffffu
+
+/*
+ * The dict header: at offset 0 of the data region.
+ *
+ * The data region of a dict is [ dict header ][ heap ... heap_top )
+ * [ unused up to data_size ).  Everything else -- the index, the entry
+ * array and every key/value record -- is a block of the heap (alloc.c).
+ *
+ * The table is CPython's compact layout: `index` is an open-addressed
+ * (linear probing) array of uint32 slots holding an entry number + 1, and
+ * the entries {hash, record offset} lie in insertion order, so iteration
+ * follows insertion like a dict.  A deleted key leaves a DELETED index
+ * slot and an entry with record 0 until the next rebuild (table.c).
+ *
+ * Write protocol: every change to bytes that committed state references
+ * goes through the undo log; bytes that only this txn's allocations
+ * reference (a fresh record, a new table, entries past `entries_used`) are
+ * written without logging, because rolling back the allocator state makes
+ * them unreferenced again.  Blocks freed by a txn are kept aside (in the
+ * writer's process) and put on the free lists only just before commit, so
+ * a txn never reuses -- and overwrites -- a block its own rollback would
+ * bring back.
+ *
+ * Lock-free readers (seqlock) may see any mix of old and new bytes: they
+ * load every offset and count once, bounds-check it against `heap_top`,
+ * and trust nothing they built until `seq` proves it was committed.
+ */
+typedef struct stx_dict_header {
+    /* --- the table and allocator state: logged as one range --- */
+    uint64_t magic;          /* STX_DICT_MAGIC */
+    uint64_t count;          /* live keys */
+    uint64_t index_off;      /* uint32 index slots (a heap block's payload) */
+    uint64_t index_cap;      /* a power of two */
+    uint64_t entries_off;    /* stx_dict_entry array (a block's payload) */
+    uint64_t entries_cap;    /* index_cap * 2 / 3 */
+    uint64_t entries_used;   /* appended so far, deleted ones included */
+    uint64_t heap_off;       /* first heap byte: just past this header */
+    uint64_t heap_top;       /* end of the bump-allocated heap */
+    uint64_t live_bytes;     /* bytes in allocated blocks */
+    uint64_t free_bytes;     /* bytes in free lists */
+    uint64_t rebuilds;       /* table rebuilds (growth or compaction) */
+    uint64_t reserved[4];
+    /* --- not logged: only grows, and stays true after any rollback --- */
+    alignas(STX_CACHE_LINE) _Atomic uint64_t heap_reserved; /* bytes of the
+                              data region backed by posix_fallocate */
+    uint64_t reserved2[7];
+    /* --- free lists: one head (block offset, 0 = empty) per class --- */
+    uint64_t free_heads[STX_DICT_CLASSES];
+} stx_dict_header;
+
+/* The logged part of the dict header. */
+#define STX_DICT_STATE_BYTES offsetof(stx_dict_header, heap_reserved)
+
+/* One entry: the key's hash and its record's block offset (0: deleted). */
+typedef struct stx_dict_entry {
+    uint64_t hash;
+    uint64_t record;
+} stx_dict_entry;
+
+/*
+ * Every heap block starts with this.  `next_free` links free blocks of
+ * one class; allocated blocks never read or write it, which is why pushing
+ * a block on a free list needs no undo record (only the list head does).
+ */
+typedef struct stx_block {
+    uint64_t size;           /* bytes of the block, header included */
+    uint64_t next_free;      /* next block of the free list, 0 = last */
+} stx_block;
+
+/* A key/value record: a block whose payload is this, the canonical key
+ * bytes, then the value bytes. */
+typedef struct stx_record {
+    stx_block block;
+    uint32_t key_len;
+    uint8_t value_tag;       /* how the binding encoded the value */
+    uint8_t key_kind;        /* how the binding encoded the key's type */
+    uint16_t reserved;
+    uint64_t value_len;
+} stx_record;
+
+_Static_assert(sizeof(stx_dict_header) % STX_BLOCK_ALIGN == 0,
+               "the heap starts aligned");
+_Static_assert(offsetof(stx_dict_header, heap_reserved) == 128,
+               "format.md: dict state is 128 bytes");
+_Static_assert(sizeof(stx_record) == 32, "format.md: record header");
+
 #endif /* STX_LAYOUT_H */

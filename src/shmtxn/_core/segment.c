@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
@@ -27,6 +28,9 @@
 #define MAX_NSLOTS 65536u
 /* How long an attacher gives a creator that has opened the name but not
  * yet taken the init lock (a window of a few instructions). */
+/* Heap bytes a new dict reserves at once; alloc.c reserves the rest as
+ * the heap grows. */
+#define DICT_INITIAL_HEAP (1ull << 20)
 #define CREATOR_GRACE_NS 200000000ull
 
 volatile uint64_t stx_fork_gen = 1;
@@ -140,6 +144,18 @@ stx_default_undo_size(uint64_t data_size)
     if (size < (16ull << 10)) {
         size = 16ull << 10;
     }
+    return round_up(size, STX_PAGE);
+}
+
+/* A dict's default undo log: an eighth of its size, from 256 KiB to
+ * 64 MiB (a dict txn logs about 32 bytes per key it inserts and 80 per
+ * key it deletes; fresh records are not logged). */
+static uint64_t
+dict_default_undo_size(uint64_t data_size)
+{
+    uint64_t size = data_size / 8;
+    size = size < (256ull << 10) ? (256ull << 10) : size;
+    size = size > (64ull << 20) ? (64ull << 20) : size;
     return round_up(size, STX_PAGE);
 }
 
@@ -453,6 +469,9 @@ plan_layout(stx_header *hdr, const stx_create_opts *opts)
     }
     uint64_t undo = opts->undo_size ? round_up(opts->undo_size, 8)
                                     : stx_default_undo_size(opts->data_size);
+    if (!opts->undo_size && opts->layout_kind == STX_LAYOUT_DICT) {
+        undo = dict_default_undo_size(opts->data_size);
+    }
     if (opts->data_size > (1ull << 46) || undo > (1ull << 40)) {
         return stx_fail(STX_EFULL, "asked for %llu data bytes and %llu undo"
                         " bytes: more than any machine has",
@@ -467,6 +486,7 @@ plan_layout(stx_header *hdr, const stx_create_opts *opts)
     hdr->undo_size = undo;
     hdr->data_off = round_up(hdr->undo_off + undo, STX_PAGE);
     hdr->data_size = opts->data_size;
+    hdr->layout_kind = opts->layout_kind;
     hdr->total_size = round_up(hdr->data_off + opts->data_size, STX_PAGE);
     return 0;
 }
@@ -490,24 +510,42 @@ check_free_space(int fd, uint64_t total, const char *name)
     return 0;
 }
 
-/* Reserve every page now (posix_fallocate): never a SIGBUS later. */
+/* Size the file to `total` bytes and back its first `reserve` bytes with
+ * real pages now (posix_fallocate): nothing below `reserve` can SIGBUS
+ * later.  Slots segments reserve everything; a dict reserves its heap as
+ * it grows (alloc.c). */
 static int
-reserve_space(int fd, uint64_t total, const char *name)
+reserve_space(int fd, uint64_t total, uint64_t reserve, const char *name)
 {
-    int rc = check_free_space(fd, total, name);
+    int rc = check_free_space(fd, reserve, name);
     if (rc != 0) {
         return rc;
     }
-    int err = posix_fallocate(fd, 0, (off_t)total);
+    if (reserve < total && ftruncate(fd, (off_t)total) != 0) {
+        return fail_errno(errno, "sizing", name);
+    }
+    int err = posix_fallocate(fd, 0, (off_t)reserve);
     if (err == ENOSPC || err == EFBIG) {
         return stx_fail(STX_EFULL, "segment '%s' needs %llu bytes but "
                         "/dev/shm ran out of space", name,
-                        (unsigned long long)total);
+                        (unsigned long long)reserve);
     }
     if (err != 0) {
         return fail_errno(err, "reserving space", name);
     }
     return 0;
+}
+
+/* The bytes of a new segment to reserve at once: all of a slots segment;
+ * of a dict, the header, slots, undo log and the first heap pages. */
+static uint64_t
+initial_reserve(const stx_header *plan)
+{
+    if (plan->layout_kind != STX_LAYOUT_DICT
+        || plan->data_size <= DICT_INITIAL_HEAP) {
+        return plan->total_size;
+    }
+    return plan->data_off + DICT_INITIAL_HEAP;
 }
 
 /* Initialise the robust, process-shared writer mutex. */
@@ -543,9 +581,12 @@ fill_identity(stx_header *hdr, const stx_create_opts *opts)
     for (uint32_t i = 0; i < opts->ndim && i < STX_MAX_NDIM; i++) {
         hdr->shape[i] = opts->shape[i];
     }
-    uint64_t t = now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)stx_self_pid << 32);
-    hdr->hash_key[0] = t * 0x9e3779b97f4a7c15ull;
-    hdr->hash_key[1] = (t ^ (uintptr_t)hdr) * 0xc2b2ae3d27d4eb4full;
+    if (getrandom(hdr->hash_key, sizeof(hdr->hash_key), 0)
+        != (ssize_t)sizeof(hdr->hash_key)) {
+        uint64_t t = now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)stx_self_pid << 32);
+        hdr->hash_key[0] = t * 0x9e3779b97f4a7c15ull;
+        hdr->hash_key[1] = (t ^ (uintptr_t)hdr) * 0xc2b2ae3d27d4eb4full;
+    }
     hdr->creator_pid = stx_self_pid;
     hdr->created_ns = now_ns(CLOCK_REALTIME);
     atomic_store(&hdr->modified_ns, hdr->created_ns);
@@ -553,10 +594,16 @@ fill_identity(stx_header *hdr, const stx_create_opts *opts)
 
 /* Fill a fresh, zeroed header and publish it by storing the magic. */
 static int
-init_header(stx_segment *seg, const stx_create_opts *opts)
+init_header(stx_segment *seg, const stx_create_opts *opts, uint64_t reserve)
 {
     stx_header *hdr = seg->hdr;
     fill_identity(hdr, opts);
+    if (opts->layout_kind == STX_LAYOUT_DICT) {
+        int rc = stx_dict_format(seg, reserve - hdr->data_off);
+        if (rc != 0) {
+            return rc;
+        }
+    }
     if (init_writer_mutex(&hdr->writer_mutex) != 0) {
         return stx_fail(STX_ESYS, "cannot make a robust process-shared "
                         "mutex on this system");
@@ -577,7 +624,8 @@ build_segment(stx_segment *seg, const stx_create_opts *opts)
     stx_header plan = {0};
     int rc = plan_layout(&plan, opts);
     if (rc == 0) {
-        rc = reserve_space(seg->file->fd, plan.total_size, seg->name);
+        rc = reserve_space(seg->file->fd, plan.total_size,
+                           initial_reserve(&plan), seg->name);
     }
     stx_crash_point("create:after_reserve");
     uint8_t *base = NULL;
@@ -590,7 +638,7 @@ build_segment(stx_segment *seg, const stx_create_opts *opts)
                offsetof(stx_header, format) - sizeof(plan.magic));
         fill_handle(seg, base, plan.total_size);
         share_mapping(seg);
-        rc = init_header(seg, opts);
+        rc = init_header(seg, opts, initial_reserve(&plan));
         if (rc != 0) {
             unmap_handle(seg);
         }
@@ -734,6 +782,8 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
         || hdr->data_off % STX_PAGE != 0
         || hdr->slots_off % STX_CACHE_LINE != 0 || hdr->undo_off % 8 != 0
         || hdr->undo_size % 8 != 0 || hdr->ndim > STX_MAX_NDIM
+        || (hdr->layout_kind != STX_LAYOUT_SLOTS
+            && hdr->layout_kind != STX_LAYOUT_DICT)
         || hdr->itemsize == 0 || hdr->data_size % hdr->itemsize != 0
         || memchr(hdr->format, 0, sizeof(hdr->format)) == NULL) {
         return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header"

@@ -258,6 +258,30 @@ stx_write(stx_txn *txn, uint64_t offset, const void *src, uint64_t length)
     return 0;
 }
 
+uint8_t *
+stx_fresh(stx_txn *txn, uint64_t offset, uint64_t length)
+{
+    if (!txn->write || check_range(txn->seg, offset, length) != 0) {
+        return NULL;
+    }
+    if (!txn->dirty) {
+        mark_dirty(txn);
+    }
+    return txn->seg->data + offset;
+}
+
+int
+stx_write_fresh(stx_txn *txn, uint64_t offset, const void *src,
+                uint64_t length)
+{
+    uint8_t *dst = stx_fresh(txn, offset, length);
+    if (dst == NULL) {
+        return txn->write ? STX_ERANGE : STX_EREADONLY;
+    }
+    memcpy(dst, src, length);
+    return 0;
+}
+
 int
 stx_read(const stx_txn *txn, uint64_t offset, void *dst, uint64_t length)
 {

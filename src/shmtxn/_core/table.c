@@ -1,0 +1,605 @@
+/*
+ * table.c -- the hash table of dict segments: lookup, insert, replace,
+ * delete, rebuild, iteration and verification.
+ *
+ * Layout and write protocol: layout.h (stx_dict_header).  Keys arrive as
+ * canonical bytes with their SipHash (the binding encodes them, hash.c
+ * hashes them); values as tagged bytes.  The engine never interprets
+ * either beyond comparing key bytes.
+ *
+ * Every read of the table loads each shared field once (LOAD) into a local
+ * and checks it before using it, so lookups are safe both inside a txn and
+ * lock-free under the seqlock, where a writer may change anything at any
+ * moment: a torn read yields STX_ECORRUPT or a wrong answer, which the
+ * caller discards when `seq` moved.
+ */
+#include <string.h>
+
+#include "engine.h"
+
+/* The smallest index; entries_cap is two thirds of index_cap. */
+#define MIN_INDEX_CAP 8u
+/* Index slots hold an entry number + 1 in 32 bits. */
+#define MAX_INDEX_CAP (1ull << 31)
+/* One relaxed load of a shared field. */
+#define LOAD(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+/* The table fields of the dict header, loaded once and checked. */
+typedef struct table_view {
+    uint64_t top;            /* heap_top */
+    uint64_t index_off, index_cap;
+    uint64_t entries_off, entries_cap, entries_used, count;
+    uint32_t *index;
+    stx_dict_entry *entries;
+} table_view;
+
+/* STX_ECORRUPT with "dict segment NAME is corrupt: WHAT". */
+static int
+corrupt(const stx_segment *seg, const char *what)
+{
+    return stx_fail(STX_ECORRUPT, "dict segment '%s' is corrupt: %s",
+                    seg->name, what);
+}
+
+/* 1 if the payload [off, off + n * size) of a block lies below `top`. */
+static int
+payload_fits(uint64_t off, uint64_t n, uint64_t size, uint64_t top)
+{
+    return off >= sizeof(stx_dict_header) + sizeof(stx_block)
+           && off <= top && n <= (top - off) / size;
+}
+
+/* Load and check the table fields of `seg`'s dict header. */
+static int
+load_table(const stx_segment *seg, table_view *t)
+{
+    stx_dict_header *dh = (stx_dict_header *)seg->data;
+    if (seg->data_size < sizeof(stx_dict_header)
+        || LOAD(dh->magic) != STX_DICT_MAGIC) {
+        return corrupt(seg, "its dict header is missing");
+    }
+    t->top = LOAD(dh->heap_top);
+    t->index_off = LOAD(dh->index_off);
+    t->index_cap = LOAD(dh->index_cap);
+    t->entries_off = LOAD(dh->entries_off);
+    t->entries_cap = LOAD(dh->entries_cap);
+    t->entries_used = LOAD(dh->entries_used);
+    t->count = LOAD(dh->count);
+    if (t->top > seg->data_size || t->index_cap < MIN_INDEX_CAP
+        || t->index_cap > MAX_INDEX_CAP
+        || (t->index_cap & (t->index_cap - 1)) != 0
+        || t->entries_cap >= t->index_cap
+        || t->entries_used > t->entries_cap || t->count > t->entries_used
+        || !payload_fits(t->index_off, t->index_cap, sizeof(uint32_t),
+                         t->top)
+        || !payload_fits(t->entries_off, t->entries_cap,
+                         sizeof(stx_dict_entry), t->top)
+        || t->entries_off % 8 != 0 || t->index_off % 4 != 0) {
+        return corrupt(seg, "its table header is impossible");
+    }
+    t->index = (uint32_t *)(seg->data + t->index_off);
+    t->entries = (stx_dict_entry *)(seg->data + t->entries_off);
+    return 0;
+}
+
+/* Load and check the record at block `offset` into `f`. */
+static int
+load_record(const stx_segment *seg, uint64_t offset, uint64_t top,
+            stx_found *f)
+{
+    uint64_t size = stx_block_size(seg, offset, top);
+    if (size == 0) {
+        return STX_ECORRUPT;
+    }
+    const stx_record *r = (const stx_record *)(seg->data + offset);
+    uint64_t room = size - sizeof(stx_record);
+    uint32_t key_len = LOAD(r->key_len);
+    uint64_t value_len = LOAD(r->value_len);
+    if (key_len > room || value_len > room - key_len) {
+        return corrupt(seg, "a record is longer than its block");
+    }
+    f->record = offset;
+    f->key = (const uint8_t *)(r + 1);
+    f->key_len = key_len;
+    f->key_kind = LOAD(r->key_kind);
+    f->value_tag = LOAD(r->value_tag);
+    f->value = f->key + key_len;
+    f->value_len = value_len;
+    return 0;
+}
+
+/* Probe for `key`: 0 and *f if found; STX_ENOENT and *free_slot (the
+ * first deleted or empty slot on its path) if not. */
+static int
+probe(const stx_segment *seg, const table_view *t, const stx_key *key,
+      stx_found *f, uint64_t *free_slot)
+{
+    uint64_t mask = t->index_cap - 1;
+    uint64_t i = key->hash & mask;
+    uint64_t first_free = UINT64_MAX;
+    for (uint64_t n = 0; n < t->index_cap; n++, i = (i + 1) & mask) {
+        uint32_t ix = LOAD(t->index[i]);
+        if (ix == STX_INDEX_EMPTY || ix == STX_INDEX_DELETED) {
+            first_free = first_free == UINT64_MAX ? i : first_free;
+            if (ix == STX_INDEX_EMPTY) {
+                *free_slot = first_free;
+                return STX_ENOENT;
+            }
+            continue;
+        }
+        uint64_t e = (uint64_t)ix - 1;
+        if (e >= t->entries_used) {
+            return corrupt(seg, "an index slot names no entry");
+        }
+        uint64_t record = LOAD(t->entries[e].record);
+        if (LOAD(t->entries[e].hash) != key->hash || record == 0) {
+            continue;
+        }
+        int rc = load_record(seg, record, t->top, f);
+        if (rc != 0) {
+            return rc;
+        }
+        if (f->key_len == key->len
+            && memcmp(f->key, key->bytes, key->len) == 0) {
+            f->slot = i;
+            f->entry = e;
+            return 0;
+        }
+    }
+    return corrupt(seg, "its index has no empty slot");
+}
+
+int
+stx_dict_lookup(const stx_segment *seg, const stx_key *key, stx_found *f)
+{
+    table_view t;
+    uint64_t free_slot;
+    int rc = load_table(seg, &t);
+    return rc != 0 ? rc : probe(seg, &t, key, f, &free_slot);
+}
+
+/* ------------------------------------------------------------------ */
+/* writing                                                             */
+
+/* The dict header, its state logged for this txn. */
+static stx_dict_header *
+state_for_write(stx_dict_txn *dt, int *rc)
+{
+    *rc = stx_undo_prepare(dt->txn, 0, STX_DICT_STATE_BYTES);
+    return (stx_dict_header *)dt->txn->seg->data;
+}
+
+/* Fill the fresh block at `offset` with a record. */
+static int
+write_record(stx_dict_txn *dt, uint64_t offset, const stx_key *key,
+             uint8_t key_kind, const stx_value *value)
+{
+    uint64_t payload = sizeof(stx_record) - sizeof(stx_block) + key->len
+                       + value->len;
+    uint8_t *p = stx_fresh(dt->txn, offset + sizeof(stx_block), payload);
+    if (p == NULL) {
+        return corrupt(dt->txn->seg, "a new block lies outside the heap");
+    }
+    stx_record fields = {.key_len = key->len, .value_tag = value->tag,
+                         .key_kind = key_kind, .value_len = value->len};
+    size_t head = sizeof(stx_record) - sizeof(stx_block);
+    memcpy(p, (uint8_t *)&fields + sizeof(stx_block), head);
+    memcpy(p + head, key->bytes, key->len);
+    memcpy(p + head + key->len, value->bytes, value->len);
+    return 0;
+}
+
+/* Bytes a block needs for this record. */
+static uint64_t
+record_bytes(const stx_key *key, const stx_value *value)
+{
+    return sizeof(stx_record) + key->len + value->len;
+}
+
+/* A new record block for `key` and `value`; *offset is the block. */
+static int
+new_record(stx_dict_txn *dt, const stx_key *key, uint8_t key_kind,
+           const stx_value *value, uint64_t *offset)
+{
+    int rc = stx_heap_alloc(dt, record_bytes(key, value), offset);
+    return rc != 0 ? rc : write_record(dt, *offset, key, key_kind, value);
+}
+
+/* Allocate a zeroed index of `cap` slots and an entry array; the new
+ * blocks' payload offsets go to *index_off and *entries_off. */
+static int
+alloc_table(stx_dict_txn *dt, uint64_t cap, uint64_t *index_off,
+            uint64_t *entries_off)
+{
+    uint64_t ecap = cap * 2 / 3;
+    uint64_t ib, eb;
+    int rc = stx_heap_alloc(dt, sizeof(stx_block) + cap * sizeof(uint32_t),
+                            &ib);
+    if (rc == 0) {
+        rc = stx_heap_alloc(dt, sizeof(stx_block)
+                            + ecap * sizeof(stx_dict_entry), &eb);
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    *index_off = ib + sizeof(stx_block);
+    *entries_off = eb + sizeof(stx_block);
+    uint8_t *index = stx_fresh(dt->txn, *index_off, cap * sizeof(uint32_t));
+    if (index == NULL) {
+        return corrupt(dt->txn->seg, "a new table lies outside the heap");
+    }
+    memset(index, 0, cap * sizeof(uint32_t));
+    return 0;
+}
+
+/* Copy the live entries of `t` into the fresh table (compacting them). */
+static int
+copy_live(stx_dict_txn *dt, const table_view *t, uint64_t cap,
+          uint64_t index_off, uint64_t entries_off, uint64_t *live)
+{
+    stx_segment *seg = dt->txn->seg;
+    uint32_t *index = (uint32_t *)(seg->data + index_off);
+    stx_dict_entry *entries = (stx_dict_entry *)(seg->data + entries_off);
+    uint64_t mask = cap - 1, n = 0;
+    for (uint64_t e = 0; e < t->entries_used; e++) {
+        stx_dict_entry entry = t->entries[e];
+        if (entry.record == 0) {
+            continue;
+        }
+        if (n >= cap * 2 / 3) {
+            return corrupt(seg, "it holds more live entries than its count");
+        }
+        entries[n] = entry;
+        uint64_t i = entry.hash & mask;
+        while (index[i] != STX_INDEX_EMPTY) {
+            i = (i + 1) & mask;
+        }
+        index[i] = (uint32_t)(n + 1);
+        n++;
+    }
+    *live = n;
+    return 0;
+}
+
+/* The index size for holding `want` keys with room to grow. */
+static uint64_t
+index_cap_for(uint64_t want)
+{
+    uint64_t cap = MIN_INDEX_CAP;
+    while (cap * 2 / 3 < want * 3 / 2 + 1 && cap < MAX_INDEX_CAP) {
+        cap *= 2;
+    }
+    return cap;
+}
+
+/* Rebuild the table of `t` sized for `want` keys: the live entries move
+ * (compacted, in order) into fresh blocks, then one logged header change
+ * switches to them and the old blocks are freed at commit.  With
+ * `keep` == 0 the new table is empty (clear). */
+static int
+rebuild(stx_dict_txn *dt, const table_view *t, uint64_t want, int keep)
+{
+    uint64_t cap = index_cap_for(want);
+    if (cap * 2 / 3 < want) {
+        return stx_fail(STX_EFULL, "SharedDict '%s' cannot hold more than "
+                        "%llu keys", dt->txn->seg->name,
+                        (unsigned long long)(cap * 2 / 3));
+    }
+    uint64_t index_off, entries_off, live = 0;
+    int rc = alloc_table(dt, cap, &index_off, &entries_off);
+    if (rc == 0 && keep) {
+        rc = copy_live(dt, t, cap, index_off, entries_off, &live);
+    }
+    stx_dict_header *dh = rc == 0 ? state_for_write(dt, &rc) : NULL;
+    if (rc == 0) {
+        rc = stx_heap_free_later(dt, t->index_off - sizeof(stx_block));
+    }
+    if (rc == 0) {
+        rc = stx_heap_free_later(dt, t->entries_off - sizeof(stx_block));
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    dh->index_off = index_off;
+    dh->index_cap = cap;
+    dh->entries_off = entries_off;
+    dh->entries_cap = cap * 2 / 3;
+    dh->entries_used = live;
+    dh->count = live;
+    dh->rebuilds++;
+    return 0;
+}
+
+/* Replace the value of the found record: in place when the new record
+ * needs the same block size, else in a new block. */
+static int
+replace(stx_dict_txn *dt, const table_view *t, const stx_found *f,
+        const stx_key *key, const stx_value *value)
+{
+    stx_segment *seg = dt->txn->seg;
+    uint64_t size = stx_block_size(seg, f->record, t->top);
+    uint64_t need = record_bytes(key, value);
+    if (size == 0) {
+        return STX_ECORRUPT;
+    }
+    if (need <= size && stx_class_of(need) == stx_class_of(size)) {
+        uint64_t from = f->record + sizeof(stx_block);
+        int rc = stx_undo_prepare(dt->txn, from, need - sizeof(stx_block));
+        if (rc == 0) {
+            rc = write_record(dt, f->record, key, f->key_kind, value);
+        }
+        return rc;
+    }
+    uint64_t fresh;
+    int rc = new_record(dt, key, f->key_kind, value, &fresh);
+    if (rc == 0) {
+        rc = stx_write(dt->txn, t->entries_off + f->entry
+                       * sizeof(stx_dict_entry) + sizeof(uint64_t),
+                       &fresh, sizeof(fresh));
+    }
+    return rc == 0 ? stx_heap_free_later(dt, f->record) : rc;
+}
+
+/* Insert a key that is not there: rebuild if the entries are used up,
+ * then append an entry and point the free index slot at it. */
+static int
+insert(stx_dict_txn *dt, table_view *t, const stx_key *key,
+       const stx_value *value, uint64_t slot)
+{
+    stx_segment *seg = dt->txn->seg;
+    stx_found f;
+    int rc = 0;
+    if (t->entries_used == t->entries_cap) {
+        rc = rebuild(dt, t, t->count + 1, 1);
+        if (rc == 0) {
+            rc = load_table(seg, t);
+        }
+        if (rc == 0) {
+            rc = probe(seg, t, key, &f, &slot);
+            rc = rc == STX_ENOENT ? 0 : corrupt(seg, "a rebuild lost a key");
+        }
+    }
+    uint64_t record;
+    if (rc == 0) {
+        rc = new_record(dt, key, key->kind, value, &record);
+    }
+    stx_dict_header *dh = rc == 0 ? state_for_write(dt, &rc) : NULL;
+    if (rc != 0) {
+        return rc;
+    }
+    uint64_t e = t->entries_used;
+    stx_dict_entry entry = {.hash = key->hash, .record = record};
+    rc = stx_write_fresh(dt->txn, t->entries_off + e * sizeof(entry),
+                         &entry, sizeof(entry));
+    uint32_t ix = (uint32_t)(e + 1);
+    if (rc == 0) {
+        rc = stx_write(dt->txn, t->index_off + slot * sizeof(ix), &ix,
+                       sizeof(ix));
+    }
+    if (rc == 0) {
+        dh->entries_used = e + 1;
+        dh->count = t->count + 1;
+    }
+    return rc;
+}
+
+int
+stx_dict_put(stx_dict_txn *dt, const stx_key *key, const stx_value *value)
+{
+    if (value->len > (1ull << 46) || key->len > (1u << 30)) {
+        return stx_fail(STX_EFULL, "a %llu-byte value (or %u-byte key) is "
+                        "larger than any segment", (unsigned long long)
+                        value->len, key->len);
+    }
+    table_view t;
+    stx_found f;
+    uint64_t slot = 0;
+    int rc = load_table(dt->txn->seg, &t);
+    if (rc == 0) {
+        rc = probe(dt->txn->seg, &t, key, &f, &slot);
+    }
+    if (rc == 0) {
+        return replace(dt, &t, &f, key, value);
+    }
+    return rc == STX_ENOENT ? insert(dt, &t, key, value, slot) : rc;
+}
+
+int
+stx_dict_delete(stx_dict_txn *dt, const stx_key *key)
+{
+    table_view t;
+    stx_found f;
+    uint64_t slot;
+    int rc = load_table(dt->txn->seg, &t);
+    if (rc == 0) {
+        rc = probe(dt->txn->seg, &t, key, &f, &slot);
+    }
+    stx_dict_header *dh = rc == 0 ? state_for_write(dt, &rc) : NULL;
+    if (rc != 0) {
+        return rc;
+    }
+    uint32_t deleted = STX_INDEX_DELETED;
+    uint64_t gone = 0;
+    rc = stx_write(dt->txn, t.index_off + f.slot * sizeof(deleted),
+                   &deleted, sizeof(deleted));
+    if (rc == 0) {
+        rc = stx_write(dt->txn, t.entries_off + f.entry
+                       * sizeof(stx_dict_entry) + sizeof(uint64_t), &gone,
+                       sizeof(gone));
+    }
+    if (rc == 0) {
+        dh->count = t.count - 1;
+        rc = stx_heap_free_later(dt, f.record);
+    }
+    return rc;
+}
+
+int
+stx_dict_clear(stx_dict_txn *dt)
+{
+    stx_segment *seg = dt->txn->seg;
+    table_view t;
+    int rc = load_table(seg, &t);
+    for (uint64_t e = 0; rc == 0 && e < t.entries_used; e++) {
+        uint64_t record = t.entries[e].record;
+        if (record != 0) {
+            rc = stx_block_size(seg, record, t.top) ? 0 : STX_ECORRUPT;
+            rc = rc == 0 ? stx_heap_free_later(dt, record) : rc;
+        }
+    }
+    return rc == 0 ? rebuild(dt, &t, 0, 0) : rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* reading                                                             */
+
+int
+stx_dict_next(const stx_segment *seg, uint64_t *pos, stx_found *f)
+{
+    table_view t;
+    int rc = load_table(seg, &t);
+    for (uint64_t e = *pos; rc == 0 && e < t.entries_used; e++) {
+        uint64_t record = LOAD(t.entries[e].record);
+        if (record != 0) {
+            rc = load_record(seg, record, t.top, f);
+            f->entry = e;
+            *pos = e + 1;
+            return rc;
+        }
+    }
+    *pos = rc == 0 ? t.entries_used : *pos;
+    return rc == 0 ? STX_ENOENT : rc;
+}
+
+int
+stx_dict_count(const stx_segment *seg, uint64_t *count)
+{
+    table_view t;
+    int rc = load_table(seg, &t);
+    *count = rc == 0 ? t.count : 0;
+    return rc;
+}
+
+int
+stx_dict_stats_get(const stx_segment *seg, stx_dict_stats *s)
+{
+    table_view t;
+    int rc = load_table(seg, &t);
+    if (rc != 0) {
+        return rc;
+    }
+    const stx_dict_header *dh = (const stx_dict_header *)seg->data;
+    *s = (stx_dict_stats){
+        .count = t.count, .index_cap = t.index_cap,
+        .entries_cap = t.entries_cap, .entries_used = t.entries_used,
+        .heap_size = seg->data_size - sizeof(stx_dict_header),
+        .heap_top = t.top - sizeof(stx_dict_header),
+        .heap_reserved = atomic_load(&dh->heap_reserved),
+        .live_bytes = LOAD(dh->live_bytes),
+        .free_bytes = LOAD(dh->free_bytes), .rebuilds = LOAD(dh->rebuilds)};
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* creation and verification                                           */
+
+/* Carve a block of `size` bytes at the top of an unpublished heap. */
+static uint64_t
+format_block(stx_dict_header *dh, uint8_t *data, uint64_t size)
+{
+    uint64_t offset = dh->heap_top;
+    ((stx_block *)(data + offset))->size = size;
+    dh->heap_top += size;
+    dh->live_bytes += size;
+    return offset + sizeof(stx_block);
+}
+
+int
+stx_dict_format(stx_segment *seg, uint64_t reserved)
+{
+    uint64_t index_block = stx_class_size(stx_class_of(
+        sizeof(stx_block) + MIN_INDEX_CAP * sizeof(uint32_t)));
+    uint64_t entries_block = stx_class_size(stx_class_of(
+        sizeof(stx_block) + MIN_INDEX_CAP * 2 / 3 * sizeof(stx_dict_entry)));
+    if (seg->data_size < sizeof(stx_dict_header) + index_block
+        + entries_block || reserved < sizeof(stx_dict_header) + index_block
+        + entries_block) {
+        return stx_fail(STX_EINVAL, "a SharedDict needs at least %zu bytes",
+                        sizeof(stx_dict_header) + index_block
+                        + entries_block);
+    }
+    stx_dict_header *dh = (stx_dict_header *)seg->data;
+    memset(dh, 0, sizeof(*dh));
+    dh->magic = STX_DICT_MAGIC;
+    dh->heap_off = dh->heap_top = sizeof(stx_dict_header);
+    dh->index_cap = MIN_INDEX_CAP;
+    dh->entries_cap = MIN_INDEX_CAP * 2 / 3;
+    dh->index_off = format_block(dh, seg->data, index_block);
+    dh->entries_off = format_block(dh, seg->data, entries_block);
+    memset(seg->data + dh->index_off, 0, MIN_INDEX_CAP * sizeof(uint32_t));
+    atomic_store(&dh->heap_reserved, reserved);
+    return 0;
+}
+
+/* Check every live entry: a valid record, the stored hash matches the
+ * key, and probing finds it. */
+static int
+verify_entries(const stx_segment *seg, const table_view *t)
+{
+    uint64_t live = 0;
+    for (uint64_t e = 0; e < t->entries_used; e++) {
+        stx_dict_entry entry = t->entries[e];
+        if (entry.record == 0) {
+            continue;
+        }
+        stx_found f, g;
+        uint64_t slot;
+        int rc = load_record(seg, entry.record, t->top, &f);
+        if (rc != 0) {
+            return rc;
+        }
+        stx_key key = {.bytes = f.key, .len = f.key_len,
+                       .hash = stx_siphash13(seg->hdr->hash_key, f.key,
+                                             f.key_len)};
+        if (key.hash != entry.hash) {
+            return corrupt(seg, "an entry's hash does not match its key");
+        }
+        if (probe(seg, t, &key, &g, &slot) != 0 || g.entry != e) {
+            return corrupt(seg, "an entry cannot be found from the index");
+        }
+        live++;
+    }
+    return live == t->count ? 0 : corrupt(seg, "its count is wrong");
+}
+
+/* Walk every free list: valid blocks of the list's class, no cycles. */
+static int
+verify_free_lists(const stx_segment *seg, const table_view *t)
+{
+    const stx_dict_header *dh = (const stx_dict_header *)seg->data;
+    uint64_t bound = t->top / 32 + 1, total = 0;
+    for (uint32_t c = 0; c < STX_DICT_CLASSES; c++) {
+        uint64_t n = 0;
+        for (uint64_t b = dh->free_heads[c]; b != 0; n++) {
+            uint64_t size = stx_block_size(seg, b, t->top);
+            if (size == 0 || size != stx_class_size(c) || n > bound) {
+                return corrupt(seg, "a free list is broken");
+            }
+            total += size;
+            b = ((const stx_block *)(seg->data + b))->next_free;
+        }
+    }
+    return total == dh->free_bytes ? 0
+                                   : corrupt(seg, "its free bytes are wrong");
+}
+
+int
+stx_dict_verify(const stx_segment *seg)
+{
+    table_view t;
+    int rc = load_table(seg, &t);
+    if (rc == 0) {
+        rc = verify_entries(seg, &t);
+    }
+    return rc == 0 ? verify_free_lists(seg, &t) : rc;
+}
