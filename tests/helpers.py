@@ -143,3 +143,70 @@ def patch_header(name, offset, data):
             h = ((h ^ byte) * 0x100000001b3) & (2**64 - 1)
         f.seek(0)
         f.write(header + struct.pack("Q", h))
+
+
+# ---- SharedDict children ----
+
+def dict_counter_worker(name, keys, rounds):
+    """Read-modify-write counters in txns; also move 1 from "a" to "b"
+    so a reader can check a + b stays constant."""
+    from shmtxn import SharedDict
+    with SharedDict(name) as d:
+        for r in range(rounds):
+            with d.txn() as t:
+                key = keys[r % len(keys)]
+                t[key] = t.get(key, 0) + 1
+                t["a"] -= 1
+                t["b"] += 1
+
+
+def dict_invariant_reader(name, total, conn):
+    """Check a + b == total in read txns and in copies until told to stop;
+    send back (checks, violations)."""
+    from shmtxn import SharedDict
+    checks = bad = 0
+    with SharedDict(name, read_only=True) as d:
+        conn.send("ready")
+        while not conn.poll():
+            with d.txn() as t:
+                bad += t["a"] + t["b"] != total
+            snap = d.copy()
+            bad += snap["a"] + snap["b"] != total
+            checks += 2
+    conn.send((checks, bad))
+
+
+def dict_round(r, n):
+    """The dict state after round r of dict_rounds_forever: keys of round
+    r (with one overwritten), none of round r - 1."""
+    state = {"round": r}
+    state.update({f"r{r}:{i}": bytes([i % 251]) * (i % 300)
+                  for i in range(n)})
+    state[f"r{r}:0"] = {"overwritten": r}
+    return state
+
+
+def dict_rounds_forever(name, n, conn):
+    """Large txns forever: each inserts n keys (the table grows and
+    shrinks), deletes the previous round's (freeing blocks that later
+    rounds reuse) and overwrites one with a pickled value."""
+    from shmtxn import SharedDict
+    d = SharedDict(name)
+    r = d["round"]
+    told = False
+    while True:
+        r += 1
+        with d.txn() as t:
+            for key, value in dict_round(r, n).items():
+                t[key] = value
+            for i in range(n):
+                del t[f"r{r - 1}:{i}"]
+            if not told:  # the parent kills at random from here on
+                conn.send("in txn")
+                told = True
+
+
+def dict_read_in_child(name, conn):
+    from shmtxn import SharedDict
+    with SharedDict(name) as d:
+        conn.send(list(d.items()))

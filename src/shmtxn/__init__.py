@@ -4,14 +4,21 @@
     with SharedMemory(create=True, size=80) as shr:
         with shr.txn() as shm:
             shm[0] = 42
+
+    from shmtxn import SharedDict
+    with SharedDict(create=True) as d:
+        with d.txn() as t:
+            t["n"] = t.get("n", 0) + 1
 """
 
 from . import errors
 from .errors import *  # noqa: F401,F403  (the exception hierarchy)
 from .admin import list_segments, segment_info
 from .memory import SharedMemory
+from .dict import SharedDict
+from .dict import SharedDict
 
 __version__ = "0.1.0"
 
-__all__ = ["SharedMemory", "list_segments", "segment_info", "__version__",
+__all__ = ["SharedMemory", "SharedDict", "list_segments", "segment_info", "__version__",
            *errors.__all__]

@@ -156,9 +156,8 @@ reserve_heap(stx_segment *seg, uint64_t end)
                               (off_t)(want - reserved));
     if (err == ENOSPC || err == EFBIG) {
         return stx_fail(STX_EFULL, "/dev/shm is full: SharedDict '%s' "
-                        "could not grow its heap from %llu to %llu bytes; "
-                        "free space in /dev/shm (shmtxn gc, or a larger "
-                        "tmpfs)", seg->name, (unsigned long long)reserved,
+                        "could not grow its heap from %llu to %llu bytes",
+                        seg->name, (unsigned long long)reserved,
                         (unsigned long long)want);
     }
     if (err != 0) {
@@ -197,15 +196,51 @@ bump(stx_dict_txn *dt, uint64_t size, uint64_t *offset)
     return rc;
 }
 
+/* The largest class size that leaves 0 or a whole block of `bytes`. */
+static uint64_t
+largest_piece(uint64_t bytes)
+{
+    uint32_t c = stx_class_of(bytes);
+    c = c < STX_DICT_CLASSES ? c : STX_DICT_CLASSES - 1;
+    for (;; c--) {
+        uint64_t size = stx_class_size(c);
+        if (size <= bytes && (size == bytes || bytes - size >= 32)) {
+            return size;
+        }
+    }
+}
+
+/* Shrink the free block just popped at `offset` from `size` to `keep`
+ * bytes, and put the rest on the free lists as class-sized blocks.  Its
+ * header is logged (a rollback puts it back on its list whole); the rest
+ * was free space, which no committed state references. */
+static int
+split_block(stx_dict_txn *dt, uint64_t offset, uint64_t size, uint64_t keep)
+{
+    stx_segment *seg = dt->txn->seg;
+    stx_dict_header *dh = dict_header(seg);
+    int rc = stx_write(dt->txn, offset, &keep, sizeof(keep));
+    for (uint64_t at = offset + keep; rc == 0 && at < offset + size;) {
+        uint64_t piece = largest_piece(offset + size - at);
+        uint32_t c = stx_class_of(piece);
+        stx_block *b = (stx_block *)(seg->data + at);
+        b->size = piece;
+        b->next_free = dh->free_heads[c];
+        dh->free_bytes += piece;
+        rc = set_free_head(dt, c, at);
+        at += piece;
+    }
+    return rc;
+}
+
 /* SegmentFullError's sentence: the numbers and the way out. */
 static int
 heap_full(const stx_segment *seg, uint64_t bytes)
 {
     const stx_dict_header *dh = dict_header(seg);
-    return stx_fail(STX_EFULL, "SharedDict '%s' is full: no room for a "
-                    "%llu-byte block (heap %llu of %llu bytes used, %llu "
-                    "bytes in freed blocks of other sizes); create it with a "
-                    "larger size= or delete keys", seg->name,
+    return stx_fail(STX_EHEAPFULL, "SharedDict '%s' is full: no room for "
+                    "a %llu-byte block (heap %llu of %llu bytes used, %llu "
+                    "bytes in freed blocks too small for it)", seg->name,
                     (unsigned long long)bytes,
                     (unsigned long long)(dh->heap_top - dh->heap_off),
                     (unsigned long long)(seg->data_size - dh->heap_off),
@@ -230,6 +265,10 @@ stx_heap_alloc(stx_dict_txn *dt, uint64_t bytes, uint64_t *offset)
     for (uint32_t k = c + 1; rc == STX_ENOENT && k < STX_DICT_CLASSES;
          k++) {
         rc = pop_free(dt, k, offset);
+        if (rc == 0) {
+            rc = split_block(dt, *offset, stx_class_size(k),
+                             stx_class_size(c));
+        }
     }
     if (rc == STX_ENOENT) {
         rc = heap_full(seg, bytes);

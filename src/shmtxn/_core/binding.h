@@ -29,6 +29,45 @@ PyObject *item_unpack(const item_format *fmt, const void *src);
 /* Convert `value` into `dst`; -1 with TypeError/OverflowError set. */
 int item_pack(const item_format *fmt, PyObject *value, void *dst);
 
+/* ---- SharedDict keys and values as bytes (codec.c) ---- */
+
+/* A key's canonical encoding: on the stack when short. */
+typedef struct key_buf {
+    uint8_t *bytes;
+    Py_ssize_t len, cap;
+    uint8_t kind;           /* the record's key_kind */
+    uint8_t stack[120];
+} key_buf;
+
+/* A value's encoding: borrowed from the value, or owned by `owner`. */
+typedef struct value_buf {
+    const uint8_t *bytes;
+    Py_ssize_t len;
+    uint8_t tag;
+    PyObject *owner;        /* a bytes object holding them, or NULL */
+    union { int64_t i; double d; } number;
+} value_buf;
+
+/* Set `kb` empty (on its stack). */
+void key_buf_init(key_buf *kb);
+/* Free what `kb` allocated; it is empty again. */
+void key_buf_release(key_buf *kb);
+/* Encode `key` canonically; -1 with TypeError for other key types. */
+int key_encode(PyObject *key, key_buf *kb);
+/* The key stored as `p[:n]` with kind `kind`; NULL on error. */
+PyObject *key_decode(const uint8_t *p, uint32_t n, uint8_t kind);
+/* Encode `value` (pickling what has no fast path); -1 with the error
+ * pickle raised.  Release with value_buf_release. */
+int value_encode(PyObject *value, value_buf *vb);
+void value_buf_release(value_buf *vb);
+/* The value stored with `tag` as `p[:n]`.  For a pickle (*pickled = 1)
+ * it returns the raw bytes: call value_unpickle() once they are known
+ * to be committed. */
+PyObject *value_decode(uint8_t tag, const uint8_t *p, uint64_t n,
+                       int *pickled);
+/* pickle.loads(raw). */
+PyObject *value_unpickle(PyObject *raw);
+
 /* ---- errors (errors.c) ---- */
 
 /* Fetch the exception classes from shmtxn.errors; -1 on failure. */
@@ -121,7 +160,35 @@ typedef struct ViewObject {
     Py_ssize_t exports;
 } ViewObject;
 
+/*
+ * DictObject -- shmtxn._core.Dict (py_dict.c), the base of SharedDict: a
+ * handle on a dict segment.  `hash_key` is the segment's SipHash key,
+ * copied from its (checksummed, immutable) header at open.
+ */
+typedef struct DictObject {
+    HandleObject h;
+    uint64_t hash_key[2];
+} DictObject;
+
+/*
+ * DictTxnObject -- shmtxn._core.DictTxn (py_dict_txn.c): the mapping that
+ * `with d.txn() as t` binds.  `dt` holds the blocks the txn freed until it
+ * commits (see stx_dict_txn).
+ */
+typedef struct DictTxnObject {
+    PyObject_HEAD
+    DictObject *dict;
+    stx_txn txn;
+    stx_dict_txn dt;
+    int write;
+    int entered;
+    double timeout;         /* seconds, < 0: wait forever */
+    stx_logged logged[STX_LOGGED_CACHE];
+} DictTxnObject;
+
 extern PyTypeObject Segment_Type;
+extern PyTypeObject Dict_Type;
+extern PyTypeObject DictTxn_Type;
 extern PyTypeObject Memory_Type;
 extern PyTypeObject Txn_Type;
 extern PyTypeObject View_Type;
@@ -173,5 +240,27 @@ PyObject *txn_new(HandleObject *mem, int write, double timeout);
 /* py_txn.c: raise for a failed write inside a txn, rolling it back if the
  * undo log overflowed.  Always returns -1. */
 int txn_write_failed(HandleObject *mem, stx_txn *txn, int code);
+
+/* py_dict.c: encode `key` into `kb` and fill `k` (bytes and hash). */
+int dict_key(DictObject *d, PyObject *key, key_buf *kb, stx_key *k);
+/* py_dict.c: the value of `k` read inside an open txn; NULL with *missing
+ * set (no exception) if absent, NULL with an exception on error. */
+PyObject *dict_read(DictObject *d, const stx_key *k, int *missing);
+/* py_dict.c: a list of the keys (what=0), values (1) or (key, value)
+ * pairs (2), in insertion order, read inside an open txn. */
+PyObject *dict_snapshot(DictObject *d, int what);
+/* py_dict.c: the number of keys, read inside an open txn; -1 on error. */
+Py_ssize_t dict_count(DictObject *d);
+/* py_dict.c: raise for a failed engine write in `dt`'s txn, rolling the
+ * whole txn back unless the error changed nothing.  Returns -1. */
+int dict_write_failed(DictObject *d, stx_dict_txn *dt, int code);
+/* py_dict.c: commit (after putting freed blocks on the free lists) or
+ * roll back `dt`'s txn; -1 with an exception. */
+int dict_txn_close(DictObject *d, stx_dict_txn *dt, int commit);
+/* py_dict_txn.c: _core.set_dict_txn_class(cls): the DictTxn subclass
+ * d.txn() returns (shmtxn.dict adds the MutableMapping methods). */
+PyObject *set_dict_txn_class(PyObject *module, PyObject *cls);
+/* py_dict_txn.c: a new txn object for d.txn(). */
+PyObject *dict_txn_new(DictObject *d, int write, double timeout);
 
 #endif /* STX_BINDING_H */

@@ -39,6 +39,7 @@ enum stx_error {
     STX_EREADONLY = -15, /* write through a read-only handle or read txn */
     STX_ENOMEM = -16,
     STX_ESYS = -17,      /* another OS error; stx_detail() says which */
+    STX_EHEAPFULL = -18, /* a dict's heap has no room for a block */
 };
 
 /* Longest segment name accepted (without the leading '/'). */
@@ -254,6 +255,8 @@ int stx_undo_validate(const stx_segment *seg);
  * allocations reference (see layout.h), seq made odd; NULL if the range
  * is outside the data region or the txn cannot write. */
 uint8_t *stx_fresh(stx_txn *txn, uint64_t offset, uint64_t length);
+/* Bytes still free in the undo log of `seg`. */
+uint64_t stx_undo_room(const stx_segment *seg);
 /* Write `length` bytes at `offset` into space only this txn's own
  * allocations reference (see layout.h): no undo record, seq made odd. */
 int stx_write_fresh(stx_txn *txn, uint64_t offset, const void *src,

@@ -26,6 +26,8 @@ static const error_entry table[] = {
     {STX_EFULL, "SegmentFullError",
      "free space in /dev/shm (`shmtxn gc` removes leftovers) or ask for "
      "less"},
+    {STX_EHEAPFULL, "SegmentFullError",
+     "create the SharedDict with a larger size=, or delete keys"},
     {STX_ECORRUPT, "CorruptSegmentError",
      "the segment cannot be used; remove it with `shmtxn rm` and create "
      "it again"},

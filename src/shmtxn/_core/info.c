@@ -59,6 +59,30 @@ shape_tuple(const stx_header *h)
     return shape;
 }
 
+/* For a dict: info["dict"] = its count, table and heap numbers (read
+ * without a lock: a snapshot for people, not for decisions), and
+ * info["data_off"] for tools that inspect the bytes. */
+static int
+add_dict_stats(stx_segment *seg, PyObject *info)
+{
+    stx_dict_stats s;
+    PyObject *data_off = PyLong_FromUnsignedLongLong(seg->hdr->data_off);
+    int rc = data_off ? PyDict_SetItemString(info, "data_off", data_off) : -1;
+    Py_XDECREF(data_off);
+    if (rc < 0 || seg->hdr->layout_kind != STX_LAYOUT_DICT) {
+        return rc;
+    }
+    PyObject *stats = stx_dict_stats_get(seg, &s) != 0
+        ? Py_BuildValue("{s:s}", "problem", stx_detail())
+        : Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "count", s.count,
+                        "table_capacity", s.entries_cap, "heap_size",
+                        s.heap_size, "heap_used", s.heap_top, "live_bytes",
+                        s.live_bytes, "free_bytes", s.free_bytes);
+    rc = stats ? PyDict_SetItemString(info, "dict", stats) : -1;
+    Py_XDECREF(stats);
+    return rc;
+}
+
 PyObject *
 segment_info(stx_segment *seg)
 {
@@ -72,7 +96,7 @@ segment_info(stx_segment *seg)
         Py_XDECREF(shape);
         return NULL;
     }
-    return Py_BuildValue(
+    PyObject *info = Py_BuildValue(
         "{s:s,s:s,s:I,s:s,s:s,s:I,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s,"
         "s:I,s:i,s:O,s:s,s:i,s:K,s:K,s:K,s:K,s:K,s:N}",
         "name", seg->name, "state", "ready", "format_version", h->version,
@@ -96,4 +120,8 @@ segment_info(stx_segment *seg)
         "created_ns", (unsigned long long)h->created_ns,
         "modified_ns", (unsigned long long)atomic_load(&h->modified_ns),
         "processes", processes);
+    if (info != NULL && add_dict_stats(seg, info) < 0) {
+        Py_CLEAR(info);
+    }
+    return info;
 }

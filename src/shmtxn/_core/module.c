@@ -106,7 +106,25 @@ core_repair(PyObject *module, PyObject *args)
     return NULL;
 }
 
+/* _siphash(k0, k1, data): the dict key hash, for tests against CPython. */
+static PyObject *
+core_siphash(PyObject *self, PyObject *args)
+{
+    uint64_t key[2];
+    Py_buffer data;
+    if (!PyArg_ParseTuple(args, "KKy*", &key[0], &key[1], &data)) {
+        return NULL;
+    }
+    uint64_t h = stx_siphash13(key, data.buf, (size_t)data.len);
+    PyBuffer_Release(&data);
+    return PyLong_FromUnsignedLongLong(h);
+}
+
 static PyMethodDef core_methods[] = {
+    {"set_dict_txn_class", set_dict_txn_class, METH_O,
+     "set_dict_txn_class(cls): the DictTxn subclass SharedDict.txn() makes"},
+    {"_siphash", core_siphash, METH_VARARGS,
+     "_siphash(k0, k1, data) -> SipHash-1-3 of data (test hook)"},
     {"probe", core_probe, METH_O,
      "probe(name) -> dict describing the segment, without attaching"},
     {"repair", core_repair, METH_VARARGS,
@@ -134,7 +152,8 @@ PyInit__core(void)
     /* Test hook: SHMTXN_CRASH_AT=<point> SIGKILLs the process there. */
     stx_set_crash_point(getenv("SHMTXN_CRASH_AT"));
     if (errors_init() < 0 || PyType_Ready(&Segment_Type) < 0
-        || PyType_Ready(&Memory_Type) < 0
+        || PyType_Ready(&Memory_Type) < 0 || PyType_Ready(&Dict_Type) < 0
+        || PyType_Ready(&DictTxn_Type) < 0
         || PyType_Ready(&Txn_Type) < 0 || PyType_Ready(&View_Type) < 0) {
         return NULL;
     }
@@ -144,6 +163,8 @@ PyInit__core(void)
     }
     if (PyModule_AddObjectRef(m, "Segment", (PyObject *)&Segment_Type) < 0
         || PyModule_AddObjectRef(m, "Memory", (PyObject *)&Memory_Type) < 0
+        || PyModule_AddObjectRef(m, "Dict", (PyObject *)&Dict_Type) < 0
+        || PyModule_AddObjectRef(m, "DictTxn", (PyObject *)&DictTxn_Type) < 0
         || PyModule_AddObjectRef(m, "Txn", (PyObject *)&Txn_Type) < 0
         || PyModule_AddObjectRef(m, "View", (PyObject *)&View_Type) < 0
         || PyModule_AddIntConstant(m, "FORMAT_VERSION",

@@ -305,7 +305,6 @@ static int
 Segment_traverse(HandleObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->buf);
-    Py_VISIT(Py_TYPE(self));
     return 0;
 }
 

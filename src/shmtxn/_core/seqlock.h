@@ -62,4 +62,22 @@ stx_seqlock_read(const stx_segment *seg, uint64_t offset, void *dst,
     return STX_EAGAIN;
 }
 
+/* Start a lock-free read of anything in the data region: 0 and *seq if
+ * no write is in progress, STX_EAGAIN if one is (retry or lock). */
+static inline int
+stx_seq_begin(const stx_segment *seg, uint64_t *seq)
+{
+    *seq = atomic_load_explicit(&seg->hdr->seq, memory_order_acquire);
+    return (*seq & 1u) ? STX_EAGAIN : 0;
+}
+
+/* 1 if nothing was written since stx_seq_begin() returned `seq`: what was
+ * read in between was committed data. */
+static inline int
+stx_seq_still(const stx_segment *seg, uint64_t seq)
+{
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(&seg->hdr->seq, memory_order_relaxed) == seq;
+}
+
 #endif /* STX_SEQLOCK_H */

@@ -272,6 +272,59 @@ index_cap_for(uint64_t want)
     return cap;
 }
 
+/* The bytes compact_in_place() logs: the index and the used entries. */
+static uint64_t
+table_bytes(const table_view *t)
+{
+    return t->index_cap * sizeof(uint32_t)
+           + t->entries_used * sizeof(stx_dict_entry);
+}
+
+/* 1 if the undo log has room to log the whole table, with slack. */
+static int
+fits_undo_log(stx_dict_txn *dt, const table_view *t)
+{
+    return table_bytes(t) + 4096 <= stx_undo_room(dt->txn->seg) / 2;
+}
+
+/* Rebuild without allocating: when deleted entries fill the entry array
+ * but the dict needs no more room (the heap may have no free block large
+ * enough for a new table).  Log the index and entries, then compact the
+ * live entries down and rehash them into the zeroed index. */
+static int
+compact_in_place(stx_dict_txn *dt, const table_view *t, int keep)
+{
+    int rc = stx_undo_prepare(dt->txn, t->index_off,
+                              t->index_cap * sizeof(uint32_t));
+    if (rc == 0) {
+        rc = stx_undo_prepare(dt->txn, t->entries_off,
+                              t->entries_used * sizeof(stx_dict_entry));
+    }
+    stx_dict_header *dh = rc == 0 ? state_for_write(dt, &rc) : NULL;
+    if (rc != 0) {
+        return rc;
+    }
+    uint64_t mask = t->index_cap - 1, n = 0;
+    memset(t->index, 0, t->index_cap * sizeof(uint32_t));
+    for (uint64_t e = 0; keep && e < t->entries_used; e++) {
+        stx_dict_entry entry = t->entries[e];
+        if (entry.record == 0) {
+            continue;
+        }
+        t->entries[n] = entry;
+        uint64_t i = entry.hash & mask;
+        while (t->index[i] != STX_INDEX_EMPTY) {
+            i = (i + 1) & mask;
+        }
+        t->index[i] = (uint32_t)(n + 1);
+        n++;
+    }
+    dh->entries_used = n;
+    dh->count = n;
+    dh->rebuilds++;
+    return 0;
+}
+
 /* Rebuild the table of `t` sized for `want` keys: the live entries move
  * (compacted, in order) into fresh blocks, then one logged header change
  * switches to them and the old blocks are freed at commit.  With
@@ -280,8 +333,11 @@ static int
 rebuild(stx_dict_txn *dt, const table_view *t, uint64_t want, int keep)
 {
     uint64_t cap = index_cap_for(want);
+    if (cap == t->index_cap && fits_undo_log(dt, t)) {
+        return compact_in_place(dt, t, keep);
+    }
     if (cap * 2 / 3 < want) {
-        return stx_fail(STX_EFULL, "SharedDict '%s' cannot hold more than "
+        return stx_fail(STX_EHEAPFULL, "SharedDict '%s' cannot hold more than "
                         "%llu keys", dt->txn->seg->name,
                         (unsigned long long)(cap * 2 / 3));
     }
@@ -387,8 +443,8 @@ int
 stx_dict_put(stx_dict_txn *dt, const stx_key *key, const stx_value *value)
 {
     if (value->len > (1ull << 46) || key->len > (1u << 30)) {
-        return stx_fail(STX_EFULL, "a %llu-byte value (or %u-byte key) is "
-                        "larger than any segment", (unsigned long long)
+        return stx_fail(STX_EHEAPFULL, "a %llu-byte value (or %u-byte key) "
+                        "is larger than any segment", (unsigned long long)
                         value->len, key->len);
     }
     table_view t;

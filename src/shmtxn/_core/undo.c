@@ -258,6 +258,13 @@ stx_write(stx_txn *txn, uint64_t offset, const void *src, uint64_t length)
     return 0;
 }
 
+uint64_t
+stx_undo_room(const stx_segment *seg)
+{
+    uint64_t used;
+    return log_used(seg, &used) == 0 ? seg->undo_size - used : 0;
+}
+
 uint8_t *
 stx_fresh(stx_txn *txn, uint64_t offset, uint64_t length)
 {

@@ -1,0 +1,126 @@
+"""shmtxn.SharedDict: a crash-safe dictionary shared between processes.
+
+The per-key paths (``d[k]``, ``d[k] = v``, ``del d[k]``, ``in``, ``len``,
+``get``, ``txn()``) are the C base class ``shmtxn._core.Dict``; this module
+adds the rest of ``MutableMapping`` -- each compound operation in one
+transaction, so ``pop`` or ``setdefault`` is atomic -- plus pickling,
+``copy()`` and repr.  See docs/dict.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import ItemsView, MutableMapping, ValuesView
+
+from . import _core
+
+__all__ = ["SharedDict"]
+
+_KEYS, _VALUES, _ITEMS = 0, 1, 2
+_MISSING = object()
+
+
+class _SnapshotValues(ValuesView):
+    """d.values(): iterating reads every value in one read txn."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(self._mapping._snapshot(_VALUES))
+
+
+class _SnapshotItems(ItemsView):
+    """d.items(): iterating reads every pair in one read txn."""
+
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(self._mapping._snapshot(_ITEMS))
+
+
+class _MappingMethods:
+    """What SharedDict and its txns share beyond the C per-key methods."""
+
+    __slots__ = ()
+
+    def values(self):
+        return _SnapshotValues(self)
+
+    def items(self):
+        return _SnapshotItems(self)
+
+    def copy(self) -> dict:
+        """A plain dict with the current contents (one consistent read)."""
+        return dict(self._snapshot(_ITEMS))
+
+
+class DictTxn(_MappingMethods, _core.DictTxn, MutableMapping):
+    """The mapping ``with d.txn() as t`` binds: every method of a dict,
+    all inside one transaction."""
+
+    __slots__ = ()
+
+    def popitem(self):
+        """Remove and return the last inserted (key, value), as dict does."""
+        keys = self._snapshot(_KEYS)
+        if not keys:
+            raise KeyError("popitem(): SharedDict is empty")
+        key = keys[-1]
+        value = self[key]
+        del self[key]
+        return key, value
+
+
+_core.set_dict_txn_class(DictTxn)
+
+
+def _reattach(cls, name, read_only):
+    """Unpickle a handle: attach to the segment by name."""
+    return cls(name, read_only=read_only)
+
+
+class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
+    """A dict in named shared memory, with transactions.
+
+    ``SharedDict(name=None, create=False, size=64 MiB, *, read_only=False,
+    undo_size=0, max_processes=0, timeout=None, mode=0o600)``
+
+    Keys are ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` and
+    tuples of them (``1``, ``1.0`` and ``True`` are one key, as in a dict);
+    values are anything picklable.  Each operation outside a txn is atomic
+    on its own; ``with d.txn() as t:`` makes several atomic together.
+    ``size`` is the most the dict may hold (keys, values and table); pages
+    are only used as it fills.  Lifetimes, pickling and errors are those of
+    ``SharedMemory``.
+    """
+
+    __slots__ = ()
+
+    def pop(self, key, default=_MISSING):
+        with self.txn() as t:
+            if default is _MISSING:
+                return t.pop(key)
+            return t.pop(key, default)
+
+    def popitem(self):
+        with self.txn() as t:
+            return t.popitem()
+
+    def setdefault(self, key, default=None):
+        with self.txn() as t:
+            return t.setdefault(key, default)
+
+    def update(self, other=(), /, **kwds):
+        with self.txn() as t:
+            t.update(other, **kwds)
+
+    def __reduce__(self):
+        if self.closed:
+            raise ValueError(f"cannot pickle closed SharedDict {self.name!r}")
+        return (_reattach, (type(self), self.name, self.read_only))
+
+    def __repr__(self):
+        if self.closed:
+            return f"<SharedDict {self.name!r} closed>"
+        mode = "read-only" if self.read_only else "read-write"
+        return (f"<SharedDict {self.name!r} keys={len(self)} "
+                f"size={self.size} {mode}>")
