@@ -185,7 +185,9 @@ write_record(stx_dict_txn *dt, uint64_t offset, const stx_key *key,
     size_t head = sizeof(stx_record) - sizeof(stx_block);
     memcpy(p, (uint8_t *)&fields + sizeof(stx_block), head);
     memcpy(p + head, key->bytes, key->len);
-    memcpy(p + head + key->len, value->bytes, value->len);
+    if (value->len > 0) { /* None, True, False have no bytes */
+        memcpy(p + head + key->len, value->bytes, value->len);
+    }
     return 0;
 }
 
