@@ -416,3 +416,19 @@ def test_handle_pickles_into_a_pool(name):
             got = pool.map(pickle.loads, [pickle.dumps(d)] * 2)
         assert all(g.name == d.name for g in got)
         assert pickle.loads(pickle.dumps(d))["seed"] == 1
+
+
+def test_cli_info_and_check_know_dicts(d, capsys):
+    import json
+    from shmtxn import admin, cli
+    d.update(a=1, b=[2])
+    assert cli.main(["info", d.name, "--items", "5", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layout"] == "dict" and info["dict"]["count"] == 2
+    assert info["first_items"] == [["'a'", "1"], ["'b'", "[2]"]]
+    assert admin.check(d.name)["problems"] == []
+    entries_off, = peek(d, 32, "<Q")
+    poke(d, entries_off, "<Q", 12345)  # a hash that does not match its key
+    problems = admin.check(d.name)["problems"]
+    assert problems and "hash" in problems[0]
+    assert cli.main(["check", d.name]) == 1

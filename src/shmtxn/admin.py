@@ -118,8 +118,22 @@ def check(name: str, repair: bool = False, timeout: float = 5.0) -> dict:
     repaired = None
     if repair and segment_info(name)["state"] == "ready":
         repaired = _core.repair(name, timeout)
-    return {"name": name, "problems": _problems(segment_info(name)),
-            "repaired": repaired}
+    info = segment_info(name)
+    problems = _problems(info)
+    if not problems and info.get("layout") == "dict":
+        problems += _dict_problems(name, timeout)
+    return {"name": name, "problems": problems, "repaired": repaired}
+
+
+def _dict_problems(name: str, timeout: float) -> list[str]:
+    """Walk a dict's whole table and heap (SharedDict.verify)."""
+    from .dict import SharedDict
+    try:
+        with SharedDict(name, read_only=True, timeout=timeout) as d:
+            d.verify()
+    except Error as e:
+        return [str(e)]
+    return []
 
 
 def remove(name: str, force: bool = False) -> dict:

@@ -82,7 +82,11 @@ def cmd_ls(args) -> int:
     return 0
 
 
-def _items(name: str, count: int) -> list:
+def _items(name: str, layout: str, count: int) -> list:
+    if layout == "dict":
+        from .dict import SharedDict
+        with SharedDict(name, read_only=True) as d:
+            return [[repr(k), repr(v)] for k, v in list(d.items())[:count]]
     from .memory import SharedMemory
     with SharedMemory(name, read_only=True) as shr:
         return shr[0:count]
@@ -90,8 +94,8 @@ def _items(name: str, count: int) -> list:
 
 def cmd_info(args) -> int:
     info = admin.segment_info(args.name)
-    if args.items and info["state"] == "ready" and info["layout"] == "slots":
-        info["first_items"] = _items(args.name, args.items)
+    if args.items and info["state"] == "ready":
+        info["first_items"] = _items(args.name, info["layout"], args.items)
 
     def human(i):
         for key, value in i.items():
