@@ -7,7 +7,6 @@ import multiprocessing
 import pickle
 import random
 import struct
-import time
 
 import pytest
 

@@ -16,7 +16,6 @@ from .errors import *  # noqa: F401,F403  (the exception hierarchy)
 from .admin import list_segments, segment_info
 from .memory import SharedMemory
 from .dict import SharedDict
-from .dict import SharedDict
 
 __version__ = "0.1.0"
 
