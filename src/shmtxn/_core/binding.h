@@ -210,8 +210,9 @@ int *handle_open_txns(HandleObject *h);
 int handle_check_open(HandleObject *h);
 /* py_segment.c: seconds from a timeout argument; None means `fallback`. */
 int handle_parse_timeout(PyObject *arg, double fallback, double *out);
-/* py_segment.c: check and normalise a.name ("/x" is "x"); -1 if bad. */
-int handle_check_name(open_args *a);
+/* py_segment.c: check a.size and normalise a.name ("/x" is "x"); -1 if
+ * either is bad. */
+int handle_check_args(open_args *a);
 /* py_segment.c: create a segment as `opts` says (under a.name, or a fresh
  * random one) or attach to a.name, which must hold `opts->layout_kind`;
  * then adopt its name and identity.  -1 with an exception. */

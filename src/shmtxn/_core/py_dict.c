@@ -152,7 +152,7 @@ parse_open_args(PyObject *args, PyObject *kwds, open_args *a)
             &timeout_arg, &a->mode)
         || handle_parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT,
                                 &a->timeout) < 0
-        || handle_check_name(a) < 0) {
+        || handle_check_args(a) < 0) {
         return -1;
     }
     if (a->create && a->size == 0) {
@@ -254,6 +254,26 @@ seqlock_lookup(DictObject *self, const stx_key *k, int want_value,
     return NULL;
 }
 
+/* The lookup in a read txn (the seqlock saw a writer): like
+ * seqlock_lookup, but waits for the writer, or recovers a dead one. */
+static PyObject *
+locked_lookup(DictObject *self, const stx_key *k, int want_value,
+              int *missing)
+{
+    stx_txn txn = {0};
+    if (txn_open(&self->h, &txn, 0, -1) < 0) {
+        return NULL;
+    }
+    PyObject *v = dict_read(self, k, missing);
+    if (v != NULL && !want_value) {
+        Py_SETREF(v, Py_NewRef(Py_True));
+    }
+    if (txn_close(&self->h, &txn, 1) < 0) {
+        Py_CLEAR(v);
+    }
+    return v;
+}
+
 /* Look `key` up outside a txn: lock-free when possible. */
 static PyObject *
 auto_lookup(DictObject *self, PyObject *key, int want_value, int *missing)
@@ -269,17 +289,7 @@ auto_lookup(DictObject *self, PyObject *key, int want_value, int *missing)
         v = seqlock_lookup(self, &k, want_value, missing);
     }
     if (v == NULL && !*missing && !PyErr_Occurred()) {
-        stx_txn txn = {0};
-        if (txn_open(&self->h, &txn, 0, -1) == 0) {
-            v = want_value ? dict_read(self, &k, missing)
-                : stx_dict_lookup(&self->h.seg, &k, &(stx_found){0}) == 0
-                    ? Py_NewRef(Py_True)
-                    : NULL;
-            *missing = want_value ? *missing : v == NULL;
-            if (txn_close(&self->h, &txn, 1) < 0) {
-                Py_CLEAR(v);
-            }
-        }
+        v = locked_lookup(self, &k, want_value, missing);
     }
     key_buf_release(&kb);
     return v;

@@ -218,7 +218,7 @@ parse_open_args(PyObject *args, PyObject *kwds, open_args *a)
             &data_arg, &a->populate)
         || handle_parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT,
                                 &a->timeout) < 0
-        || parse_shape(shape_arg, a) < 0 || handle_check_name(a) < 0) {
+        || parse_shape(shape_arg, a) < 0 || handle_check_args(a) < 0) {
         return -1;
     }
     if (data_arg != NULL && data_arg != Py_None

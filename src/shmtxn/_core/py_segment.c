@@ -53,7 +53,7 @@ handle_parse_timeout(PyObject *arg, double fallback, double *out)
 }
 
 int
-handle_check_name(open_args *a)
+handle_check_args(open_args *a)
 {
     if (a->size < 0) {
         PyErr_Format(PyExc_ValueError, "size must not be negative (got %zd)",
