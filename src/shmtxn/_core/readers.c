@@ -21,12 +21,38 @@ slots_in_use(const stx_segment *seg)
     return hwm < seg->nslots ? hwm : seg->nslots;
 }
 
-/* Free a slot whose owner is gone: its readers stop counting first. */
+/* Reaping a slot is one process's act: it CASes the slot's pid to its
+ * own negated pid (the "being reaped" mark), clears the count, then frees
+ * the slot.  A reaper that dies in between leaves its mark, which anyone
+ * may finish once the reaper's beacon is gone too. */
+
+/* The second half of a reap: the count first, then the slot is free. */
 static void
-clear_slot(stx_reader_slot *slot, int32_t owner)
+finish_reap(stx_reader_slot *slot)
 {
     atomic_store(&slot->readers, 0);
-    atomic_compare_exchange_strong(&slot->pid, &owner, 0);
+    atomic_store(&slot->pid, 0); /* seq_cst: after the count */
+}
+
+int
+stx_slot_reap(stx_segment *seg, stx_reader_slot *slot, int32_t seen)
+{
+    int32_t expected = seen;
+    if (seen == 0 || seen == -stx_self_pid
+        || stx_pid_alive(seg->file, seen > 0 ? seen : -seen)
+        || !atomic_compare_exchange_strong(&slot->pid, &expected,
+                                           -stx_self_pid)) {
+        return 0; /* alive, free, ours, or someone else got there first */
+    }
+    /* A live process may have reused the dead pid and claimed the slot
+     * since we looked: its beacon says so, and the slot goes back. */
+    if (seen > 0 && stx_pid_alive(seg->file, seen)) {
+        expected = -stx_self_pid;
+        atomic_compare_exchange_strong(&slot->pid, &expected, seen);
+        return 0;
+    }
+    finish_reap(slot);
+    return 1;
 }
 
 int
@@ -36,10 +62,8 @@ stx_slots_reap(stx_segment *seg)
     uint32_t n = slots_in_use(seg);
     for (uint32_t i = 0; i < n; i++) {
         int32_t pid = atomic_load(&seg->slots[i].pid);
-        if (pid != 0 && pid != stx_self_pid
-            && !stx_pid_alive(seg->file, pid)) {
-            clear_slot(&seg->slots[i], pid);
-            cleared++;
+        if (pid != 0 && pid != stx_self_pid) {
+            cleared += stx_slot_reap(seg, &seg->slots[i], pid);
         }
     }
     return cleared;
@@ -56,13 +80,13 @@ raise_hwm(stx_header *hdr, uint32_t at_least)
     }
 }
 
-/* CAS the first free slot to our pid; returns its index or -1. */
-static int32_t
-claim_free_slot(stx_segment *seg, int32_t me)
+int32_t
+stx_slot_claim(stx_header *hdr, stx_reader_slot *slots, uint32_t nslots,
+               int32_t me)
 {
-    for (uint32_t i = 0; i < seg->nslots; i++) {
+    for (uint32_t i = 0; i < nslots; i++) {
         int32_t expected = 0;
-        stx_reader_slot *slot = &seg->slots[i];
+        stx_reader_slot *slot = &slots[i];
         if (atomic_load(&slot->pid) == 0
             && atomic_compare_exchange_strong(&slot->pid, &expected, me)) {
             struct timespec ts;
@@ -70,7 +94,7 @@ claim_free_slot(stx_segment *seg, int32_t me)
             slot->attached_ns = (uint64_t)ts.tv_sec * 1000000000ull
                                 + (uint64_t)ts.tv_nsec;
             atomic_store(&slot->readers, 0);
-            raise_hwm(seg->hdr, i + 1);
+            raise_hwm(hdr, i + 1);
             return (int32_t)i;
         }
     }
@@ -86,16 +110,19 @@ stx_slot_ensure(stx_segment *seg)
     }
     int32_t me = stx_self_pid;
     /* A slot already bearing our pid was left by a dead process whose pid
-     * we reused: we have not claimed one yet. */
+     * we reused (we have not claimed one yet): reap it as dead. */
     uint32_t n = slots_in_use(seg);
     for (uint32_t i = 0; i < n; i++) {
-        if (atomic_load(&seg->slots[i].pid) == me) {
-            clear_slot(&seg->slots[i], me);
+        int32_t expected = me;
+        if (atomic_load(&seg->slots[i].pid) == me
+            && atomic_compare_exchange_strong(&seg->slots[i].pid, &expected,
+                                              -me)) {
+            finish_reap(&seg->slots[i]);
         }
     }
-    int32_t slot = claim_free_slot(seg, me);
+    int32_t slot = stx_slot_claim(seg->hdr, seg->slots, seg->nslots, me);
     if (slot < 0 && stx_slots_reap(seg) > 0) {
-        slot = claim_free_slot(seg, me);
+        slot = stx_slot_claim(seg->hdr, seg->slots, seg->nslots, me);
     }
     if (slot < 0) {
         return stx_fail(STX_ESLOTS, "segment '%s' already has %u live "
@@ -115,6 +142,10 @@ stx_slot_release(stx_segment *seg)
         || (uint32_t)file->slot >= seg->nslots) {
         return;
     }
-    clear_slot(&seg->slots[file->slot], stx_self_pid);
+    stx_reader_slot *slot = &seg->slots[file->slot];
+    int32_t me = stx_self_pid;
+    if (atomic_compare_exchange_strong(&slot->pid, &me, -me)) {
+        finish_reap(slot);
+    }
     file->slot = -1;
 }
