@@ -44,8 +44,6 @@ enum stx_error {
 
 /* Longest segment name accepted (without the leading '/'). */
 #define STX_NAME_MAX 248
-/* Txns one process may have open at once on one segment (all threads). */
-#define STX_MAX_OPEN_TXNS 64
 /* Entries in a txn's cache of ranges already logged. */
 #define STX_LOGGED_CACHE 16
 
@@ -60,7 +58,8 @@ enum stx_error {
  * mapping the same way, so re-attaching in a process costs no mmap.  A forked child re-takes the beacon under its own pid in an
  * atfork handler and claims a reader slot of its own on first use.
  *
- * Process-local fields are guarded by the caller's lock (the GIL).
+ * The registry (refs, maps) is guarded by segment.c's registry lock;
+ * `slot` is set once per process generation; `ntxn` is lock.c's.
  */
 typedef struct stx_file {
     struct stx_file *next;
@@ -74,8 +73,9 @@ typedef struct stx_file {
     int map_refs[2];
     int32_t slot;       /* our reader slot index, -1 until claimed */
     uint64_t fork_gen;  /* stx_fork_gen when `slot` was claimed */
-    int ntxn;           /* txns open in this process on this segment */
-    uint64_t txn_threads[STX_MAX_OPEN_TXNS]; /* their threads */
+    uint64_t slots_off; /* the slot table, from the validated header */
+    uint32_t nslots;
+    _Atomic int ntxn;   /* tracked txns open in this process (lock.c) */
 } stx_file;
 
 /*
@@ -125,16 +125,24 @@ typedef struct stx_logged {
  * a txn that writes the same item many times log it once; `serial` tags
  * its entries so a reused cache needs no clearing.  Single auto-committed
  * operations write once and pass NULL.
+ *
+ * A caller that keeps a txn beyond one call (a Python txn object) sets
+ * `tracked` before stx_txn_init: the txn is then listed for the process
+ * (lock.c explains the registry) and ended with its thread.
  */
 typedef struct stx_txn {
     stx_segment *seg;
     int write;
     int state;          /* enum stx_txn_state */
     int dirty;          /* a write happened: seq is odd */
+    int32_t slot;       /* read txn: the reader slot it counts in */
+    int tracked;        /* set by the owner: list this txn */
+    int listed;         /* on the registry now */
     uint64_t serial;
     uint64_t fork_gen;
-    uint64_t thread;
+    uint64_t thread;    /* stx_thread_id() of the thread that opened it */
     stx_logged *logged;
+    struct stx_txn *next, *prev; /* the registry list */
 } stx_txn;
 
 /* What stx_probe() found under a name. */
@@ -203,6 +211,16 @@ void stx_close(stx_segment *seg);
 int stx_unlink(const char *name, dev_t dev, ino_t ino);
 /* 1 if a process with this pid holds its beacon on the file, else 0. */
 int stx_pid_alive(const stx_file *file, int32_t pid);
+/* The pids of other processes holding a beacon on the file (up to `max`):
+ * every process that has the segment open, attached or not yet claimed,
+ * shows here.  Returns how many were found. */
+int stx_beacon_holders(const stx_file *file, int32_t *pids, int max);
+/* The kind word glibc gives our robust, process-shared mutex (-1 if not
+ * known on this libc). */
+int stx_mutex_kind(void);
+/* 1 unless `m` is certainly not the robust, process-shared mutex a
+ * segment was created with (a damaged kind word). */
+int stx_mutex_plausible(const pthread_mutex_t *m);
 /* Test hook: SIGKILL this process if SHMTXN_CRASH_AT names `point`. */
 void stx_crash_point(const char *point);
 /* Set the crash point name (from the environment, by the binding). */
@@ -216,6 +234,13 @@ int stx_slot_ensure(stx_segment *seg);
 void stx_slot_release(stx_segment *seg);
 /* Clear the slots of dead processes; returns how many were cleared. */
 int stx_slots_reap(stx_segment *seg);
+/* Reap `slot` if `seen` (its pid as just read) is a dead owner, or the
+ * mark of a dead reaper; 1 if this call freed it, 0 otherwise. */
+int stx_slot_reap(stx_segment *seg, stx_reader_slot *slot, int32_t seen);
+/* CAS the first free slot of the table to `me`; its index, or -1 if the
+ * table is full.  Touches only shared memory (safe in an atfork child). */
+int32_t stx_slot_claim(stx_header *hdr, stx_reader_slot *slots,
+                       uint32_t nslots, int32_t me);
 
 /* --- transactions (lock.c) --- */
 
@@ -232,8 +257,27 @@ void stx_txn_cancel(stx_txn *txn);
 int stx_txn_end(stx_txn *txn, int commit);
 /* Check that `txn` may be used now (open, same process generation). */
 int stx_txn_usable(const stx_txn *txn);
+/* End `txn` from whatever thread drops it (a destructor): a read txn is
+ * released, a write txn of the calling thread rolled back.  A write txn
+ * of another, live thread cannot be unlocked here: it stays open until
+ * that thread ends (STX_EINVAL says so).  Always takes it off the list. */
+int stx_txn_abandon(stx_txn *txn);
+/* End every tracked txn the calling thread still has open (rolled back):
+ * call it when a thread ends.  Returns how many it ended. */
+int stx_thread_exit(void);
+/* A number for the calling thread, never reused in the process. */
+uint64_t stx_thread_id(void);
+/* Tracked txns open on the handle `seg` in this process. */
+int stx_segment_open_txns(const stx_segment *seg);
+/* In a forked child: forget the parent's tracked txns. */
+void stx_txns_after_fork(void);
 /* Roll back the undo log of a dead writer; caller holds the mutex. */
 int stx_recover(stx_segment *seg);
+/* Mark the segment unusable for good (enum stx_broken); returns
+ * STX_ECORRUPT with the sentence stx_check_recoverable gives. */
+int stx_mark_unrecoverable(stx_segment *seg, uint32_t why);
+/* 0, or STX_ECORRUPT if the segment was marked unusable. */
+int stx_check_recoverable(const stx_segment *seg);
 
 /* --- undo log and data access (undo.c) --- */
 

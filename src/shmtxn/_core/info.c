@@ -22,8 +22,8 @@ process_list(stx_segment *seg)
     for (uint32_t i = 0; list && i < hwm && i < seg->nslots; i++) {
         stx_reader_slot *slot = &seg->slots[i];
         int32_t pid = atomic_load(&slot->pid);
-        if (pid == 0) {
-            continue;
+        if (pid <= 0) {
+            continue; /* free, or being reaped */
         }
         PyObject *entry = Py_BuildValue(
             "{s:i,s:I,s:O,s:K}", "pid", pid, "readers",
@@ -36,6 +36,32 @@ process_list(stx_segment *seg)
         Py_XDECREF(entry);
     }
     return list;
+}
+
+/* The pids holding a liveness beacon on the segment's file: every other
+ * process that has it open, whether or not it has claimed a slot. */
+static PyObject *
+beacon_list(stx_segment *seg)
+{
+    int32_t pids[256];
+    int n = stx_beacon_holders(seg->file, pids, 256);
+    PyObject *list = PyList_New(n);
+    for (int i = 0; list != NULL && i < n; i++) {
+        PyObject *pid = PyLong_FromLong(pids[i]);
+        if (pid == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, pid);
+    }
+    return list;
+}
+
+/* "" or why the segment was marked unusable. */
+static const char *
+unrecoverable_reason(stx_segment *seg)
+{
+    return stx_check_recoverable(seg) == 0 ? "" : stx_detail();
 }
 
 /* "free", "held" (by a live writer) or "dead" (awaiting recovery). */
@@ -91,14 +117,16 @@ segment_info(stx_segment *seg)
     int undo_rc = stx_undo_validate(seg);
     PyObject *processes = process_list(seg);
     PyObject *shape = shape_tuple(h);
-    if (processes == NULL || shape == NULL) {
+    PyObject *beacons = beacon_list(seg);
+    if (processes == NULL || shape == NULL || beacons == NULL) {
         Py_XDECREF(processes);
         Py_XDECREF(shape);
+        Py_XDECREF(beacons);
         return NULL;
     }
     PyObject *info = Py_BuildValue(
         "{s:s,s:s,s:I,s:s,s:s,s:I,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s,"
-        "s:I,s:i,s:O,s:s,s:i,s:K,s:K,s:K,s:K,s:K,s:N}",
+        "s:I,s:i,s:O,s:s,s:i,s:K,s:K,s:K,s:K,s:K,s:N,s:N,s:s}",
         "name", seg->name, "state", "ready", "format_version", h->version,
         "layout", layout_name(h->layout_kind), "format", h->format,
         "itemsize", h->itemsize, "shape", shape,
@@ -119,7 +147,8 @@ segment_info(stx_segment *seg)
         "recoveries", (unsigned long long)atomic_load(&h->recoveries),
         "created_ns", (unsigned long long)h->created_ns,
         "modified_ns", (unsigned long long)atomic_load(&h->modified_ns),
-        "processes", processes);
+        "processes", processes, "beacons", beacons,
+        "unrecoverable", unrecoverable_reason(seg));
     if (info != NULL && add_dict_stats(seg, info) < 0) {
         Py_CLEAR(info);
     }

@@ -28,11 +28,18 @@
 /* Stored first, while the creator builds the header: tells a half-built
  * shmtxn segment from another program's zero-filled one. */
 #define STX_MAGIC_BUILDING 0x444c4955425854ULL /* "TXBUILD" */
-#define STX_FORMAT_VERSION 1u
+#define STX_FORMAT_VERSION 2u
 #define STX_CACHE_LINE 64u
 #define STX_PAGE 4096u
 #define STX_MAX_NDIM 8u
 #define STX_FORMAT_LEN 16u
+
+/* Why a segment was marked unusable (header.unrecoverable). */
+enum stx_broken {
+    STX_BROKEN_ROLLBACK = 1,   /* a dead writer's undo log was damaged */
+    STX_BROKEN_DEAD_OWNER = 2, /* the writer mutex names a vanished owner */
+    STX_BROKEN_MUTEX = 3,      /* the writer mutex itself is damaged */
+};
 
 /* Layout kinds: what the data region holds. */
 enum stx_layout_kind {
@@ -43,21 +50,32 @@ enum stx_layout_kind {
 /*
  * One reader slot: one cache line, owned by one attached process.
  *
- * Claim: a process CASes `pid` from 0 to its pid when it first attaches
- * (readers.c); the slot doubles as the attach table that `shmtxn gc` reads.
- * A slot whose pid holds no liveness beacon (see segment.c) belongs to a
- * dead process and may be cleared by anyone: first `readers` = 0, then
- * `pid` = 0.
+ * `pid` > 0: the owner; 0: free; < 0: being reaped by process -pid.
+ *
+ * Claim: a process CASes `pid` from 0 to its pid when it first attaches,
+ * or at once in a child forked from an attached process (readers.c); the
+ * slot doubles as the attach table that `shmtxn ls` and `gc` read.
+ *
+ * Reap: a slot whose owner holds no liveness beacon (segment.c) belongs to
+ * a dead process.  Exactly one reaper wins: it CASes `pid` from the dead
+ * pid to minus its own pid, checks the beacon once more (a live process
+ * that reused the pid keeps its slot: the pid goes back), then stores
+ * `readers` = 0 and only then `pid` = 0.  A reaper that died mid-way
+ * leaves its mark, which anyone may finish once its beacon is gone too.
+ * Counts are lowered without wrapping below zero, so a count cleared by a
+ * reaper can never block writers.
  *
  * Read protocol (Dekker-style, all seq_cst):
  *   reader: readers += 1; if header.writer_flag: readers -= 1, wait on the
- *           writer mutex, retry.  Leave: readers -= 1; if writer_flag, bump
+ *           writer mutex, retry.  Leave: readers -= 1 in the slot it
+ *           entered (the txn keeps the index); if writer_flag, bump
  *           header.drain_futex and wake it.
  *   writer: (holding the mutex) writer_flag = 1; for each slot below the
  *           high-water mark, wait until readers == 0 (or its pid is dead).
  * Either the reader sees the flag, or the writer sees the reader: never
- * neither.  Threads of one process share their process's slot (a count, not
- * a bit), which the GIL makes free of contention.
+ * neither.  Threads of one process share their process's slot (a count,
+ * not a bit).  A reader that takes the mutex and still finds the flag up
+ * knows it is stale (only the mutex holder raises it) and lowers it.
  */
 typedef struct stx_reader_slot {
     _Atomic int32_t pid;      /* 0 = free */
@@ -80,14 +98,23 @@ typedef struct stx_reader_slot {
  * process-shared) for its whole txn and sets `writer_flag` to turn readers
  * away.  Before its first write it makes `seq` odd; each write first appends
  * {offset, length, old bytes} to the undo log and publishes the new
- * `undo_used` with a release store, then writes in place.  Commit: `seq`
- * even (release), `undo_used` = 0, `writer_flag` = 0, unlock.
+ * `undo_used` with a release store, then writes in place.  Commit:
+ * `undo_used` = 0 (release), then `seq` even (release), `writer_flag` = 0,
+ * unlock.  (Emptying the log first means a writer killed between the two
+ * stores has nothing replayed; recovery then only makes `seq` even.)
  *
  * Recovery (lock.c, stx_recover): whoever locks the mutex and gets
- * EOWNERDEAD replays the undo log backwards, clears it, makes `seq` even,
- * clears dead readers' slots, clears `writer_flag`, and only then marks the
- * mutex consistent.  If any step fails the mutex is unlocked without
- * consistent, so the next locker gets ENOTRECOVERABLE -> CorruptSegmentError.
+ * EOWNERDEAD records itself in `writer_pid`, replays the undo log
+ * backwards, clears it, makes `seq` even, reaps dead readers' slots, clears
+ * `writer_flag`, and only then marks the mutex consistent.  If any step
+ * fails it sets `unrecoverable` (and `seq` odd for good) before unlocking
+ * without consistent: from then on every txn in every process fails at
+ * once with CorruptSegmentError, and lock-free reads fall back to the lock
+ * and fail too.  The mutex is never tried with trylock (on a mutex that is
+ * not recoverable glibc's trylock leaves the word holding the caller's
+ * thread id); a waiter that finds the mutex held by a thread that no
+ * longer exists, which the kernel did not mark dead (the word was
+ * overwritten), sets `unrecoverable` too rather than wait forever.
  *
  * Lock-free single reads (seqlock.h): read `seq` (acquire), the item
  * (relaxed), acquire fence, `seq` again; equal and even means a committed
@@ -124,6 +151,8 @@ typedef struct stx_header {
     _Atomic uint64_t seq;            /* odd while a writer has written */
     _Atomic uint32_t drain_futex;    /* bumped by readers a writer waits on */
     _Atomic uint32_t slots_hwm;      /* slots at or above this are unused */
+    _Atomic uint32_t unrecoverable;  /* 0, or why the segment is unusable:
+                                        enum stx_broken */
 
     /* --- undo log state: the writer's own line --- */
     alignas(STX_CACHE_LINE) _Atomic uint64_t undo_used; /* bytes of log */
@@ -153,6 +182,8 @@ _Static_assert(offsetof(stx_header, format) == 80, "format.md: format");
 _Static_assert(offsetof(stx_header, checksum) == 200, "format.md: checksum");
 _Static_assert(offsetof(stx_header, writer_flag) == 256,
                "format.md: writer line");
+_Static_assert(offsetof(stx_header, unrecoverable) == 280,
+               "format.md: unrecoverable");
 _Static_assert(offsetof(stx_header, undo_used) == 320,
                "format.md: undo line");
 _Static_assert(offsetof(stx_header, writer_mutex) == 384,

@@ -14,6 +14,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <string.h>
@@ -59,20 +60,47 @@ to_timespec(uint64_t ns)
     return ts;
 }
 
-/* The calling thread, as the number txns record. */
-static uint64_t
-this_thread(void)
-{
-    return (uint64_t)pthread_self();
-}
-
 /* ------------------------------------------------------------------ */
 /* recovery and the writer mutex                                       */
+
+int
+stx_mark_unrecoverable(stx_segment *seg, uint32_t why)
+{
+    stx_header *hdr = seg->hdr;
+    uint32_t none = 0;
+    atomic_compare_exchange_strong(&hdr->unrecoverable, &none, why);
+    /* seq odd for good: lock-free readers fall back to the lock, which
+     * reports the flag */
+    atomic_fetch_or(&hdr->seq, 1u);
+    return stx_check_recoverable(seg);
+}
+
+int
+stx_check_recoverable(const stx_segment *seg)
+{
+    uint32_t why = atomic_load_explicit(&seg->hdr->unrecoverable,
+                                        memory_order_acquire);
+    if (why == 0) {
+        return 0;
+    }
+    const char *what = why == STX_BROKEN_ROLLBACK
+        ? "a writer died and its transaction could not be rolled back"
+        : why == STX_BROKEN_DEAD_OWNER
+        ? "its writer lock is held by a dead process the OS did not hand "
+          "it back from (the lock word was overwritten)"
+        : "its writer lock is damaged";
+    return stx_fail(STX_ECORRUPT, "segment '%s' is unusable: %s; its data "
+                    "may be torn -- copy out what you need and recreate it",
+                    seg->name, what);
+}
 
 int
 stx_recover(stx_segment *seg)
 {
     stx_header *hdr = seg->hdr;
+    /* ours from now on: a waiter that sees the dead pid still recorded
+     * while we recover must not take the lock for abandoned */
+    atomic_store(&hdr->writer_pid, stx_self_pid);
     int rc = stx_undo_rollback(seg);
     if (rc != 0) {
         return rc;
@@ -99,8 +127,10 @@ lock_result(stx_segment *seg, int rc)
     case EOWNERDEAD:
         rc = stx_recover(seg);
         if (rc != 0) {
-            pthread_mutex_unlock(m); /* not consistent: next gets
-                                        ENOTRECOVERABLE */
+            /* flag first: then unlock without consistent, which makes the
+             * mutex ENOTRECOVERABLE for everyone */
+            stx_mark_unrecoverable(seg, STX_BROKEN_ROLLBACK);
+            pthread_mutex_unlock(m);
             return rc;
         }
         pthread_mutex_consistent(m);
@@ -109,31 +139,87 @@ lock_result(stx_segment *seg, int rc)
     case ETIMEDOUT:
         return STX_EAGAIN;
     case ENOTRECOVERABLE:
-        return stx_fail(STX_ECORRUPT, "segment '%s': a writer died and its"
-                        " transaction could not be rolled back; the data may"
-                        " be torn -- recreate the segment", seg->name);
+        /* never unlock here: that would make the mutex usable again */
+        return stx_mark_unrecoverable(seg, STX_BROKEN_ROLLBACK);
+    case EINVAL:
+        return stx_mark_unrecoverable(seg, STX_BROKEN_MUTEX);
+    case EDEADLK:
+        return stx_fail(STX_ENESTED, "this thread already holds the writer"
+                        " lock of '%s' (a write transaction of this thread "
+                        "was dropped by another thread)", seg->name);
     default:
         return stx_fail(STX_ESYS, "locking segment '%s' failed: %s",
                         seg->name, strerror(rc));
     }
 }
 
+/* Try the writer mutex once without sleeping.  A clock lock with a
+ * deadline in the past, not trylock: on a mutex that is not recoverable,
+ * glibc's trylock leaves the lock word holding the caller's thread id,
+ * which wedges everyone; the clock lock leaves it free. */
+static int
+try_writer(stx_segment *seg)
+{
+    static const struct timespec past = {0, 0};
+    return lock_result(seg, pthread_mutex_clocklock(
+                                &seg->hdr->writer_mutex, CLOCK_MONOTONIC,
+                                &past));
+}
+
+/* 1 if the writer mutex is held by a thread that no longer exists and the
+ * kernel did not mark it dead: the lock word was overwritten.  The kernel
+ * marks a robust mutex OWNER_DIED before its owner's task disappears, so a
+ * word that still names a vanished task after we looked is never handed
+ * back. */
+static int
+owner_vanished(const stx_segment *seg)
+{
+#ifdef __GLIBC__
+    const _Atomic uint32_t *word =
+        (const _Atomic uint32_t *)&seg->hdr->writer_mutex.__data.__lock;
+    uint32_t seen = atomic_load(word);
+    pid_t tid = (pid_t)(seen & FUTEX_TID_MASK);
+    if (tid == 0 || (seen & FUTEX_OWNER_DIED) != 0) {
+        return 0;
+    }
+    if (kill(tid, 0) == 0 || errno != ESRCH) {
+        return 0;
+    }
+    /* a writer in another pid namespace is not visible to kill(), but its
+     * liveness beacon is */
+    int32_t writer = atomic_load(&seg->hdr->writer_pid);
+    if (writer != 0 && stx_pid_alive(seg->file, writer)) {
+        return 0;
+    }
+    return atomic_load(word) == seen;
+#else
+    return 0;
+#endif
+}
+
 /* Take the writer mutex: spin briefly, then sleep up to `slice_ns`. */
 static int
 lock_writer(stx_segment *seg, uint64_t slice_ns)
 {
-    pthread_mutex_t *m = &seg->hdr->writer_mutex;
-    int rc = lock_result(seg, pthread_mutex_trylock(m));
+    int rc = try_writer(seg);
     for (int i = 0; rc == STX_EAGAIN && i < SPIN_TRIES; i++) {
         cpu_relax();
         if ((i & 63) == 63) {
-            rc = lock_result(seg, pthread_mutex_trylock(m));
+            rc = try_writer(seg);
         }
     }
     if (rc == STX_EAGAIN && slice_ns > 0) {
         struct timespec until = to_timespec(mono_ns() + slice_ns);
-        rc = lock_result(seg, pthread_mutex_clocklock(m, CLOCK_MONOTONIC,
-                                                      &until));
+        rc = lock_result(seg, pthread_mutex_clocklock(
+                                  &seg->hdr->writer_mutex, CLOCK_MONOTONIC,
+                                  &until));
+        if (rc == STX_EAGAIN && !stx_mutex_plausible(
+                                    &seg->hdr->writer_mutex)) {
+            rc = stx_mark_unrecoverable(seg, STX_BROKEN_MUTEX);
+        }
+        else if (rc == STX_EAGAIN && owner_vanished(seg)) {
+            rc = stx_mark_unrecoverable(seg, STX_BROKEN_DEAD_OWNER);
+        }
     }
     return rc;
 }
@@ -159,6 +245,16 @@ wake_writer(stx_header *hdr)
     }
 }
 
+/* Lower a slot's count by one, never below zero: a count a reaper has
+ * already cleared must not wrap around and block every writer. */
+static void
+leave_slot(stx_reader_slot *slot)
+{
+    uint32_t n = atomic_load(&slot->readers);
+    while (n > 0 && !atomic_compare_exchange_weak(&slot->readers, &n, n - 1)) {
+    }
+}
+
 /* Wait (holding the mutex) until slot `slot` has no readers, or its owner
  * is dead; STX_EAGAIN when the time until `deadline` is used up. */
 static int
@@ -171,9 +267,7 @@ drain_slot(stx_segment *seg, stx_reader_slot *slot, uint64_t deadline)
             continue;
         }
         int32_t pid = atomic_load(&slot->pid);
-        if (pid != stx_self_pid && !stx_pid_alive(seg->file, pid)) {
-            atomic_store(&slot->readers, 0);
-            atomic_compare_exchange_strong(&slot->pid, &pid, 0);
+        if (pid != stx_self_pid && stx_slot_reap(seg, slot, pid)) {
             return 0;
         }
         uint64_t now = mono_ns();
@@ -213,44 +307,71 @@ drain_readers(stx_segment *seg, uint64_t slice_ns)
     return 0;
 }
 
-/* Our slot, re-claimed if it was taken from us (it never should be). */
+/* 1 while `slot` is ours, waiting out a reaper that is checking on us
+ * (it puts the slot back when it sees our beacon). */
 static int
-own_slot(stx_segment *seg, stx_reader_slot **out)
+still_ours(const stx_reader_slot *slot)
+{
+    for (int i = 0; i < SPIN_TRIES; i++) {
+        int32_t pid = atomic_load(&slot->pid);
+        if (pid == stx_self_pid) {
+            return 1;
+        }
+        if (pid >= 0) {
+            return 0;
+        }
+        cpu_relax();
+    }
+    return 0;
+}
+
+/* Our slot's index, re-claimed if it was taken from us (it never should
+ * be: only dead processes' slots are reaped). */
+static int
+own_slot(stx_segment *seg, int32_t *index)
 {
     stx_file *file = seg->file;
     if (file->slot < 0 || file->fork_gen != stx_fork_gen
-        || atomic_load(&seg->slots[file->slot].pid) != stx_self_pid) {
+        || (uint32_t)file->slot >= seg->nslots
+        || !still_ours(&seg->slots[file->slot])) {
         file->slot = -1;
         int rc = stx_slot_ensure(seg);
         if (rc != 0) {
             return rc;
         }
     }
-    *out = &seg->slots[file->slot];
+    *index = file->slot;
     return 0;
 }
 
-/* Enter as a reader; while a writer is in, wait for it on the mutex. */
+/* Enter as a reader, counting in our slot (its index goes to *index);
+ * while a writer is in, wait for it on the mutex. */
 static int
-enter_reader(stx_segment *seg, uint64_t slice_ns)
+enter_reader(stx_segment *seg, uint64_t slice_ns, int32_t *index)
 {
     stx_header *hdr = seg->hdr;
-    stx_reader_slot *slot;
-    int rc = own_slot(seg, &slot);
+    int rc = own_slot(seg, index);
     uint64_t deadline = 0; /* read the clock only if a writer is inside */
     while (rc == 0) {
+        stx_reader_slot *slot = &seg->slots[*index];
         atomic_fetch_add(&slot->readers, 1);
         if (atomic_load(&hdr->writer_flag) == 0) {
             return 0;
         }
-        atomic_fetch_sub(&slot->readers, 1);
+        leave_slot(slot);
         wake_writer(hdr);
         uint64_t now = mono_ns();
         if (deadline == 0) {
             deadline = now + slice_ns;
         }
-        rc = lock_writer(seg, now < deadline ? deadline - now : 0);
+        else if (now >= deadline) {
+            return STX_EAGAIN;
+        }
+        rc = lock_writer(seg, deadline - now);
         if (rc == 0) {
+            /* we hold the mutex, so no writer is inside: a raised flag
+             * is left over (overwritten, or from a foreign build) */
+            atomic_store(&hdr->writer_flag, 0);
             pthread_mutex_unlock(&hdr->writer_mutex);
         }
     }
@@ -258,40 +379,117 @@ enter_reader(stx_segment *seg, uint64_t slice_ns)
 }
 
 /* ------------------------------------------------------------------ */
-/* the txn life cycle                                                  */
+/* the txn registry                                                    */
 
-/* Record that `thread` opens a txn here; STX_ENESTED if it has one. */
-static int
-register_txn(stx_file *file, uint64_t thread)
+/*
+ * Tracked txns -- the ones a caller keeps beyond one call, such as the
+ * Python binding's txn objects -- are listed here for the whole process,
+ * under `registry_lock`, so that:
+ *   - a thread may not open a second txn on a segment it already has one
+ *     on (STX_ENESTED, instead of deadlocking on itself);
+ *   - close() can count a handle's open txns (stx_segment_open_txns);
+ *   - the txns of a thread that ends are ended with it (stx_thread_exit).
+ * Owners are told apart by stx_thread_id(), a number never reused in the
+ * process (pthread_t values are).  Untracked txns (a single auto-committed
+ * operation) live within one engine call and are only checked for
+ * nesting.  `file->ntxn` counts a file's tracked txns, so the common case
+ * (none open) checks nesting without the lock.
+ */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static stx_txn *registry;
+static _Atomic uint64_t last_thread_id;
+static _Thread_local uint64_t this_thread_id;
+
+uint64_t
+stx_thread_id(void)
 {
-    for (int i = 0; i < file->ntxn; i++) {
-        if (file->txn_threads[i] == thread) {
-            return STX_ENESTED;
+    if (this_thread_id == 0) {
+        this_thread_id = atomic_fetch_add(&last_thread_id, 1) + 1;
+    }
+    return this_thread_id;
+}
+
+/* 1 if the calling thread has a tracked txn open on `file`; the caller
+ * holds registry_lock. */
+static int
+thread_has_txn(const stx_file *file, uint64_t thread)
+{
+    for (const stx_txn *t = registry; t != NULL; t = t->next) {
+        if (t->thread == thread && t->seg->file == file) {
+            return 1;
         }
     }
-    if (file->ntxn == STX_MAX_OPEN_TXNS) {
-        return stx_fail(STX_EINVAL, "more than %d transactions open at "
-                        "once on one segment", STX_MAX_OPEN_TXNS);
-    }
-    file->txn_threads[file->ntxn++] = thread;
     return 0;
 }
 
-/* Forget `txn`'s thread in the process's open-txn list. */
-static void
-unregister_txn(stx_txn *txn)
+/* Check nesting and, for a tracked txn, list it; STX_ENESTED if this
+ * thread already has a txn on the segment. */
+static int
+register_txn(stx_txn *txn)
 {
     stx_file *file = txn->seg->file;
-    if (txn->fork_gen != stx_fork_gen || file == NULL) {
+    if (!txn->tracked && atomic_load(&file->ntxn) == 0) {
+        return 0;
+    }
+    pthread_mutex_lock(&registry_lock);
+    int rc = thread_has_txn(file, txn->thread) ? STX_ENESTED : 0;
+    if (rc == 0 && txn->tracked) {
+        txn->prev = NULL;
+        txn->next = registry;
+        if (registry != NULL) {
+            registry->prev = txn;
+        }
+        registry = txn;
+        txn->listed = 1;
+        atomic_fetch_add(&file->ntxn, 1);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return rc;
+}
+
+/* Take `txn` off the list (caller holds registry_lock). */
+static void
+unlist(stx_txn *txn)
+{
+    if (!txn->listed || txn->fork_gen != stx_fork_gen) {
+        txn->listed = 0; /* a parent's list entry: not in our list */
         return;
     }
-    for (int i = 0; i < file->ntxn; i++) {
-        if (file->txn_threads[i] == txn->thread) {
-            file->txn_threads[i] = file->txn_threads[--file->ntxn];
-            return;
-        }
+    if (txn->prev != NULL) {
+        txn->prev->next = txn->next;
     }
+    else {
+        registry = txn->next;
+    }
+    if (txn->next != NULL) {
+        txn->next->prev = txn->prev;
+    }
+    txn->listed = 0;
+    atomic_fetch_sub(&txn->seg->file->ntxn, 1);
 }
+
+int
+stx_segment_open_txns(const stx_segment *seg)
+{
+    int n = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (const stx_txn *t = registry; t != NULL; t = t->next) {
+        n += t->seg == seg;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return n;
+}
+
+void
+stx_txns_after_fork(void)
+{
+    /* the parent's txns are not ours: the child starts with none */
+    pthread_mutex_init(&registry_lock, NULL);
+    registry = NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* the txn life cycle                                                  */
 
 int
 stx_txn_init(stx_txn *txn, stx_segment *seg, int write)
@@ -302,21 +500,25 @@ stx_txn_init(stx_txn *txn, stx_segment *seg, int write)
     if (write && seg->read_only) {
         return STX_EREADONLY;
     }
-    int rc = stx_slot_ensure(seg);
+    int rc = stx_check_recoverable(seg);
     if (rc == 0) {
-        rc = register_txn(seg->file, this_thread());
+        rc = stx_slot_ensure(seg);
     }
     if (rc != 0) {
         return rc;
     }
     txn->seg = seg;
     txn->write = write;
-    txn->state = write ? STX_TXN_LOCKING : STX_TXN_READING;
     txn->dirty = 0;
+    txn->slot = -1;
     txn->serial++;
     txn->fork_gen = stx_fork_gen;
-    txn->thread = this_thread();
-    return 0;
+    txn->thread = stx_thread_id();
+    txn->listed = 0;
+    rc = register_txn(txn);
+    txn->state = rc != 0 ? STX_TXN_IDLE
+                 : write ? STX_TXN_LOCKING : STX_TXN_READING;
+    return rc;
 }
 
 int
@@ -340,7 +542,7 @@ stx_txn_step(stx_txn *txn, uint64_t slice_ns)
         rc = drain_readers(seg, slice_ns);
         break;
     case STX_TXN_READING:
-        rc = enter_reader(seg, slice_ns);
+        rc = enter_reader(seg, slice_ns, &txn->slot);
         break;
     case STX_TXN_OPEN:
         return 0;
@@ -365,6 +567,17 @@ release_writer(stx_header *hdr)
     pthread_mutex_unlock(&hdr->writer_mutex);
 }
 
+/* Take a tracked txn off the list, under the lock. */
+static void
+unregister_txn(stx_txn *txn)
+{
+    if (txn->listed) {
+        pthread_mutex_lock(&registry_lock);
+        unlist(txn);
+        pthread_mutex_unlock(&registry_lock);
+    }
+}
+
 void
 stx_txn_cancel(stx_txn *txn)
 {
@@ -375,7 +588,9 @@ stx_txn_cancel(stx_txn *txn)
     txn->state = STX_TXN_IDLE;
 }
 
-/* Finish a write txn's data: roll back or commit, then seq even. */
+/* Finish a write txn's data: roll back or commit, then seq even.  The
+ * log is emptied before seq turns even: a writer killed between the two
+ * leaves nothing to replay, and recovery only evens seq. */
 static int
 finish_writes(stx_txn *txn, int commit)
 {
@@ -383,11 +598,42 @@ finish_writes(stx_txn *txn, int commit)
     int rc = 0;
     if (!commit) {
         rc = stx_undo_rollback(txn->seg);
+        if (rc != 0) {
+            return stx_mark_unrecoverable(txn->seg, STX_BROKEN_ROLLBACK);
+        }
     }
     stx_crash_point("commit:before_clear");
     atomic_store_explicit(&hdr->undo_used, 0, memory_order_release);
     atomic_store_explicit(&hdr->seq, atomic_load(&hdr->seq) + 1,
                           memory_order_release);
+    if (commit) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+        atomic_store_explicit(&hdr->modified_ns,
+                              (uint64_t)ts.tv_sec * 1000000000ull
+                                  + (uint64_t)ts.tv_nsec,
+                              memory_order_relaxed);
+        atomic_fetch_add_explicit(&hdr->commits, 1, memory_order_relaxed);
+    }
+    return 0;
+}
+
+/* End an open txn (its own thread, or any thread for a read txn):
+ * release what it holds.  Errors only if a rollback found corruption. */
+static int
+finish_txn(stx_txn *txn, int commit)
+{
+    stx_segment *seg = txn->seg;
+    int rc = 0;
+    if (txn->write) {
+        rc = txn->dirty ? finish_writes(txn, commit) : 0;
+        release_writer(seg->hdr);
+    }
+    else if (txn->slot >= 0 && (uint32_t)txn->slot < seg->nslots) {
+        leave_slot(&seg->slots[txn->slot]);
+        wake_writer(seg->hdr);
+    }
+    txn->state = STX_TXN_IDLE;
     return rc;
 }
 
@@ -398,30 +644,75 @@ stx_txn_end(stx_txn *txn, int commit)
     if (rc != 0) {
         return rc;
     }
-    stx_header *hdr = txn->seg->hdr;
-    if (txn->write) {
-        if (txn->dirty) {
-            rc = finish_writes(txn, commit);
-            if (commit) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-                atomic_store_explicit(&hdr->modified_ns,
-                                      (uint64_t)ts.tv_sec * 1000000000ull
-                                          + (uint64_t)ts.tv_nsec,
-                                      memory_order_relaxed);
-                atomic_fetch_add_explicit(&hdr->commits, 1,
-                                          memory_order_relaxed);
-            }
-        }
-        release_writer(hdr);
+    if (!txn->listed) {
+        return finish_txn(txn, commit);
+    }
+    pthread_mutex_lock(&registry_lock);
+    if (txn->state == STX_TXN_OPEN) {
+        rc = finish_txn(txn, commit);
     }
     else {
-        atomic_fetch_sub(&txn->seg->slots[txn->seg->file->slot].readers, 1);
-        wake_writer(hdr);
+        rc = stx_fail(STX_ECLOSED, "transaction is not active");
     }
-    unregister_txn(txn);
-    txn->state = STX_TXN_IDLE;
+    unlist(txn);
+    pthread_mutex_unlock(&registry_lock);
     return rc;
+}
+
+int
+stx_txn_abandon(stx_txn *txn)
+{
+    int rc = 0;
+    int locked = txn->listed && txn->fork_gen == stx_fork_gen;
+    if (locked) {
+        pthread_mutex_lock(&registry_lock);
+    }
+    if (txn->state == STX_TXN_OPEN && txn->fork_gen == stx_fork_gen
+        && txn->seg->file != NULL) {
+        if (!txn->write || txn->thread == stx_thread_id()) {
+            rc = finish_txn(txn, 0);
+        }
+        else {
+            /* only its own thread may unlock the writer mutex: the txn
+             * stays locked until that thread ends, and is then rolled
+             * back like any dead writer's */
+            rc = stx_fail(STX_EINVAL, "a write transaction on '%s' was "
+                          "dropped by another thread than the one that "
+                          "opened it; it stays open until that thread ends",
+                          txn->seg->name);
+        }
+    }
+    txn->state = STX_TXN_IDLE;
+    if (locked) {
+        unlist(txn);
+        pthread_mutex_unlock(&registry_lock);
+    }
+    txn->listed = 0;
+    return rc;
+}
+
+int
+stx_thread_exit(void)
+{
+    if (this_thread_id == 0) {
+        return 0; /* this thread never opened a txn */
+    }
+    int ended = 0;
+    pthread_mutex_lock(&registry_lock);
+    stx_txn *t = registry;
+    while (t != NULL) {
+        stx_txn *next = t->next;
+        if (t->thread == this_thread_id) {
+            if (t->state == STX_TXN_OPEN) {
+                finish_txn(t, 0);
+                ended++;
+            }
+            unlist(t);
+        }
+        t = next;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return ended;
 }
 
 int
@@ -433,7 +724,7 @@ stx_txn_usable(const stx_txn *txn)
     if (txn->fork_gen != stx_fork_gen) {
         return STX_EFORKED;
     }
-    if (txn->thread != this_thread()) {
+    if (txn->thread != stx_thread_id()) {
         return stx_fail(STX_EINVAL, "a transaction belongs to the thread "
                         "that opened it; open another one in this thread");
     }

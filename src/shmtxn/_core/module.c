@@ -68,8 +68,23 @@ core_probe(PyObject *module, PyObject *arg)
     return info;
 }
 
+/* Reader slots whose owner is dead (or whose reaper died mid-way). */
+static int
+count_dead_slots(stx_segment *seg)
+{
+    int dead = 0;
+    uint32_t hwm = atomic_load(&seg->hdr->slots_hwm);
+    for (uint32_t i = 0; i < hwm && i < seg->nslots; i++) {
+        int32_t pid = atomic_load(&seg->slots[i].pid);
+        dead += pid != 0 && pid != -stx_self_pid
+                && !stx_pid_alive(seg->file, pid > 0 ? pid : -pid);
+    }
+    return dead;
+}
+
 /* repair(name, timeout) -> dict: recover a dead writer and clear dead
- * readers exactly as the next write txn would. */
+ * readers exactly as the next write txn would (which may clear some while
+ * it waits: they are counted from before). */
 static PyObject *
 core_repair(PyObject *module, PyObject *args)
 {
@@ -88,13 +103,15 @@ core_repair(PyObject *module, PyObject *args)
         return NULL;
     }
     uint64_t before = atomic_load(&seg.hdr->recoveries);
+    int dead_before = count_dead_slots(&seg);
     stx_txn txn = {0};
     rc = stx_txn_init(&txn, &seg, 1);
     if (rc != 0) {
         raise_engine_error(rc, name);
     }
     else if (txn_wait(name, &txn, timeout) == 0) {
-        int cleared = stx_slots_reap(&seg);
+        stx_slots_reap(&seg);
+        int cleared = dead_before - count_dead_slots(&seg);
         stx_txn_end(&txn, 1);
         uint64_t recovered = atomic_load(&seg.hdr->recoveries) - before;
         stx_close(&seg);
@@ -104,6 +121,14 @@ core_repair(PyObject *module, PyObject *args)
     }
     stx_close(&seg);
     return NULL;
+}
+
+/* mutex_kind() -> int: what a healthy writer mutex holds, for tests that
+ * damage one and put it back. */
+static PyObject *
+core_mutex_kind(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromLong(stx_mutex_kind());
 }
 
 /* _siphash(k0, k1, data): the dict key hash, for tests against CPython. */
@@ -125,6 +150,8 @@ static PyMethodDef core_methods[] = {
      "set_dict_txn_class(cls): the DictTxn subclass SharedDict.txn() makes"},
     {"_siphash", core_siphash, METH_VARARGS,
      "_siphash(k0, k1, data) -> SipHash-1-3 of data (test hook)"},
+    {"mutex_kind", core_mutex_kind, METH_NOARGS,
+     "The kind word of a segment's writer mutex on this libc (tests)."},
     {"probe", core_probe, METH_O,
      "probe(name) -> dict describing the segment, without attaching"},
     {"repair", core_repair, METH_VARARGS,
@@ -154,7 +181,8 @@ PyInit__core(void)
     if (errors_init() < 0 || PyType_Ready(&Segment_Type) < 0
         || PyType_Ready(&Memory_Type) < 0 || PyType_Ready(&Dict_Type) < 0
         || PyType_Ready(&DictTxn_Type) < 0
-        || PyType_Ready(&Txn_Type) < 0 || PyType_Ready(&View_Type) < 0) {
+        || PyType_Ready(&Txn_Type) < 0 || PyType_Ready(&View_Type) < 0
+        || PyType_Ready(&ThreadGuard_Type) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&core_module);

@@ -215,17 +215,38 @@ stx_pid_alive(const stx_file *file, int32_t pid)
     return fl.l_type != F_UNLCK;
 }
 
-/* In a forked child: our beacons are not inherited, take them anew, and
- * forget the parent's slots and txns. */
+/* Claim a reader slot for this process in the file's mapping (any kind:
+ * the slot table is mapped read-write in both), so a forked child that
+ * only reads lock-free is still listed as attached. */
+static void
+claim_slot_after_fork(stx_file *f)
+{
+    uint8_t *base = f->maps[0] != NULL ? f->maps[0] : f->maps[1];
+    if (base == NULL || f->nslots == 0) {
+        return; /* a handle with a private mapping claims on first use */
+    }
+    int32_t slot = stx_slot_claim((stx_header *)base,
+                                  (stx_reader_slot *)(base + f->slots_off),
+                                  f->nslots, stx_self_pid);
+    if (slot >= 0) {
+        f->slot = slot;
+        f->fork_gen = stx_fork_gen;
+    }
+}
+
+/* In a forked child: our beacons are not inherited, take them anew, claim
+ * reader slots of our own, and forget the parent's txns. */
 static void
 after_fork_in_child(void)
 {
     stx_fork_gen++;
     stx_self_pid = getpid();
+    stx_txns_after_fork();
     for (stx_file *f = registry; f != NULL; f = f->next) {
         take_beacon(f->fd);
         f->slot = -1;
-        f->ntxn = 0;
+        atomic_store(&f->ntxn, 0);
+        claim_slot_after_fork(f);
     }
     pthread_mutex_init(&registry_lock, NULL);
 }
@@ -368,6 +389,8 @@ fill_handle(stx_segment *seg, uint8_t *base, size_t map_size)
     seg->undo_size = hdr->undo_size;
     seg->data = base + hdr->data_off;
     seg->data_size = hdr->data_size;
+    seg->file->slots_off = hdr->slots_off;
+    seg->file->nslots = hdr->nslots;
 }
 
 /* Map the first `size` bytes of the segment read-write. */
@@ -749,6 +772,66 @@ shape_matches(const stx_header *hdr)
     return bytes == hdr->data_size;
 }
 
+/* Check that header, slot table, undo log and data lie inside the file,
+ * in that order, and do not overlap. */
+static int
+check_regions(const stx_header *hdr, uint64_t file_size, const char *name)
+{
+    uint64_t slots_len = (uint64_t)hdr->nslots * hdr->slot_size;
+    int rc = check_region("header", 0, hdr->header_size, file_size, name);
+    if (rc == 0) {
+        rc = check_region("slot", hdr->slots_off, slots_len, file_size,
+                          name);
+    }
+    if (rc == 0) {
+        rc = check_region("undo", hdr->undo_off, hdr->undo_size, file_size,
+                          name);
+    }
+    if (rc == 0) {
+        rc = check_region("data", hdr->data_off, hdr->data_size, file_size,
+                          name);
+    }
+    /* each region lies inside the file, so these sums cannot overflow */
+    if (rc == 0
+        && (hdr->slots_off < hdr->header_size
+            || hdr->undo_off < hdr->slots_off + slots_len
+            || hdr->data_off < hdr->undo_off + hdr->undo_size)) {
+        rc = stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header, "
+                      "slot, undo and data regions overlap", name);
+    }
+    return rc;
+}
+
+int
+stx_mutex_kind(void)
+{
+#ifdef __GLIBC__
+    static int kind = -1;
+    if (kind < 0) {
+        pthread_mutex_t probe;
+        if (init_writer_mutex(&probe) == 0) {
+            kind = probe.__data.__kind;
+            pthread_mutex_destroy(&probe);
+        }
+    }
+    return kind;
+#else
+    return -1;
+#endif
+}
+
+int
+stx_mutex_plausible(const pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+    int kind = __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED);
+    return stx_mutex_kind() < 0 || kind == stx_mutex_kind();
+#else
+    (void)m;
+    return 1;
+#endif
+}
+
 /* Check every immutable header field against the file's real size. */
 static int
 header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
@@ -794,19 +877,10 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
                         "does not match its %llu data bytes", name,
                         (unsigned long long)hdr->data_size);
     }
-    int rc = check_region("header", 0, hdr->header_size, file_size, name);
-    if (rc == 0) {
-        rc = check_region("slot", hdr->slots_off,
-                          (uint64_t)hdr->nslots * hdr->slot_size,
-                          file_size, name);
-    }
-    if (rc == 0) {
-        rc = check_region("undo", hdr->undo_off, hdr->undo_size, file_size,
-                          name);
-    }
-    if (rc == 0) {
-        rc = check_region("data", hdr->data_off, hdr->data_size, file_size,
-                          name);
+    int rc = check_regions(hdr, file_size, name);
+    if (rc == 0 && !stx_mutex_plausible(&hdr->writer_mutex)) {
+        rc = stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its writer "
+                      "mutex is not a robust process-shared mutex", name);
     }
     return rc;
 }
@@ -1079,4 +1153,27 @@ stx_unlink(const char *name, dev_t dev, ino_t ino)
         return fail_errno(errno, "unlink", name);
     }
     return 0;
+}
+
+int
+stx_beacon_holders(const stx_file *file, int32_t *pids, int max)
+{
+    int n = 0;
+    off_t from = INIT_LOCK_BYTE + 1;
+    while (n < max) {
+        struct flock fl = {0};
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        fl.l_start = from;
+        fl.l_len = 0; /* to the end of any file */
+        if (fcntl(file->fd, F_GETLK, &fl) != 0 || fl.l_type == F_UNLCK) {
+            break;
+        }
+        pids[n++] = fl.l_pid > 0 ? fl.l_pid : (int32_t)fl.l_start;
+        if (fl.l_len <= 0) {
+            break; /* a lock to the end of the file: nothing after it */
+        }
+        from = fl.l_start + fl.l_len;
+    }
+    return n;
 }
