@@ -90,7 +90,9 @@ PyObject *segment_info(stx_segment *seg);
  * HandleObject -- one open handle on one segment: the state of
  * shmtxn._core.Segment (py_segment.c), the base of Memory (slots) and Dict.
  * `exports` counts live buffers taken from it or from its txns; close()
- * refuses while any is alive.  The slot fields (fmt, nitems, shape) are
+ * refuses while any is alive, or while a memoryview it handed out (`buf`,
+ * `escaped`) is still referenced by anything else.  Open txns are counted
+ * by the engine (stx_segment_open_txns).  The slot fields (fmt, nitems, shape) are
  * Memory's; a Dict sees its data region as bytes (format 'B').
  */
 typedef struct HandleObject {
@@ -104,13 +106,18 @@ typedef struct HandleObject {
     char format[2];                       /* fmt->code as a C string */
     int created;            /* this handle created the segment */
     long creator_pid;       /* ...in this process (not a forked child) */
-    int open_txns;          /* txns of this handle open in this process */
-    uint64_t txns_gen;      /* stx_fork_gen that open_txns counts in */
     Py_ssize_t exports;     /* live Py_buffers over the data region */
+    int exported_directly;  /* the handle itself exported a buffer once:
+                               close() then keeps the mapping until the
+                               handle is freed (see handle_close) */
+    int soft_closed;        /* closed, mapping kept (exported_directly) */
     PyObject *name;         /* str */
     dev_t dev;              /* identity of the file, kept after close() */
     ino_t ino;              /* so unlink() never removes a newer one */
-    PyObject *buf;          /* cached memoryview, or NULL */
+    PyObject *buf;          /* cached memoryview of `buf_view`, or NULL */
+    PyObject *buf_view;     /* the View under `buf` */
+    PyObject *escaped;      /* list of Views that outlived their txn while
+                               held elsewhere, or NULL */
     PyObject *weakrefs;
 } HandleObject;
 
@@ -192,6 +199,7 @@ extern PyTypeObject DictTxn_Type;
 extern PyTypeObject Memory_Type;
 extern PyTypeObject Txn_Type;
 extern PyTypeObject View_Type;
+extern PyTypeObject ThreadGuard_Type;
 
 /* py_view.c: a new C-ordered View of `shape` items at `ptr`. */
 PyObject *view_new(HandleObject *mem, char *ptr, char format, int itemsize,
@@ -203,9 +211,9 @@ int view_end(ViewObject *v);
 /* py_view.c: numpy.asarray(obj), with a clear ImportError sans numpy. */
 PyObject *view_to_ndarray(PyObject *obj);
 
-/* py_segment.c: the open-txn count of `h` in this process (a forked
- * child starts from 0: its parent's txns are not its own). */
-int *handle_open_txns(HandleObject *h);
+/* py_segment.c: keep a View that is still referenced after its txn
+ * ended, so close() refuses while it is; -1 on error. */
+int handle_escape_view(HandleObject *h, PyObject *view);
 /* py_segment.c: -1 with an exception if `h` is closed. */
 int handle_check_open(HandleObject *h);
 /* py_segment.c: seconds from a timeout argument; None means `fallback`. */

@@ -23,6 +23,7 @@ dict_txn_new(DictObject *d, int write, double timeout)
         return NULL;
     }
     self->dict = (DictObject *)Py_NewRef(d);
+    self->txn.tracked = 1;
     self->txn.logged = self->logged;
     self->dt.txn = &self->txn;
     self->write = write;
@@ -137,10 +138,8 @@ static void
 DictTxn_dealloc(DictTxnObject *self)
 {
     PyObject_GC_UnTrack(self);
-    if (self->txn.state == STX_TXN_OPEN
-        && stx_txn_usable(&self->txn) == 0) {
-        stx_txn_end(&self->txn, 0); /* never entered `with`: roll back */
-        --*handle_open_txns(&self->dict->h);
+    if (self->txn.state != STX_TXN_IDLE || self->txn.listed) {
+        stx_txn_abandon(&self->txn); /* dropped open: roll back */
     }
     stx_dict_txn_reset(&self->dt);
     Py_CLEAR(self->dict);

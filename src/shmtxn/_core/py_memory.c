@@ -651,6 +651,7 @@ Memory_getbuffer(HandleObject *self, Py_buffer *view, int flags)
         return -1;
     }
     self->exports++;
+    self->exported_directly = 1;
     return 0;
 }
 
@@ -660,6 +661,9 @@ Memory_releasebuffer(HandleObject *self, Py_buffer *view)
     self->exports--;
 }
 
+/* shr.buf: a memoryview of the data region over a View of its own, so
+ * that close() can tell whether an array still points into it (numpy's
+ * ndarray(buffer=shr.buf) keeps a reference to the View, not an export). */
 static PyObject *
 Memory_get_buf(HandleObject *self, void *closure)
 {
@@ -667,9 +671,17 @@ Memory_get_buf(HandleObject *self, void *closure)
         return NULL;
     }
     if (self->buf == NULL) {
-        self->buf = PyMemoryView_FromObject((PyObject *)self);
+        Py_ssize_t len = (Py_ssize_t)self->seg.data_size;
+        PyObject *view = view_new(self, (char *)self->seg.data, 'B', 1, 1,
+                                  &len, self->seg.read_only);
+        self->buf = view ? PyMemoryView_FromObject(view) : NULL;
+        if (self->buf == NULL) {
+            Py_XDECREF(view);
+            return NULL;
+        }
+        self->buf_view = view;
     }
-    return Py_XNewRef(self->buf);
+    return Py_NewRef(self->buf);
 }
 
 static PyObject *

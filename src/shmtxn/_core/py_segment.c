@@ -10,20 +10,10 @@
 
 #include "binding.h"
 
-int *
-handle_open_txns(HandleObject *h)
-{
-    if (h->txns_gen != stx_fork_gen) {
-        h->txns_gen = stx_fork_gen;
-        h->open_txns = 0;
-    }
-    return &h->open_txns;
-}
-
 int
 handle_check_open(HandleObject *h)
 {
-    if (h->seg.file == NULL) {
+    if (h->seg.file == NULL || h->soft_closed) {
         raise_named("SegmentClosedError", "segment %R is closed; open it "
                     "again with %s(name)", h->name ? h->name : Py_None,
                     _PyType_Name(Py_TYPE(h)));
@@ -201,36 +191,107 @@ handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
 /* ------------------------------------------------------------------ */
 /* lifetime                                                            */
 
+/*
+ * Arrays that point into the mapping without an export: numpy's
+ * ndarray(buffer=mv) keeps a pointer and a reference to `mv.obj`, and
+ * releases its buffer at once.  `buf` and txn bufs are therefore
+ * memoryviews over Views of their own, and a View referenced by anything
+ * beyond us is an array still alive.  (frombuffer() and asarray() keep a
+ * memoryview, i.e. an export, which `exports` counts.)
+ */
+
+/* References to the View under shr.buf beyond ours and its memoryview's. */
+static Py_ssize_t
+buf_view_holders(HandleObject *self)
+{
+    if (self->buf_view == NULL) {
+        return 0;
+    }
+    return Py_REFCNT(self->buf_view) - 2;
+}
+
+/* Views of ended txns still referenced beyond the list; the others are
+ * dropped from the list.  Their count. */
+static Py_ssize_t
+escaped_views_alive(HandleObject *self)
+{
+    Py_ssize_t alive = 0;
+    Py_ssize_t n = self->escaped ? PyList_GET_SIZE(self->escaped) : 0;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        if (Py_REFCNT(PyList_GET_ITEM(self->escaped, i)) > 1) {
+            alive++;
+        }
+        else if (PySequence_DelItem(self->escaped, i) < 0) {
+            PyErr_Clear();
+        }
+    }
+    return alive;
+}
+
+int
+handle_escape_view(HandleObject *self, PyObject *view)
+{
+    if (self->escaped == NULL && (self->escaped = PyList_New(0)) == NULL) {
+        return -1;
+    }
+    return PyList_Append(self->escaped, view);
+}
+
+/* Release shr.buf like the stdlib does (names bound to it stop working);
+ * a slice of it still alive keeps its export, counted in `exports`. */
+static void
+release_buf(HandleObject *self)
+{
+    if (self->buf != NULL) {
+        PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
+        if (r == NULL) {
+            PyErr_Clear(); /* exported: counted in self->exports */
+        }
+        Py_XDECREF(r);
+        Py_CLEAR(self->buf);
+        Py_CLEAR(self->buf_view);
+    }
+}
+
+/* BufferExportsError for `n` live views of the handle's memory. */
+static int
+refuse_close(HandleObject *self, Py_ssize_t n)
+{
+    raise_named("BufferExportsError", "cannot close segment '%s': %zd "
+                "view(s) of its memory are still alive (memoryview slices "
+                "of .buf or txn .buf, numpy arrays made from them or from "
+                "ndarray()); delete them (del, or .release() on "
+                "memoryviews) first", self->seg.name, n);
+    return -1;
+}
+
 int
 handle_close(HandleObject *self)
 {
-    if (self->seg.file == NULL) {
+    if (self->seg.file == NULL || self->soft_closed) {
         return 0;
     }
-    int open_txns = *handle_open_txns(self);
+    int open_txns = stx_segment_open_txns(&self->seg);
     if (open_txns > 0) {
         raise_named("Error", "cannot close segment '%s': %d transaction(s) "
                     "are open on it; leave their with-blocks first",
                     self->seg.name, open_txns);
         return -1;
     }
-    if (self->buf != NULL) {
-        PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
-        if (r == NULL) {
-            PyErr_Clear(); /* reported below as an export */
-        }
-        else {
-            Py_DECREF(r);
-            Py_CLEAR(self->buf);
-        }
+    Py_ssize_t arrays = buf_view_holders(self) + escaped_views_alive(self);
+    if (arrays > 0) {
+        return refuse_close(self, arrays);
     }
+    release_buf(self);
     if (self->exports > 0) {
-        raise_named("BufferExportsError", "cannot close segment '%s': %zd "
-                    "view(s) of its memory (from .buf, slices of it, numpy "
-                    "arrays or txn.buf) are still alive; release them (del, "
-                    "or .release() on memoryviews) first", self->seg.name,
-                    self->exports);
-        return -1;
+        return refuse_close(self, self->exports);
+    }
+    if (self->exported_directly) {
+        /* ndarray(buffer=shr) keeps a reference to this handle and a
+         * pointer, but no export: keep the mapping until the handle
+         * itself is freed, so such an array never reads unmapped memory */
+        self->soft_closed = 1;
+        return 0;
     }
     stx_close(&self->seg);
     return 0;
@@ -294,6 +355,8 @@ Segment_dealloc(HandleObject *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     Py_CLEAR(self->buf);
+    Py_CLEAR(self->buf_view);
+    Py_CLEAR(self->escaped);
     if (self->seg.file != NULL) {
         stx_close(&self->seg);
     }
@@ -305,6 +368,8 @@ static int
 Segment_traverse(HandleObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->buf);
+    Py_VISIT(self->buf_view);
+    Py_VISIT(self->escaped);
     return 0;
 }
 
@@ -333,7 +398,7 @@ Segment_get_read_only(HandleObject *self, void *closure)
 static PyObject *
 Segment_get_closed(HandleObject *self, void *closure)
 {
-    return PyBool_FromLong(self->seg.file == NULL);
+    return PyBool_FromLong(self->seg.file == NULL || self->soft_closed);
 }
 
 static PyObject *

@@ -53,10 +53,64 @@ txn_wait(const char *name, stx_txn *txn, double timeout)
     return 0;
 }
 
+/*
+ * ThreadGuard -- one per thread that opened a txn object, kept in the
+ * thread state's dict.  CPython clears that dict when the thread ends
+ * (before join() returns), and the guard's destructor then ends whatever
+ * txns the thread left open: read txns stop counting, write txns roll
+ * back.  Nothing is left for a later thread to trip over.
+ */
+static void
+ThreadGuard_dealloc(PyObject *self)
+{
+    stx_thread_exit();
+    PyObject_Free(self);
+}
+
+PyTypeObject ThreadGuard_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmtxn._core.ThreadGuard",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Ends the transactions a thread leaves open when it ends.",
+    .tp_dealloc = ThreadGuard_dealloc,
+};
+
+#define GUARD_KEY "shmtxn.thread_guard"
+
+/* Make sure the calling thread has a ThreadGuard; -1 on error. */
+static int
+ensure_thread_guard(void)
+{
+    static _Thread_local PyThreadState *guarded;
+    PyThreadState *ts = PyThreadState_Get();
+    if (guarded == ts) {
+        return 0;
+    }
+    PyObject *dict = PyThreadState_GetDict(); /* borrowed */
+    if (dict == NULL) {
+        return 0; /* no thread state dict: nothing to hook */
+    }
+    PyObject *key = PyUnicode_InternFromString(GUARD_KEY);
+    int has = key ? PyDict_Contains(dict, key) : -1;
+    if (has == 0) {
+        PyObject *guard = PyObject_New(PyObject, &ThreadGuard_Type);
+        has = guard ? PyDict_SetItem(dict, key, guard) : -1;
+        Py_XDECREF(guard);
+    }
+    Py_XDECREF(key);
+    if (has < 0) {
+        return -1;
+    }
+    guarded = ts;
+    return 0;
+}
+
 int
 txn_open(HandleObject *mem, stx_txn *txn, int write, double timeout)
 {
-    if (handle_check_open(mem) < 0) {
+    if (handle_check_open(mem) < 0
+        || (txn->tracked && ensure_thread_guard() < 0)) {
         return -1;
     }
     int rc = stx_txn_init(txn, &mem->seg, write);
@@ -64,13 +118,7 @@ txn_open(HandleObject *mem, stx_txn *txn, int write, double timeout)
         raise_engine_error(rc, mem->seg.name);
         return -1;
     }
-    int *open_txns = handle_open_txns(mem);
-    ++*open_txns;
-    if (txn_wait(mem->seg.name, txn, timeout) == 0) {
-        return 0;
-    }
-    --*open_txns;
-    return -1;
+    return txn_wait(mem->seg.name, txn, timeout);
 }
 
 int
@@ -78,10 +126,7 @@ txn_close(HandleObject *mem, stx_txn *txn, int commit)
 {
     int rc = stx_txn_end(txn, commit);
     if (rc == STX_EFORKED) {
-        txn->state = STX_TXN_IDLE; /* the parent's: not counted here */
-    }
-    else if (txn->state == STX_TXN_IDLE) {
-        --*handle_open_txns(mem);
+        stx_txn_abandon(txn); /* the parent's: nothing of it is ours */
     }
     if (rc != 0) {
         raise_engine_error(rc, mem->seg.name);
@@ -97,7 +142,6 @@ txn_write_failed(HandleObject *mem, stx_txn *txn, int code)
                      || code == STX_EINVAL;
     if (!user_error && txn->state == STX_TXN_OPEN) {
         stx_txn_end(txn, 0); /* roll the whole txn back */
-        --*handle_open_txns(mem);
     }
     raise_engine_error(code, mem->seg.name);
     return -1;
@@ -137,6 +181,8 @@ txn_new(HandleObject *mem, int write, double timeout)
     }
     self->mem = (HandleObject *)Py_NewRef(mem);
     self->txn.state = STX_TXN_IDLE;
+    self->txn.tracked = 1;
+    self->txn.listed = 0;
     self->txn.logged = self->logged;
     self->write = write;
     self->entered = 0;
@@ -170,25 +216,51 @@ check_usable(TxnObject *self)
     return -1;
 }
 
-/* Invalidate the views this txn made; warn if any outlives it (what is
- * written through it afterwards is not transactional). */
-static void
-release_view(TxnObject *self)
+/* Release t.buf (names bound to it stop working).  Its View is handed to
+ * the handle if still referenced beyond this txn's list: numpy's
+ * ndarray(buffer=t.buf) keeps a pointer and a reference to it, no export,
+ * and close() must refuse while such an array lives.  1 if so. */
+static int
+end_buf(TxnObject *self)
 {
-    if (self->buf != NULL) {
-        PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
-        if (r == NULL) {
-            PyErr_Clear(); /* a slice of it is alive: counted below */
-        }
-        Py_XDECREF(r);
-        Py_CLEAR(self->buf);
+    if (self->buf == NULL) {
+        return 0;
     }
-    Py_ssize_t alive = 0;
+    PyObject *view = Py_XNewRef(PyMemoryView_GET_BASE(self->buf));
+    PyObject *r = PyObject_CallMethod(self->buf, "release", NULL);
+    if (r == NULL) {
+        PyErr_Clear(); /* a slice of it is alive: its export counts */
+    }
+    Py_XDECREF(r);
+    Py_CLEAR(self->buf);
+    int held = r != NULL && view != NULL && Py_REFCNT(view) > 2;
+    if (held && handle_escape_view(self->mem, view) < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(view);
+    return held;
+}
+
+/* End the views this txn made: t.buf, and every View nothing exports
+ * any more is invalidated.  The number still alive. */
+static Py_ssize_t
+end_views(TxnObject *self)
+{
+    Py_ssize_t alive = end_buf(self);
     Py_ssize_t n = self->views ? PyList_GET_SIZE(self->views) : 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         alive += view_end((ViewObject *)PyList_GET_ITEM(self->views, i));
     }
     Py_CLEAR(self->views);
+    return alive;
+}
+
+/* End the views at the end of the txn; warn if any outlives it (what is
+ * written through it afterwards is not transactional). */
+static void
+release_view(TxnObject *self)
+{
+    Py_ssize_t alive = end_views(self);
     if (alive > 0) {
         PyErr_WarnFormat(PyExc_ResourceWarning, 1, "%zd view(s) or array(s)"
                          " of segment '%s' outlive their transaction; what is"
@@ -256,13 +328,13 @@ static void
 Txn_dealloc(TxnObject *self)
 {
     PyObject_GC_UnTrack(self);
-    if (self->txn.state == STX_TXN_OPEN
-        && stx_txn_usable(&self->txn) == 0) {
-        release_view(self);
-        stx_txn_end(&self->txn, 0); /* never entered `with`: roll back */
-        --*handle_open_txns(self->mem);
+    PyObject *type, *value, *traceback; /* keep any pending exception */
+    PyErr_Fetch(&type, &value, &traceback);
+    end_views(self);
+    PyErr_Restore(type, value, traceback);
+    if (self->txn.state != STX_TXN_IDLE || self->txn.listed) {
+        stx_txn_abandon(&self->txn); /* dropped open: roll back */
     }
-    Py_CLEAR(self->buf);
     Py_CLEAR(self->views);
     Py_CLEAR(self->mem);
     if (txn_free_count < TXN_FREELIST) {
