@@ -153,6 +153,31 @@ lock_result(stx_segment *seg, int rc)
     }
 }
 
+/* Lock the writer mutex until `until` (CLOCK_MONOTONIC).  ThreadSanitizer
+ * does not intercept pthread_mutex_clocklock, so its builds use the
+ * realtime timedlock, which glibc implements by the same code. */
+static int
+clock_lock(pthread_mutex_t *m, const struct timespec *until)
+{
+#if defined(__SANITIZE_THREAD__)
+    struct timespec real;
+    clock_gettime(CLOCK_REALTIME, &real);
+    if (until->tv_sec != 0 || until->tv_nsec != 0) {
+        uint64_t now = mono_ns(), end = (uint64_t)until->tv_sec * 1000000000ull
+                                        + (uint64_t)until->tv_nsec;
+        uint64_t left = end > now ? end - now : 0;
+        real = to_timespec((uint64_t)real.tv_sec * 1000000000ull
+                           + (uint64_t)real.tv_nsec + left);
+    }
+    else {
+        real = *until; /* the epoch: already past */
+    }
+    return pthread_mutex_timedlock(m, &real);
+#else
+    return pthread_mutex_clocklock(m, CLOCK_MONOTONIC, until);
+#endif
+}
+
 /* Try the writer mutex once without sleeping.  A clock lock with a
  * deadline in the past, not trylock: on a mutex that is not recoverable,
  * glibc's trylock leaves the lock word holding the caller's thread id,
@@ -161,9 +186,7 @@ static int
 try_writer(stx_segment *seg)
 {
     static const struct timespec past = {0, 0};
-    return lock_result(seg, pthread_mutex_clocklock(
-                                &seg->hdr->writer_mutex, CLOCK_MONOTONIC,
-                                &past));
+    return lock_result(seg, clock_lock(&seg->hdr->writer_mutex, &past));
 }
 
 /* 1 if the writer mutex is held by a thread that no longer exists and the
@@ -210,9 +233,7 @@ lock_writer(stx_segment *seg, uint64_t slice_ns)
     }
     if (rc == STX_EAGAIN && slice_ns > 0) {
         struct timespec until = to_timespec(mono_ns() + slice_ns);
-        rc = lock_result(seg, pthread_mutex_clocklock(
-                                  &seg->hdr->writer_mutex, CLOCK_MONOTONIC,
-                                  &until));
+        rc = lock_result(seg, clock_lock(&seg->hdr->writer_mutex, &until));
         if (rc == STX_EAGAIN && !stx_mutex_plausible(
                                     &seg->hdr->writer_mutex)) {
             rc = stx_mark_unrecoverable(seg, STX_BROKEN_MUTEX);
@@ -371,7 +392,9 @@ enter_reader(stx_segment *seg, uint64_t slice_ns, int32_t *index)
         if (rc == 0) {
             /* we hold the mutex, so no writer is inside: a raised flag
              * is left over (overwritten, or from a foreign build) */
-            atomic_store(&hdr->writer_flag, 0);
+            if (atomic_load(&hdr->writer_flag) != 0) {
+                atomic_store(&hdr->writer_flag, 0);
+            }
             pthread_mutex_unlock(&hdr->writer_mutex);
         }
     }

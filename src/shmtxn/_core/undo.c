@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 
 #include "engine.h"
+#include "seqlock.h"
 
 #define RECORD_OVERHEAD (sizeof(stx_undo_record) + sizeof(uint64_t))
 
@@ -133,7 +134,7 @@ stx_undo_rollback(stx_segment *seg)
     }
     while (end > 0) {
         const stx_undo_record *rec = record_before(seg, end);
-        memcpy(seg->data + rec->offset, rec + 1, rec->length);
+        stx_store_relaxed(seg->data + rec->offset, rec + 1, rec->length);
         end -= record_size(rec);
     }
     atomic_store_explicit(&seg->hdr->undo_used, 0, memory_order_release);
@@ -253,7 +254,7 @@ stx_write(stx_txn *txn, uint64_t offset, const void *src, uint64_t length)
         __atomic_store_n((uint64_t *)dst, v, __ATOMIC_RELAXED);
     }
     else {
-        memcpy(dst, src, length);
+        stx_store_relaxed(dst, src, length);
     }
     return 0;
 }
@@ -285,7 +286,8 @@ stx_write_fresh(stx_txn *txn, uint64_t offset, const void *src,
     if (dst == NULL) {
         return txn->write ? STX_ERANGE : STX_EREADONLY;
     }
-    memcpy(dst, src, length);
+    stx_store_relaxed(dst, src, length); /* readers of a stale table may
+                                            look at a reused block */
     return 0;
 }
 
