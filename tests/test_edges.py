@@ -438,3 +438,22 @@ def test_a_forked_child_is_listed_before_its_first_txn(name):
             conn.send("go")
             p.join()
         assert p.pid not in shr.info()["beacons"]
+
+
+def test_a_thread_that_ends_inside_a_dict_txn_rolls_it_back(name):
+    kept = []
+
+    def body():
+        t = d.txn()
+        t.__enter__()
+        t["k"] = "uncommitted"
+        kept.append(t)
+
+    with shmtxn.SharedDict(name, create=True, size=1 << 20) as d:
+        d["k"] = "committed"
+        in_thread(body)
+        assert d["k"] == "committed"
+        with d.txn(timeout=5) as t:
+            t["n"] = 1
+        d.verify()
+    assert d.closed
