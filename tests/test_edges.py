@@ -8,6 +8,7 @@ so a regression fails the test instead of wedging the suite."""
 import multiprocessing
 import os
 import queue
+import select
 import signal
 import struct
 import subprocess
@@ -457,3 +458,41 @@ def test_a_thread_that_ends_inside_a_dict_txn_rolls_it_back(name):
             t["n"] = 1
         d.verify()
     assert d.closed
+
+
+# ---- gc and rm never remove what a live process maps --------------------
+
+def parent_of_a_lock_free_reader(name, conn):
+    """Attach, fork a child that only reads lock-free, then close and exit
+    (the child keeps reading until told to stop)."""
+    shr = SharedMemory(name)
+    pid = os.fork()
+    if pid == 0:
+        conn.send(os.getpid())
+        while not conn.poll():
+            shr[0]
+        os._exit(0)
+    shr.close()
+
+
+def test_gc_and_rm_spare_a_segment_a_forked_reader_still_maps(name):
+    SharedMemory(name, create=True, size=80).close()  # we hold nothing
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=parent_of_a_lock_free_reader, args=(name, child))
+    p.start()
+    reader = parent.recv()
+    gone = os.pidfd_open(reader)  # not our child: wait on a pidfd
+    p.join()  # its parent closed its handle and exited
+    try:
+        [info] = shmtxn.list_segments(prefix=name)
+        assert reader in info["attached"] and not info["orphaned"]
+        assert shmtxn.admin.gc(prefix=name) == []
+        with pytest.raises(shmtxn.admin.SegmentInUseError):
+            shmtxn.admin.remove(name)
+        assert os.path.exists(f"/dev/shm/{name}")
+    finally:
+        parent.send("stop")
+        select.select([gone], [], [], 60)  # readable once it has exited
+        os.close(gone)
+    [removed] = shmtxn.admin.gc(prefix=name)
+    assert removed["name"] == name and removed["removed"]
