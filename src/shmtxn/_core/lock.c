@@ -189,11 +189,18 @@ try_writer(stx_segment *seg)
     return lock_result(seg, clock_lock(&seg->hdr->writer_mutex, &past));
 }
 
+/* The lock word that looked abandoned on this thread's previous wait
+ * slice, and the segment it was seen in. */
+static _Thread_local uint32_t suspect_word;
+static _Thread_local const void *suspect_at;
+
 /* 1 if the writer mutex is held by a thread that no longer exists and the
  * kernel did not mark it dead: the lock word was overwritten.  The kernel
- * marks a robust mutex OWNER_DIED before its owner's task disappears, so a
- * word that still names a vanished task after we looked is never handed
- * back. */
+ * marks a robust mutex OWNER_DIED before its owner's task disappears, so
+ * a word that names a vanished task, unchanged across two wait slices,
+ * with no live writer recorded, is never handed back.  (Two slices: a
+ * writer records its pid right after it locks, and a writer in another
+ * pid namespace, invisible to kill(), is seen by its beacon then.) */
 static int
 owner_vanished(const stx_segment *seg)
 {
@@ -202,20 +209,23 @@ owner_vanished(const stx_segment *seg)
         (const _Atomic uint32_t *)&seg->hdr->writer_mutex.__data.__lock;
     uint32_t seen = atomic_load(word);
     pid_t tid = (pid_t)(seen & FUTEX_TID_MASK);
-    if (tid == 0 || (seen & FUTEX_OWNER_DIED) != 0) {
-        return 0;
-    }
-    if (kill(tid, 0) == 0 || errno != ESRCH) {
-        return 0;
-    }
-    /* a writer in another pid namespace is not visible to kill(), but its
-     * liveness beacon is */
     int32_t writer = atomic_load(&seg->hdr->writer_pid);
-    if (writer != 0 && stx_pid_alive(seg->file, writer)) {
+    if (tid == 0 || (seen & FUTEX_OWNER_DIED) != 0
+        || kill(tid, 0) == 0 || errno != ESRCH
+        || (writer != 0 && stx_pid_alive(seg->file, writer))
+        || atomic_load(word) != seen) {
+        suspect_at = NULL;
         return 0;
     }
-    return atomic_load(word) == seen;
+    if (suspect_at != seg->hdr || suspect_word != seen) {
+        suspect_at = seg->hdr; /* seen once: look again next slice */
+        suspect_word = seen;
+        return 0;
+    }
+    suspect_at = NULL;
+    return 1;
 #else
+    (void)seg;
     return 0;
 #endif
 }
