@@ -28,6 +28,8 @@
 /* Classes 0..SMALL_CLASSES-1 are 32, 48, ..., 256 bytes. */
 #define SMALL_CLASSES 15u
 #define SMALL_MAX 256u
+/* The smallest block: a header and 16 bytes (class 0). */
+#define MIN_BLOCK 32u
 /* The least the heap's reservation grows by at a time. */
 #define RESERVE_STEP (1ull << 20)
 
@@ -196,30 +198,35 @@ bump(stx_dict_txn *dt, uint64_t size, uint64_t *offset)
     return rc;
 }
 
-/* The largest class size that leaves 0 or a whole block of `bytes`. */
+/* The largest class size that leaves 0 or a whole block of `bytes`, which
+ * must be a multiple of STX_BLOCK_ALIGN and at least MIN_BLOCK (no class
+ * holds less: a smaller rest cannot become a block). */
 static uint64_t
 largest_piece(uint64_t bytes)
 {
     uint32_t c = stx_class_of(bytes);
     c = c < STX_DICT_CLASSES ? c : STX_DICT_CLASSES - 1;
-    for (;; c--) {
+    for (; c > 0; c--) {
         uint64_t size = stx_class_size(c);
-        if (size <= bytes && (size == bytes || bytes - size >= 32)) {
+        if (size == bytes || (size < bytes && bytes - size >= MIN_BLOCK)) {
             return size;
         }
     }
+    return stx_class_size(0);
 }
 
 /* Shrink the free block just popped at `offset` from `size` to `keep`
- * bytes, and put the rest on the free lists as class-sized blocks.  Its
- * header is logged (a rollback puts it back on its list whole); the rest
- * was free space, which no committed state references. */
+ * bytes (size - keep is 0 or at least MIN_BLOCK), and put the rest on
+ * the free lists as class-sized blocks.  Its header is logged (a rollback
+ * puts it back on its list whole); the rest was free space, which no
+ * committed state references. */
 static int
 split_block(stx_dict_txn *dt, uint64_t offset, uint64_t size, uint64_t keep)
 {
     stx_segment *seg = dt->txn->seg;
     stx_dict_header *dh = dict_header(seg);
-    int rc = stx_write(dt->txn, offset, &keep, sizeof(keep));
+    int rc = size == keep ? 0 : stx_write(dt->txn, offset, &keep,
+                                          sizeof(keep));
     for (uint64_t at = offset + keep; rc == 0 && at < offset + size;) {
         uint64_t piece = largest_piece(offset + size - at);
         uint32_t c = stx_class_of(piece);
@@ -231,6 +238,14 @@ split_block(stx_dict_txn *dt, uint64_t offset, uint64_t size, uint64_t keep)
         at += piece;
     }
     return rc;
+}
+
+/* The block size to hand out of a free `size`-byte block for a `want`-byte
+ * class: `want`, or all of it when the rest could not be a block. */
+static uint64_t
+keep_of(uint64_t size, uint64_t want)
+{
+    return size - want < MIN_BLOCK ? size : want;
 }
 
 /* SegmentFullError's sentence: the numbers and the way out. */
@@ -266,8 +281,9 @@ stx_heap_alloc(stx_dict_txn *dt, uint64_t bytes, uint64_t *offset)
          k++) {
         rc = pop_free(dt, k, offset);
         if (rc == 0) {
-            rc = split_block(dt, *offset, stx_class_size(k),
-                             stx_class_size(c));
+            uint64_t size = stx_class_size(k);
+            rc = split_block(dt, *offset, size,
+                             keep_of(size, stx_class_size(c)));
         }
     }
     if (rc == STX_ENOENT) {
