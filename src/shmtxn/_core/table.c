@@ -369,6 +369,16 @@ rebuild(stx_dict_txn *dt, const table_view *t, uint64_t want, int keep)
     return 0;
 }
 
+/* 1 if a record of `need` bytes may stay in its `size`-byte block: the
+ * allocator would hand out that block size for it (its class, or one 16
+ * bytes larger when a split would leave less than a block). */
+static int
+fits_in_place(uint64_t need, uint64_t size)
+{
+    return need <= size
+           && size - stx_class_size(stx_class_of(need)) < STX_BLOCK_ALIGN * 2;
+}
+
 /* Replace the value of the found record: in place when the new record
  * needs the same block size, else in a new block. */
 static int
@@ -381,7 +391,7 @@ replace(stx_dict_txn *dt, const table_view *t, const stx_found *f,
     if (size == 0) {
         return STX_ECORRUPT;
     }
-    if (need <= size && stx_class_of(need) == stx_class_of(size)) {
+    if (fits_in_place(need, size)) {
         uint64_t from = f->record + sizeof(stx_block);
         int rc = stx_undo_prepare(dt->txn, from, need - sizeof(stx_block));
         if (rc == 0) {
