@@ -87,7 +87,6 @@ dict_header(const stx_segment *seg)
 uint64_t
 stx_block_size(const stx_segment *seg, uint64_t offset, uint64_t top)
 {
-    const stx_block *b = (const stx_block *)(seg->data + offset);
     if (offset % STX_BLOCK_ALIGN != 0 || offset < sizeof(stx_dict_header)
         || top > seg->data_size || offset >= top
         || top - offset < sizeof(stx_block)) {
@@ -96,6 +95,7 @@ stx_block_size(const stx_segment *seg, uint64_t offset, uint64_t top)
                  (unsigned long long)offset, (unsigned long long)top);
         return 0;
     }
+    const stx_block *b = (const stx_block *)(seg->data + offset);
     uint64_t size = __atomic_load_n(&b->size, __ATOMIC_RELAXED);
     if (size < 32 || size % STX_BLOCK_ALIGN != 0 || size > top - offset) {
         stx_fail(STX_ECORRUPT, "dict segment '%s' is corrupt: the block at "
