@@ -377,3 +377,29 @@ def test_torn_read_never_sizes_an_allocation(name):
         assert peak < torn // 4, f"a torn length sized a {peak}-byte read"
         assert d["k"] == b"s"
         d.verify()
+
+
+# ---- damaged allocator state is an error ----
+
+@pytest.mark.parametrize("head", [1 << 63, (1 << 64) - 16, 1 << 40, 48])
+def test_wild_free_list_head_is_corrupt(name, head):
+    """A free-list head far outside the heap: CorruptSegmentError from
+    verify() and from an allocation that reaches it (no pointer is formed
+    from it first: UBSan's pointer-overflow check in the sanitizer run)."""
+    with SharedDict(name, create=True, size=1 << 16) as d:
+        d["a"] = b"x" * 100
+        d["keep"] = 1
+        del d["a"]  # below the top: on its class list, to be damaged
+        data = d.info()["data_off"]
+        heads = data + HEAP_OFF - 176 * 8
+        with open(f"/dev/shm/{name}", "r+b") as f:
+            mm = mmap.mmap(f.fileno(), 0)
+            c = next(c for c in range(176)
+                     if struct.unpack_from("<Q", mm, heads + 8 * c)[0])
+            struct.pack_into("<Q", mm, heads + 8 * c, head)
+            mm.close()
+        with pytest.raises(shmtxn.CorruptSegmentError):
+            d.verify()
+        with pytest.raises(shmtxn.CorruptSegmentError):
+            d["b"] = b"y" * 100
+        assert "b" not in d
