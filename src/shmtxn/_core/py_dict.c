@@ -233,6 +233,11 @@ seqlock_lookup(DictObject *self, const stx_key *k, int want_value,
         stx_found f;
         int pickled = 0;
         int rc = stx_dict_lookup(seg, k, &f);
+        /* the record's tag and length must be committed ones before they
+         * size an allocation: check, decode, then check the bytes again */
+        if (!stx_seq_still(seg, seq)) {
+            continue;
+        }
         PyObject *v = rc != 0 ? NULL
                       : want_value ? value_decode(f.value_tag, f.value,
                                                   f.value_len, &pickled)

@@ -13,6 +13,7 @@
  * moment: a torn read yields STX_ECORRUPT or a wrong answer, which the
  * caller discards when `seq` moved.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
@@ -368,6 +369,16 @@ rebuild(stx_dict_txn *dt, const table_view *t, uint64_t want, int keep)
     return 0;
 }
 
+/* 1 if a record of `need` bytes may stay in its `size`-byte block: the
+ * allocator would hand out that block size for it (its class, or one 16
+ * bytes larger when a split would leave less than a block). */
+static int
+fits_in_place(uint64_t need, uint64_t size)
+{
+    return need <= size
+           && size - stx_class_size(stx_class_of(need)) < STX_BLOCK_ALIGN * 2;
+}
+
 /* Replace the value of the found record: in place when the new record
  * needs the same block size, else in a new block. */
 static int
@@ -380,7 +391,7 @@ replace(stx_dict_txn *dt, const table_view *t, const stx_found *f,
     if (size == 0) {
         return STX_ECORRUPT;
     }
-    if (need <= size && stx_class_of(need) == stx_class_of(size)) {
+    if (fits_in_place(need, size)) {
         uint64_t from = f->record + sizeof(stx_block);
         int rc = stx_undo_prepare(dt->txn, from, need - sizeof(stx_block));
         if (rc == 0) {
@@ -599,6 +610,27 @@ stx_dict_format(stx_segment *seg, uint64_t reserved)
     return 0;
 }
 
+/* Check every index slot: empty, deleted, or naming a live entry; as
+ * many name entries as the dict has keys. */
+static int
+verify_index(const stx_segment *seg, const table_view *t)
+{
+    uint64_t named = 0;
+    for (uint64_t i = 0; i < t->index_cap; i++) {
+        uint32_t ix = t->index[i];
+        if (ix == STX_INDEX_EMPTY || ix == STX_INDEX_DELETED) {
+            continue;
+        }
+        if ((uint64_t)ix - 1 >= t->entries_used
+            || t->entries[ix - 1].record == 0) {
+            return corrupt(seg, "an index slot names no live entry");
+        }
+        named++;
+    }
+    return named == t->count ? 0 : corrupt(seg, "its index and count "
+                                           "disagree");
+}
+
 /* Check every live entry: a valid record, the stored hash matches the
  * key, and probing finds it. */
 static int
@@ -630,25 +662,154 @@ verify_entries(const stx_segment *seg, const table_view *t)
     return live == t->count ? 0 : corrupt(seg, "its count is wrong");
 }
 
-/* Walk every free list: valid blocks of the list's class, no cycles. */
+/*
+ * The heap as verify_heap() sees it.  Blocks tile [heap_off, heap_top)
+ * with no gap; every block is claimed exactly once, by the table (index,
+ * entries, records) or by a free list.  One bit per STX_BLOCK_ALIGN bytes
+ * marks where blocks start, another which are claimed.
+ */
+typedef struct heap_map {
+    uint64_t *starts;
+    uint64_t *claimed;
+    uint64_t blocks;         /* blocks in the tiling */
+    uint64_t nclaimed;
+    uint64_t live;           /* bytes claimed by the table */
+    uint64_t free;           /* bytes claimed by free lists */
+} heap_map;
+
+/* 1 if bit `i` of `bits` is set. */
 static int
-verify_free_lists(const stx_segment *seg, const table_view *t)
+bit_get(const uint64_t *bits, uint64_t i)
+{
+    return (bits[i / 64] >> (i % 64)) & 1u;
+}
+
+/* Set bit `i` of `bits`. */
+static void
+bit_set(uint64_t *bits, uint64_t i)
+{
+    bits[i / 64] |= 1ull << (i % 64);
+}
+
+/* Walk the blocks from heap_off to `top`: each a valid block of a class
+ * size; mark where each starts. */
+static int
+map_blocks(const stx_segment *seg, uint64_t top, heap_map *m)
+{
+    uint64_t at = sizeof(stx_dict_header);
+    while (at < top) {
+        uint64_t size = stx_block_size(seg, at, top);
+        if (size == 0) {
+            return STX_ECORRUPT;
+        }
+        if (stx_class_size(stx_class_of(size)) != size) {
+            return corrupt(seg, "a heap block has no class size");
+        }
+        bit_set(m->starts, at / STX_BLOCK_ALIGN);
+        m->blocks++;
+        at += size;
+    }
+    return 0;
+}
+
+/* Claim the block at `offset` for one owner: it must start a block of at
+ * least `need` bytes and be unclaimed.  *size is its size. */
+static int
+claim(const stx_segment *seg, heap_map *m, uint64_t offset, uint64_t top,
+      uint64_t need, uint64_t *size)
+{
+    *size = stx_block_size(seg, offset, top);
+    if (*size == 0) {
+        return STX_ECORRUPT;
+    }
+    uint64_t i = offset / STX_BLOCK_ALIGN;
+    if (!bit_get(m->starts, i) || bit_get(m->claimed, i) || *size < need) {
+        return corrupt(seg, "a heap block is shared, misplaced or too "
+                       "small");
+    }
+    bit_set(m->claimed, i);
+    m->nclaimed++;
+    return 0;
+}
+
+/* Claim the table's blocks: index, entries and every live record. */
+static int
+claim_table(const stx_segment *seg, const table_view *t, heap_map *m)
+{
+    uint64_t size;
+    int rc = claim(seg, m, t->index_off - sizeof(stx_block), t->top,
+                   sizeof(stx_block) + t->index_cap * sizeof(uint32_t),
+                   &size);
+    m->live += rc == 0 ? size : 0;
+    if (rc == 0) {
+        rc = claim(seg, m, t->entries_off - sizeof(stx_block), t->top,
+                   sizeof(stx_block) + t->entries_cap
+                   * sizeof(stx_dict_entry), &size);
+        m->live += rc == 0 ? size : 0;
+    }
+    for (uint64_t e = 0; rc == 0 && e < t->entries_used; e++) {
+        uint64_t record = t->entries[e].record;
+        if (record != 0) {
+            rc = claim(seg, m, record, t->top, sizeof(stx_record), &size);
+            m->live += rc == 0 ? size : 0;
+        }
+    }
+    return rc;
+}
+
+/* Claim every free list's blocks: each of its list's class (a cycle or a
+ * block on two lists claims a block twice). */
+static int
+claim_free_lists(const stx_segment *seg, const table_view *t, heap_map *m)
 {
     const stx_dict_header *dh = (const stx_dict_header *)seg->data;
-    uint64_t bound = t->top / 32 + 1, total = 0;
     for (uint32_t c = 0; c < STX_DICT_CLASSES; c++) {
-        uint64_t n = 0;
-        for (uint64_t b = dh->free_heads[c]; b != 0; n++) {
-            uint64_t size = stx_block_size(seg, b, t->top);
-            if (size == 0 || size != stx_class_size(c) || n > bound) {
+        for (uint64_t b = dh->free_heads[c]; b != 0;) {
+            uint64_t size;
+            if (claim(seg, m, b, t->top, 0, &size) != 0
+                || size != stx_class_size(c)) {
                 return corrupt(seg, "a free list is broken");
             }
-            total += size;
+            m->free += size;
             b = ((const stx_block *)(seg->data + b))->next_free;
         }
     }
-    return total == dh->free_bytes ? 0
-                                   : corrupt(seg, "its free bytes are wrong");
+    return 0;
+}
+
+/* Check the heap: blocks tile it, each claimed once, and the byte counts
+ * of the dict header are those of the blocks. */
+static int
+verify_heap(const stx_segment *seg, const table_view *t)
+{
+    const stx_dict_header *dh = (const stx_dict_header *)seg->data;
+    if (dh->heap_off != sizeof(stx_dict_header)
+        || t->top < dh->heap_off || t->top % STX_BLOCK_ALIGN != 0) {
+        return corrupt(seg, "its heap bounds are impossible");
+    }
+    uint64_t words = t->top / STX_BLOCK_ALIGN / 64 + 1;
+    heap_map m = {.starts = calloc(words, sizeof(uint64_t)),
+                  .claimed = calloc(words, sizeof(uint64_t))};
+    int rc = m.starts && m.claimed ? 0 : stx_fail(STX_ENOMEM, "out of "
+                                                  "memory");
+    if (rc == 0) {
+        rc = map_blocks(seg, t->top, &m);
+    }
+    if (rc == 0) {
+        rc = claim_table(seg, t, &m);
+    }
+    if (rc == 0) {
+        rc = claim_free_lists(seg, t, &m);
+    }
+    free(m.starts);
+    free(m.claimed);
+    if (rc == 0 && m.nclaimed != m.blocks) {
+        rc = corrupt(seg, "a heap block is neither used nor free");
+    }
+    if (rc == 0 && (m.live != dh->live_bytes || m.free != dh->free_bytes)) {
+        rc = corrupt(seg, "its live or free byte counts are wrong");
+    }
+    return rc;
 }
 
 int
@@ -657,7 +818,10 @@ stx_dict_verify(const stx_segment *seg)
     table_view t;
     int rc = load_table(seg, &t);
     if (rc == 0) {
+        rc = verify_index(seg, &t);
+    }
+    if (rc == 0) {
         rc = verify_entries(seg, &t);
     }
-    return rc == 0 ? verify_free_lists(seg, &t) : rc;
+    return rc == 0 ? verify_heap(seg, &t) : rc;
 }
