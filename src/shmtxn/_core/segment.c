@@ -832,6 +832,23 @@ stx_mutex_plausible(const pthread_mutex_t *m)
 #endif
 }
 
+/* 1 if the format field is a short printable ASCII string (a struct code
+ * or a dtype name), NUL terminated. */
+static int
+format_plausible(const stx_header *hdr)
+{
+    const char *end = memchr(hdr->format, 0, sizeof(hdr->format));
+    if (end == NULL) {
+        return 0;
+    }
+    for (const char *c = hdr->format; c < end; c++) {
+        if (*c < 0x21 || *c > 0x7e) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Check every immutable header field against the file's real size. */
 static int
 header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
@@ -868,7 +885,7 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
         || (hdr->layout_kind != STX_LAYOUT_SLOTS
             && hdr->layout_kind != STX_LAYOUT_DICT)
         || hdr->itemsize == 0 || hdr->data_size % hdr->itemsize != 0
-        || memchr(hdr->format, 0, sizeof(hdr->format)) == NULL) {
+        || !format_plausible(hdr)) {
         return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header"
                         " geometry is impossible", name);
     }
