@@ -496,3 +496,78 @@ def test_gc_and_rm_spare_a_segment_a_forked_reader_still_maps(name):
         os.close(gone)
     [removed] = shmtxn.admin.gc(prefix=name)
     assert removed["name"] == name and removed["removed"]
+
+
+def test_a_write_txn_dropped_by_another_thread_ends_with_its_thread(name):
+    box, entered, leave = [], threading.Event(), threading.Event()
+
+    def body():
+        t = shr.txn()
+        t.__enter__()
+        t[0] = 99
+        box.append(t)
+        del t
+        entered.set()
+        leave.wait(60)
+
+    shr = SharedMemory(name, create=True, size=80)
+    th = threading.Thread(target=body, daemon=True)
+    th.start()
+    entered.wait()
+    box.clear()  # dropped here: only its own thread may unlock it
+    try:
+        with pytest.raises(shmtxn.Error, match="transaction"):
+            shr.close()  # it still holds the lock
+    finally:
+        leave.set()
+        th.join()
+    assert shr[0] == 0  # rolled back as its thread ended
+    with shr.txn(timeout=5) as t:
+        t[1] = 1
+    shr.close()
+    shr.unlink()
+
+
+def test_arrays_over_a_txn_or_a_released_buf_never_read_unmapped(name):
+    out = run_python(f"""
+import numpy as np, shmtxn
+from shmtxn import SharedMemory
+shr = SharedMemory({name!r}, create=True, size=80)
+shr[0] = 4
+with shr.txn() as t:
+    a = np.ndarray((10,), dtype='q', buffer=t)  # holds the txn object
+b = np.ndarray((10,), dtype='q', buffer=shr.buf)
+shr.buf.release()  # the user releases shr.buf: b still points in
+try:
+    shr.close()
+except shmtxn.BufferExportsError:
+    print("refused")
+del b
+shr.close()  # a keeps the mapping alive through its txn object
+shr.unlink()
+print(a[0], shr.closed)
+""")
+    assert out.split() == ["refused", "4", "True"]
+
+
+def test_a_priority_protect_mutex_kind_is_corrupt_not_an_abort(name):
+    with SharedMemory(name, create=True, size=80) as shr:
+        shr[0] = 1
+        poke(name, MUTEX_WORD + 16, "i", 0xc0)  # PTHREAD_PRIO_PROTECT|pshared
+        with pytest.raises(shmtxn.CorruptSegmentError, match="writer lock"):
+            shr[0] = 2
+
+
+def test_a_handle_whose_buf_was_taken_is_collected(name):
+    import gc
+    import weakref
+    shr = SharedMemory(name, create=True, size=80)
+    shr.buf[0] = 1
+    other = SharedMemory(name)
+    other.buf[1] = 2
+    ref = weakref.ref(other)
+    del other
+    gc.collect()
+    assert ref() is None  # its View no longer keeps it alive
+    shr.close()
+    shr.unlink()

@@ -258,10 +258,15 @@ int stx_txn_end(stx_txn *txn, int commit);
 /* Check that `txn` may be used now (open, same process generation). */
 int stx_txn_usable(const stx_txn *txn);
 /* End `txn` from whatever thread drops it (a destructor): a read txn is
- * released, a write txn of the calling thread rolled back.  A write txn
- * of another, live thread cannot be unlocked here: it stays open until
- * that thread ends (STX_EINVAL says so).  Always takes it off the list. */
+ * released, a write txn of the calling thread rolled back, and 0 returned.
+ * A listed write txn of another thread cannot be unlocked here: 1 says it
+ * stays open until that thread ends -- move it (stx_txn_move) to memory
+ * that lives until then, so close() still counts it and the thread's
+ * stx_thread_exit() still rolls it back. */
 int stx_txn_abandon(stx_txn *txn);
+/* Move a listed txn to `to` (its list entry follows); `from` is left
+ * ended and unlisted. */
+void stx_txn_move(stx_txn *to, stx_txn *from);
 /* End every tracked txn the calling thread still has open (rolled back):
  * call it when a thread ends.  Returns how many it ended. */
 int stx_thread_exit(void);

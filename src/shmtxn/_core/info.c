@@ -57,11 +57,12 @@ beacon_list(stx_segment *seg)
     return list;
 }
 
-/* "" or why the segment was marked unusable. */
-static const char *
+/* "" or why the segment was marked unusable, as a new str. */
+static PyObject *
 unrecoverable_reason(stx_segment *seg)
 {
-    return stx_check_recoverable(seg) == 0 ? "" : stx_detail();
+    return PyUnicode_FromString(stx_check_recoverable(seg) == 0
+                                ? "" : stx_detail());
 }
 
 /* "free", "held" (by a live writer) or "dead" (awaiting recovery). */
@@ -115,18 +116,24 @@ segment_info(stx_segment *seg)
     stx_header *h = seg->hdr;
     int32_t holder = atomic_load(&h->writer_pid);
     int undo_rc = stx_undo_validate(seg);
+    PyObject *undo_problem = PyUnicode_FromString(undo_rc == 0 ? ""
+                                                  : stx_detail());
+    PyObject *unusable = unrecoverable_reason(seg); /* after: one buffer */
     PyObject *processes = process_list(seg);
     PyObject *shape = shape_tuple(h);
     PyObject *beacons = beacon_list(seg);
-    if (processes == NULL || shape == NULL || beacons == NULL) {
+    if (processes == NULL || shape == NULL || beacons == NULL
+        || undo_problem == NULL || unusable == NULL) {
         Py_XDECREF(processes);
         Py_XDECREF(shape);
         Py_XDECREF(beacons);
+        Py_XDECREF(undo_problem);
+        Py_XDECREF(unusable);
         return NULL;
     }
     PyObject *info = Py_BuildValue(
-        "{s:s,s:s,s:I,s:s,s:s,s:I,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:s,"
-        "s:I,s:i,s:O,s:s,s:i,s:K,s:K,s:K,s:K,s:K,s:N,s:N,s:s}",
+        "{s:s,s:s,s:I,s:s,s:s,s:I,s:N,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:N,"
+        "s:I,s:i,s:O,s:s,s:i,s:K,s:K,s:K,s:K,s:K,s:N,s:N,s:N}",
         "name", seg->name, "state", "ready", "format_version", h->version,
         "layout", layout_name(h->layout_kind), "format", h->format,
         "itemsize", h->itemsize, "shape", shape,
@@ -137,7 +144,7 @@ segment_info(stx_segment *seg)
         "undo_size", (unsigned long long)h->undo_size,
         "undo_used", (unsigned long long)atomic_load(&h->undo_used),
         "undo_valid", undo_rc == 0 ? Py_True : Py_False,
-        "undo_problem", undo_rc == 0 ? "" : stx_detail(),
+        "undo_problem", undo_problem,
         "max_processes", h->nslots, "creator_pid", h->creator_pid,
         "creator_alive",
         stx_pid_alive(seg->file, h->creator_pid) ? Py_True : Py_False,
@@ -148,7 +155,7 @@ segment_info(stx_segment *seg)
         "created_ns", (unsigned long long)h->created_ns,
         "modified_ns", (unsigned long long)atomic_load(&h->modified_ns),
         "processes", processes, "beacons", beacons,
-        "unrecoverable", unrecoverable_reason(seg));
+        "unrecoverable", unusable);
     if (info != NULL && add_dict_stats(seg, info) < 0) {
         Py_CLEAR(info);
     }

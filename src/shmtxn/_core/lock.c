@@ -129,7 +129,8 @@ lock_result(stx_segment *seg, int rc)
         if (rc != 0) {
             /* flag first: then unlock without consistent, which makes the
              * mutex ENOTRECOVERABLE for everyone */
-            stx_mark_unrecoverable(seg, STX_BROKEN_ROLLBACK);
+            rc = stx_mark_unrecoverable(seg, STX_BROKEN_ROLLBACK);
+            atomic_store(&seg->hdr->writer_pid, 0);
             pthread_mutex_unlock(m);
             return rc;
         }
@@ -230,10 +231,15 @@ owner_vanished(const stx_segment *seg)
 #endif
 }
 
-/* Take the writer mutex: spin briefly, then sleep up to `slice_ns`. */
+/* Take the writer mutex: spin briefly, then sleep up to `slice_ns`.  The
+ * mutex's kind is checked first: glibc aborts the process on some kinds
+ * (priority protection) before it could return an error. */
 static int
 lock_writer(stx_segment *seg, uint64_t slice_ns)
 {
+    if (!stx_mutex_plausible(&seg->hdr->writer_mutex)) {
+        return stx_mark_unrecoverable(seg, STX_BROKEN_MUTEX);
+    }
     int rc = try_writer(seg);
     for (int i = 0; rc == STX_EAGAIN && i < SPIN_TRIES; i++) {
         cpu_relax();
@@ -244,11 +250,7 @@ lock_writer(stx_segment *seg, uint64_t slice_ns)
     if (rc == STX_EAGAIN && slice_ns > 0) {
         struct timespec until = to_timespec(mono_ns() + slice_ns);
         rc = lock_result(seg, clock_lock(&seg->hdr->writer_mutex, &until));
-        if (rc == STX_EAGAIN && !stx_mutex_plausible(
-                                    &seg->hdr->writer_mutex)) {
-            rc = stx_mark_unrecoverable(seg, STX_BROKEN_MUTEX);
-        }
-        else if (rc == STX_EAGAIN && owner_vanished(seg)) {
+        if (rc == STX_EAGAIN && owner_vanished(seg)) {
             rc = stx_mark_unrecoverable(seg, STX_BROKEN_DEAD_OWNER);
         }
     }
@@ -702,18 +704,13 @@ stx_txn_abandon(stx_txn *txn)
     }
     if (txn->state == STX_TXN_OPEN && txn->fork_gen == stx_fork_gen
         && txn->seg->file != NULL) {
-        if (!txn->write || txn->thread == stx_thread_id()) {
-            rc = finish_txn(txn, 0);
-        }
-        else {
+        if (txn->write && txn->thread != stx_thread_id() && txn->listed) {
             /* only its own thread may unlock the writer mutex: the txn
-             * stays locked until that thread ends, and is then rolled
-             * back like any dead writer's */
-            rc = stx_fail(STX_EINVAL, "a write transaction on '%s' was "
-                          "dropped by another thread than the one that "
-                          "opened it; it stays open until that thread ends",
-                          txn->seg->name);
+             * stays open (and listed) until that thread ends */
+            pthread_mutex_unlock(&registry_lock);
+            return 1;
         }
+        rc = finish_txn(txn, 0);
     }
     txn->state = STX_TXN_IDLE;
     if (locked) {
@@ -722,6 +719,28 @@ stx_txn_abandon(stx_txn *txn)
     }
     txn->listed = 0;
     return rc;
+}
+
+void
+stx_txn_move(stx_txn *to, stx_txn *from)
+{
+    pthread_mutex_lock(&registry_lock);
+    *to = *from;
+    to->logged = NULL; /* the cache lived in the old owner's memory */
+    if (from->listed) {
+        if (to->prev != NULL) {
+            to->prev->next = to;
+        }
+        else {
+            registry = to;
+        }
+        if (to->next != NULL) {
+            to->next->prev = to;
+        }
+    }
+    from->listed = 0;
+    from->state = STX_TXN_IDLE;
+    pthread_mutex_unlock(&registry_lock);
 }
 
 int

@@ -138,8 +138,9 @@ static void
 DictTxn_dealloc(DictTxnObject *self)
 {
     PyObject_GC_UnTrack(self);
-    if (self->txn.state != STX_TXN_IDLE || self->txn.listed) {
-        stx_txn_abandon(&self->txn); /* dropped open: roll back */
+    if ((self->txn.state != STX_TXN_IDLE || self->txn.listed)
+        && stx_txn_abandon(&self->txn) == 1) {
+        txn_orphan(&self->dict->h, &self->txn); /* its thread ends it */
     }
     stx_dict_txn_reset(&self->dt);
     Py_CLEAR(self->dict);

@@ -200,14 +200,30 @@ handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
  * memoryview, i.e. an export, which `exports` counts.)
  */
 
-/* References to the View under shr.buf beyond ours and its memoryview's. */
+/* 1 if the memoryview `mv` was released (by its user: .release(), or a
+ * `with shr.buf as b` block): it then no longer holds its View. */
+static int
+memoryview_released(PyObject *mv)
+{
+    PyObject *obj = PyObject_GetAttrString(mv, "obj");
+    if (obj == NULL) {
+        PyErr_Clear(); /* ValueError: operation on a released memoryview */
+        return 1;
+    }
+    Py_DECREF(obj);
+    return 0;
+}
+
+/* References to the View under shr.buf beyond ours and, while it is not
+ * released, its memoryview's. */
 static Py_ssize_t
 buf_view_holders(HandleObject *self)
 {
     if (self->buf_view == NULL) {
         return 0;
     }
-    return Py_REFCNT(self->buf_view) - 2;
+    Py_ssize_t ours = 1 + (self->buf != NULL && !memoryview_released(self->buf));
+    return Py_REFCNT(self->buf_view) - ours;
 }
 
 /* Views of ended txns still referenced beyond the list; the others are
@@ -249,6 +265,9 @@ release_buf(HandleObject *self)
         }
         Py_XDECREF(r);
         Py_CLEAR(self->buf);
+    }
+    if (self->buf_view != NULL) {
+        view_end((ViewObject *)self->buf_view); /* no new exports */
         Py_CLEAR(self->buf_view);
     }
 }

@@ -60,10 +60,55 @@ txn_wait(const char *name, stx_txn *txn, double timeout)
  * txns the thread left open: read txns stop counting, write txns roll
  * back.  Nothing is left for a later thread to trip over.
  */
+/*
+ * Orphans: write txns whose object was dropped by another thread than the
+ * one that opened it.  Only that thread may unlock the writer mutex, so
+ * the txn is moved here, with a reference to its handle (close() refuses
+ * while it is open, and the mapping stays), until the thread ends and
+ * its guard rolls it back.
+ */
+typedef struct orphan {
+    struct orphan *next;
+    HandleObject *mem;
+    stx_txn txn;
+} orphan;
+
+static orphan *orphans;
+
+void
+txn_orphan(HandleObject *mem, stx_txn *txn)
+{
+    orphan *o = PyMem_Malloc(sizeof(*o));
+    if (o == NULL) {
+        return; /* left listed in freed memory: never; out of memory */
+    }
+    stx_txn_move(&o->txn, txn);
+    o->mem = (HandleObject *)Py_NewRef(mem);
+    o->next = orphans;
+    orphans = o;
+}
+
+/* Free the orphans whose thread has ended them. */
+static void
+reap_orphans(void)
+{
+    for (orphan **p = &orphans; *p != NULL;) {
+        orphan *o = *p;
+        if (o->txn.state == STX_TXN_OPEN && o->txn.fork_gen == stx_fork_gen) {
+            p = &o->next;
+            continue;
+        }
+        *p = o->next;
+        Py_DECREF(o->mem);
+        PyMem_Free(o);
+    }
+}
+
 static void
 ThreadGuard_dealloc(PyObject *self)
 {
     stx_thread_exit();
+    reap_orphans();
     PyObject_Free(self);
 }
 
@@ -332,8 +377,9 @@ Txn_dealloc(TxnObject *self)
     PyErr_Fetch(&type, &value, &traceback);
     end_views(self);
     PyErr_Restore(type, value, traceback);
-    if (self->txn.state != STX_TXN_IDLE || self->txn.listed) {
-        stx_txn_abandon(&self->txn); /* dropped open: roll back */
+    if ((self->txn.state != STX_TXN_IDLE || self->txn.listed)
+        && stx_txn_abandon(&self->txn) == 1) {
+        txn_orphan(self->mem, &self->txn); /* its thread rolls it back */
     }
     Py_CLEAR(self->views);
     Py_CLEAR(self->mem);
@@ -527,6 +573,9 @@ Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
         || prepare_view(self, 0, mem->seg.data_size) < 0) {
         return -1;
     }
+    /* np.ndarray(buffer=t) keeps a pointer and this txn (hence the
+     * handle) but no export: close() must then keep the mapping */
+    mem->exported_directly = 1;
     PyObject *v = track_view(self, view_new(
         mem, (char *)mem->seg.data, mem->fmt->code, mem->fmt->size,
         mem->ndim, mem->shape, !self->write));

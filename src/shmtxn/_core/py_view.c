@@ -41,7 +41,7 @@ PyObject *
 view_new(HandleObject *mem, char *ptr, char format, int itemsize, int ndim,
          const Py_ssize_t *shape, int readonly)
 {
-    ViewObject *v = PyObject_New(ViewObject, &View_Type);
+    ViewObject *v = PyObject_GC_New(ViewObject, &View_Type);
     if (v == NULL) {
         return NULL;
     }
@@ -61,6 +61,7 @@ view_new(HandleObject *mem, char *ptr, char format, int itemsize, int ndim,
         stride *= shape[i];
     }
     v->len = stride;
+    PyObject_GC_Track(v);
     return (PyObject *)v;
 }
 
@@ -78,6 +79,9 @@ int
 view_getbuffer(ViewObject *v, Py_buffer *view, int flags)
 {
     view->obj = NULL;
+    if (v->mem->seg.file == NULL || v->mem->soft_closed) {
+        v->valid = 0;
+    }
     if (!v->valid) {
         raise_named("TransactionClosedError", "this view's transaction has "
                     "ended; take a new view inside a transaction");
@@ -114,8 +118,18 @@ View_releasebuffer(ViewObject *v, Py_buffer *view)
 static void
 View_dealloc(ViewObject *v)
 {
+    PyObject_GC_UnTrack(v);
     Py_CLEAR(v->mem);
-    PyObject_Free(v);
+    PyObject_GC_Del(v);
+}
+
+/* A View holds its handle, and the handle may hold it (through shr.buf):
+ * the collector must see the cycle. */
+static int
+View_traverse(ViewObject *v, visitproc visit, void *arg)
+{
+    Py_VISIT(v->mem);
+    return 0;
 }
 
 static PyObject *
@@ -136,9 +150,10 @@ PyTypeObject View_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmtxn._core.View",
     .tp_basicsize = sizeof(ViewObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "A typed zero-copy export of part of a segment.",
     .tp_dealloc = (destructor)View_dealloc,
+    .tp_traverse = (traverseproc)View_traverse,
     .tp_repr = (reprfunc)View_repr,
     .tp_as_buffer = &View_as_buffer,
 };
