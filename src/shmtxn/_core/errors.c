@@ -128,6 +128,19 @@ raise_engine_error(int code, const char *name)
 }
 
 void
+raise_key_error(PyObject *key)
+{
+    /* KeyError(key) as dict raises it: the key is the single argument even
+     * when it is a tuple (PyErr_SetObject would unpack it) or None (which
+     * would make an argument-less KeyError). */
+    PyObject *args = PyTuple_Pack(1, key);
+    if (args != NULL) {
+        PyErr_SetObject(PyExc_KeyError, args);
+        Py_DECREF(args);
+    }
+}
+
+void
 raise_lock_timeout(const char *name, double timeout, int write)
 {
     char seconds[32];

@@ -1,0 +1,152 @@
+"""Edges of the Python layer: permission modes, names and formats, damaged
+pickles, SharedDict against a plain dict (KeyError, -0.0, reversed, |),
+the CLI (Ctrl-C, demo arguments and failures, check --repair, gc), the
+benchmark machinery, and the test suite's own housekeeping."""
+
+import collections
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+import conftest
+import helpers
+import shmtxn
+from shmtxn import SharedDict, SharedMemory, _core, admin, cli, demo
+from test_cli import cli as run_cli, cli_json, leak
+from test_crash import run_crashing_child, start_child
+
+CTX = multiprocessing.get_context("fork")
+KINDS = [pytest.param(lambda n, **kw: SharedMemory(n, size=8, **kw),
+                      id="SharedMemory"),
+         pytest.param(lambda n, **kw: SharedDict(n, size=1 << 20, **kw),
+                      id="SharedDict")]
+
+
+def path(name):
+    return f"/dev/shm/{name}"
+
+
+@pytest.fixture
+def d(name):
+    with SharedDict(name, create=True, size=1 << 20) as d:
+        yield d
+
+
+# ---- SharedDict against a dict ----
+
+def key_error_args(op, mapping):
+    with pytest.raises(KeyError) as err:
+        op(mapping)
+    return repr(err.value.args)
+
+
+MISSING = [(1,), (), ("a", (2,)), None, 0, "k", b"k", 2.5, -0.0, True]
+
+
+@pytest.mark.parametrize("key", MISSING, ids=repr)
+def test_a_missing_key_is_the_key_errors_one_argument_like_dict(d, key):
+    d["present"] = 1
+    for op in (lambda m: m[key], lambda m: m.__delitem__(key),
+               lambda m: m.pop(key)):
+        expected = key_error_args(op, {"present": 1})
+        assert key_error_args(op, d) == expected
+        with d.txn() as t:
+            assert key_error_args(op, t) == expected
+
+
+def test_popitem_on_empty_raises_what_dict_raises(d):
+    expected = key_error_args(lambda m: m.popitem(), {})
+    assert key_error_args(lambda m: m.popitem(), d) == expected
+    with d.txn() as t:
+        assert key_error_args(lambda m: m.popitem(), t) == expected
+
+
+@pytest.mark.parametrize("writes", [
+    [(-0.0, 1), (0.0, 2), (0, 3), (False, 4)],
+    [(0.0, 1), (-0.0, 2)],
+    [(0, 1), (-0.0, 2)],
+    [(False, 1), (-0.0, 2)],
+    [(-0.0, 1), ("x", 2), (0, 3)],
+], ids=repr)
+def test_the_first_stored_zero_is_the_key_like_dict(d, name, writes):
+    model = {}
+    for key, value in writes:
+        d[key] = value
+        model[key] = value
+    assert repr(list(d)) == repr(list(model))
+    assert repr(list(d.items())) == repr(list(model.items()))
+    with SharedDict(name) as other:  # as another process reads it
+        assert repr(list(other)) == repr(list(model))
+    for zero in (0, 0.0, -0.0, False):
+        assert d[zero] == model[zero]
+    key = list(d)[0]
+    if isinstance(key, float):
+        assert math.copysign(1, key) == math.copysign(1, list(model)[0])
+
+
+def test_negative_zero_inside_a_tuple_comes_back_as_int(d):
+    d[(-0.0, "a")] = 1  # documented: inside tuples the canonical int
+    assert list(d) == [(0, "a")] and d[(0, "a")] == 1
+
+
+def test_reversed_and_the_union_operators_work_like_dict(d):
+    model = {"a": 1, "b": 2, "c": 3}
+    d.update(model)
+    assert list(reversed(d)) == list(reversed(model))
+    assert list(reversed(d.keys())) == list(reversed(model.keys()))
+    assert list(reversed(d.values())) == list(reversed(model.values()))
+    assert list(reversed(d.items())) == list(reversed(model.items()))
+    right = {"c": 30, "z": 26}
+    merged = d | right
+    assert type(merged) is dict
+    assert list(merged.items()) == list((model | right).items())
+    left = {"c": 30, "y": 0} | d
+    assert type(left) is dict
+    assert list(left.items()) == list(({"c": 30, "y": 0} | model).items())
+    assert d == model  # | changed neither side
+    same = d
+    d |= {"e": 5}
+    model |= {"e": 5}
+    assert d is same and list(d.items()) == list(model.items())
+    d |= [("f", 6)]  # |= takes what update() takes, as for dict
+    model |= [("f", 6)]
+    assert list(d.items()) == list(model.items())
+    for bad in (lambda: d | [("g", 7)], lambda: [("g", 7)] | d):
+        with pytest.raises(TypeError):
+            bad()
+    with d.txn() as t:
+        t |= {"g": 7}
+        assert list(reversed(t))[:2] == ["g", "f"]
+        assert t | {"h": 8} == dict(model, g=7, h=8)
+        assert {"h": 8} | t == dict({"h": 8}, **model, g=7)
+    assert d["g"] == 7
+
+
+def test_or_assign_is_one_transaction(d):
+    d["a"] = 1
+    with pytest.raises(TypeError, match="picklable"):
+        d |= {"b": 2, "c": lambda: 0, "e": 4}  # fails midway
+    assert d == {"a": 1}  # b was rolled back with the rest
+
+
+def test_equality_get_and_setdefault_behave_like_dict(d):
+    d["a"] = 1
+    assert d == {"a": 1} and {"a": 1} == d
+    assert d != {"a": 2} and not (d != {"a": 1})
+    for m in ({"a": 1}, d):
+        with pytest.raises(TypeError):
+            m.get("a", default=0)  # positional only, as dict.get
+        with pytest.raises(TypeError):
+            m.get()
+    assert d.setdefault("n") is None and d["n"] is None
+    assert d.popitem() == ("n", None)  # LIFO
