@@ -42,6 +42,92 @@ def d(name):
         yield d
 
 
+# ---- values are pickles ----
+
+VALUE = collections.OrderedDict(marker="m" * 40)
+
+
+def damage(name, old, new):
+    """Replace bytes `old` of the stored pickle of VALUE with `new`, in
+    /dev/shm directly (as a stray write would)."""
+    blob = pickle.dumps(VALUE, 5)
+    assert old in blob and len(old) == len(new)
+    with open(path(name), "r+b") as f:
+        data = f.read()
+        at = data.find(blob)
+        assert at >= 0 and data.find(blob, at + 1) < 0
+        f.seek(at + blob.find(old))
+        f.write(new)
+
+
+DAMAGES = {
+    "bad opcode": (b"\x80\x05", b"\xff\x05"),                # UnpicklingError
+    "truncated": (b"s.", b"sN"),                              # EOFError
+    "missing class": (b"OrderedDict", b"OrderedDicX"),        # AttributeError
+    "missing module": (b"collections", b"collectionz"),      # ImportError
+}
+
+
+@pytest.mark.parametrize("how", list(DAMAGES))
+def test_a_damaged_pickle_is_a_corrupt_segment_error_everywhere(d, name,
+                                                                how):
+    d["ok"] = [1, 2]
+    d["bad"] = VALUE
+    damage(name, *DAMAGES[how])
+    reads = {
+        "d[k]": lambda: d["bad"], "get": lambda: d.get("bad"),
+        "values": lambda: list(d.values()), "items": lambda: list(d.items()),
+        "copy": d.copy, "==": lambda: d == {}, "pop": lambda: d.pop("bad"),
+        "popitem": d.popitem,
+    }
+    for what, read in reads.items():
+        with pytest.raises(shmtxn.CorruptSegmentError,
+                           match="cannot be unpickled") as err:
+            read()
+        assert isinstance(err.value.__cause__, Exception), what
+        assert type(err.value.__cause__).__name__ in str(err.value)
+    with d.txn() as t:
+        for read in (lambda: t["bad"], lambda: t.get("bad"),
+                     lambda: list(t.items()), lambda: t.pop("bad")):
+            with pytest.raises(shmtxn.CorruptSegmentError):
+                read()
+    with SharedDict(name, read_only=True) as ro:
+        with pytest.raises(shmtxn.CorruptSegmentError):
+            ro["bad"]
+    assert "bad" in d and d["ok"] == [1, 2]  # pop/popitem changed nothing
+    d["bad"] = 1  # overwriting replaces the damaged value
+    assert d["bad"] == 1
+
+
+def test_info_items_shows_a_damaged_value_without_a_traceback(d, name):
+    d["ok"] = [1, 2]
+    d["bad"] = VALUE
+    d["last"] = "x"
+    damage(name, *DAMAGES["bad opcode"])
+    out = run_cli("info", name, "--items", "5")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "could not be read" in out.stderr
+    assert "<damaged value:" in out.stdout and "'last'" in out.stdout
+    out = run_cli("info", name, "--items", "5", "--json")
+    items = json.loads(out.stdout)["first_items"]
+    assert items[0] == ["'ok'", "[1, 2]"] and items[2] == ["'last'", "'x'"]
+    assert items[1][0] == "'bad'"
+    assert items[1][1].startswith("<damaged value: a value stored")
+
+
+def test_a_value_nested_too_deeply_says_so(d):
+    nested = []
+    for _ in range(sys.getrecursionlimit() * 4):
+        nested = [nested]
+    with pytest.raises(RecursionError, match="nested too deeply"):
+        d["deep"] = nested
+    with d.txn() as t:
+        with pytest.raises(RecursionError, match="nested too deeply"):
+            t["deep"] = nested
+    assert "deep" not in d and len(d) == 0
+
+
 # ---- SharedDict against a dict ----
 
 def key_error_args(op, mapping):

@@ -82,20 +82,45 @@ def cmd_ls(args) -> int:
     return 0
 
 
-def _items(name: str, layout: str, count: int) -> list:
-    if layout == "dict":
-        from .dict import SharedDict
-        with SharedDict(name, read_only=True) as d:
-            return [[repr(k), repr(v)] for k, v in list(d.items())[:count]]
-    from .memory import SharedMemory
-    with SharedMemory(name, read_only=True) as shr:
-        return shr[0:count]
+def _dict_items(name: str, count: int) -> tuple[list, int]:
+    """The first `count` (repr(key), repr(value)) pairs of a SharedDict,
+    read in one read txn, and how many could not be read: a value that
+    does not unpickle is shown as ``<damaged value: ...>``; if the keys
+    cannot be listed (a damaged key or table) the list is one
+    ``<damaged: ...>`` row.
+    Note that reading values unpickles them (docs/dict.md)."""
+    from .dict import SharedDict
+    rows, damaged = [], 0
+    with SharedDict(name, read_only=True) as d, d.txn(write=False) as t:
+        try:
+            keys = list(t)[:count]
+        except Error as e:
+            return [[f"<damaged: {e}>", ""]], 1
+        for key in keys:
+            try:
+                value = t[key]
+            except Error as e:
+                rows.append([repr(key), f"<damaged value: {e}>"])
+                damaged += 1
+                continue
+            try:
+                shown = repr(value)
+            except Exception as e:  # a stored class with a broken __repr__
+                shown = f"<unprintable {type(value).__name__}: {e!r}>"
+            rows.append([repr(key), shown])
+    return rows, damaged
 
 
 def cmd_info(args) -> int:
     info = admin.segment_info(args.name)
+    damaged = 0
     if args.items and info["state"] == "ready":
-        info["first_items"] = _items(args.name, info["layout"], args.items)
+        if info["layout"] == "dict":
+            info["first_items"], damaged = _dict_items(args.name, args.items)
+        else:
+            from .memory import SharedMemory
+            with SharedMemory(args.name, read_only=True) as shr:
+                info["first_items"] = shr[0:args.items]
 
     def human(i):
         for key, value in i.items():
@@ -110,7 +135,11 @@ def cmd_info(args) -> int:
             else:
                 print(f"{key}: {value}")
     emit(args, info, human)
-    return 0
+    if damaged:
+        print(f"shmtxn info: {damaged} of the items shown could not be read;"
+              f" `shmtxn check {args.name}` verifies the segment",
+              file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def cmd_check(args) -> int:

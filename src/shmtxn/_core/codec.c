@@ -425,8 +425,16 @@ encode_pickled(PyObject *v, value_buf *vb)
     }
     vb->owner = PyObject_CallFunction(pickle_dumps, "Oi", v, 5);
     if (vb->owner == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_Exception)
-            && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        if (PyErr_ExceptionMatches(PyExc_RecursionError)) {
+            _PyErr_FormatFromCause(PyExc_RecursionError, "a %.100s nested "
+                                   "too deeply to be stored in a "
+                                   "SharedDict: pickling it hit Python's "
+                                   "recursion limit; flatten it, or raise "
+                                   "sys.setrecursionlimit()",
+                                   Py_TYPE(v)->tp_name);
+        }
+        else if (PyErr_ExceptionMatches(PyExc_Exception)
+                 && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
             _PyErr_FormatFromCause(PyExc_TypeError, "a %.100s cannot be "
                                    "stored in a SharedDict: values must be "
                                    "picklable", Py_TYPE(v)->tp_name);
@@ -523,5 +531,34 @@ value_unpickle(PyObject *raw)
     if (pickle_ready() < 0) {
         return NULL;
     }
-    return PyObject_CallOneArg(pickle_loads, raw);
+    PyObject *v = PyObject_CallOneArg(pickle_loads, raw);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_Exception)
+        && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        /* Whatever pickle raised (UnpicklingError, EOFError, ValueError,
+         * an import that fails...): the stored bytes do not unpickle
+         * here.  Say so with one class; the original is the __cause__. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        PyObject *text = value ? PyObject_Str(value) : NULL;
+        if (text == NULL) {
+            PyErr_Clear();
+        }
+        PyObject *what = PyUnicode_FromFormat(
+            "%s: %S", ((PyTypeObject *)type)->tp_name,
+            text ? text : Py_None);
+        Py_XDECREF(text);
+        PyErr_Restore(type, value, tb);
+        if (what == NULL) {
+            return NULL;
+        }
+        raise_named_from_cause("CorruptSegmentError", "a value stored in "
+                               "the SharedDict cannot be unpickled (%U): "
+                               "its pickle is damaged, or it needs a class "
+                               "this process cannot import; `shmtxn check` "
+                               "verifies the segment, and storing or "
+                               "deleting the key replaces the value", what);
+        Py_DECREF(what);
+    }
+    return v;
 }
