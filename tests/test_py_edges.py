@@ -42,6 +42,84 @@ def d(name):
         yield d
 
 
+# ---- mode= ----
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", [-1, 0o1000, 0o4600, 0o2660, 0o1666,
+                                  0o7777, 2**40, 0, 0o400, 0o200, 0o066])
+def test_mode_outside_the_permission_bits_is_a_value_error(name, kind,
+                                                           mode):
+    with pytest.raises(ValueError, match="0o777 that include 0o600"):
+        kind(name, create=True, mode=mode)
+    assert not os.path.exists(path(name))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", [True, False, 1.5, "0o600", None, b"x"])
+def test_mode_that_is_not_an_int_is_a_value_error(name, kind, mode):
+    with pytest.raises(ValueError, match="mode must be an int"):
+        kind(name, create=True, mode=mode)
+    assert not os.path.exists(path(name))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode,umask", [(0o666, 0o022), (0o660, 0o077),
+                                        (0o600, 0o000), (0o777, 0o027)])
+def test_the_mode_passed_is_the_mode_the_segment_gets(name, kind, mode,
+                                                      umask):
+    old = os.umask(umask)
+    try:
+        handle = kind(name, create=True, mode=mode)
+    finally:
+        os.umask(old)
+    with handle:
+        assert stat.S_IMODE(os.stat(path(name)).st_mode) == mode
+        # fixing the mode must not have dropped this process's beacon
+        assert admin.segment_info(name)["attached"] == [os.getpid()]
+        attached = type(handle)(name)  # attaching still works
+        attached.close()
+
+
+# ---- names and formats ----
+
+def test_name_length_is_counted_and_reported_in_bytes(name):
+    room = _core.NAME_MAX - len(name)
+    longest = name + "x" * (room % 2) + "é" * (room // 2)  # 248 bytes
+    assert len(longest.encode()) == _core.NAME_MAX
+    with SharedMemory(longest, create=True, size=8):
+        assert os.path.exists(path(longest))
+    too_long = longest + "x"
+    assert len(too_long) < _core.NAME_MAX  # fewer characters than the cap
+    message = r"1 to 248 bytes of UTF-8 \(got 249 bytes\)"
+    for make in (lambda: SharedMemory(too_long, create=True, size=8),
+                 lambda: SharedDict(too_long, create=True),
+                 lambda: SharedMemory(too_long),
+                 lambda: admin.segment_info(too_long)):
+        with pytest.raises(ValueError, match=message):
+            make()
+    out = run_cli("info", too_long)
+    assert out.returncode == 2 and "249 bytes" in out.stderr
+    with pytest.raises(ValueError, match=r"got 0 bytes"):
+        SharedMemory("", create=True, size=8)
+
+
+@pytest.mark.parametrize("fmt", ["", "<", "@", "=", " ", "qq", "x", "P",
+                                 "s", "i8x", "float65", "<"])
+def test_empty_or_garbage_format_is_a_value_error(name, fmt):
+    with pytest.raises(ValueError, match="format") as err:
+        SharedMemory(name, create=True, size=8, format=fmt)
+    if fmt == "":
+        assert "must not be empty" in str(err.value)
+    assert not os.path.exists(path(name))
+
+
+@pytest.mark.parametrize("fmt", [0, b"q", 1.5, object()])
+def test_format_of_another_type_is_a_type_error(name, fmt):
+    with pytest.raises(TypeError, match="format must be"):
+        SharedMemory(name, create=True, size=8, format=fmt)
+    assert not os.path.exists(path(name))
+
+
 # ---- values are pickles ----
 
 VALUE = collections.OrderedDict(marker="m" * 40)

@@ -32,6 +32,16 @@ def _disk_usage(name: str) -> dict:
             "mtime_ns": st.st_mtime_ns}
 
 
+def _check_name(name: str) -> str:
+    """ValueError unless `name` can name a segment (the engine's limit is
+    in bytes of UTF-8, so say bytes)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not 0 < size <= _core.NAME_MAX:
+        raise ValueError(f"a segment name is 1 to {_core.NAME_MAX} bytes of "
+                         f"UTF-8 (got {size} bytes)")
+    return name
+
+
 def segment_info(name: str) -> dict:
     """Everything known about `name`, without attaching.
 
@@ -42,7 +52,7 @@ def segment_info(name: str) -> dict:
     attached processes, ``attached`` (live pids), ``active_readers`` and
     ``orphaned``.
     """
-    info = _core.probe(name)
+    info = _core.probe(_check_name(name))
     info.update(_disk_usage(name))
     if info["state"] == "ready":
         live = [p for p in info["processes"] if p["alive"]]

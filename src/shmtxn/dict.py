@@ -14,6 +14,7 @@ from collections.abc import (ItemsView, KeysView, Mapping, MutableMapping,
                              ValuesView)
 
 from . import _core
+from .memory import _check_mode, _exact_mode
 
 __all__ = ["SharedDict"]
 
@@ -135,11 +136,19 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
     values are anything picklable.  Each operation outside a txn is atomic
     on its own; ``with d.txn() as t:`` makes several atomic together.
     ``size`` is the most the dict may hold (keys, values and table); pages
-    are only used as it fills.  Lifetimes, pickling and errors are those of
-    ``SharedMemory``.
+    are only used as it fills.  Lifetimes, pickling, ``mode`` and errors
+    are those of ``SharedMemory``.  Values are pickles, and unpickling runs
+    code: share a dict only with processes you trust (docs/dict.md).
     """
 
     __slots__ = ()
+
+    def __init__(self, name=None, create=False, size=0, *, mode=0o600,
+                 **kwargs):
+        super().__init__(name, create, size, mode=_check_mode(mode),
+                         **kwargs)
+        if self.owner:
+            _exact_mode(self, mode)
 
     def pop(self, key, default=_MISSING):
         with self.txn() as t:
