@@ -314,3 +314,163 @@ def test_equality_get_and_setdefault_behave_like_dict(d):
             m.get()
     assert d.setdefault("n") is None and d["n"] is None
     assert d.popitem() == ("n", None)  # LIFO
+
+
+# ---- the CLI ----
+
+def test_cli_turns_ctrl_c_into_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(admin, "list_segments", interrupted)
+    try:
+        code = cli.main(["ls"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped shmtxn's main() as a traceback")
+    assert code == 130
+    assert capsys.readouterr().err == "shmtxn ls: interrupted\n"
+
+
+def default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as from a terminal
+
+
+def test_ctrl_c_stops_the_demo_and_its_children_cleanly():
+    p = subprocess.Popen(
+        [sys.executable, "-m", "shmtxn", "demo", "--seconds", "120",
+         "--writers", "2", "--readers", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True, preexec_fn=default_sigint)
+    try:
+        seen = b""
+        while b"txns" not in seen:  # the children run: progress is shown
+            chunk = os.read(p.stdout.fileno(), 4096)
+            assert chunk, p.stderr.read()
+            seen += chunk
+        segment = re.search(rb"on segment '(\w+)'", seen).group(1).decode()
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 130
+    assert err.decode() == "shmtxn demo: interrupted\n"  # no traceback
+    assert not os.path.exists(path(segment))
+
+
+@pytest.mark.parametrize("args", [
+    ["--writers", "0"], ["--writers", "-1"], ["--writers", "100000"],
+    ["--readers", "-1"], ["--txns", "0"], ["--txns", "-5"],
+    ["--seconds", "-1"], ["--seconds", "nan"], ["--seconds", "inf"],
+    ["--writers", "two"],
+])
+def test_demo_arguments_are_checked_by_argparse(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["demo", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and args[0] in err
+
+
+@pytest.mark.parametrize("kwargs", [dict(writers=0), dict(writers=-1),
+                                    dict(readers=-1), dict(txns=0),
+                                    dict(seconds=-1.0),
+                                    dict(seconds=math.nan)])
+def test_demo_run_checks_its_arguments(kwargs):
+    kwargs.setdefault("readers", 0)  # none to wait for if it did run
+    with pytest.raises(ValueError):
+        demo.run(**kwargs, stream=None)
+
+
+DEMO_WITH = {
+    "a writer that dies": (
+        "import os\n"
+        "from shmtxn import demo\n"
+        "demo._writer = lambda *a: os._exit(3)\n"),
+    "a segment removed before the children attach": (
+        "from shmtxn import demo, SharedMemory, _core\n"
+        "class Removed(SharedMemory):\n"
+        "    def __init__(self, name=None, create=False, *a, **k):\n"
+        "        if not create:  # as if `shmtxn rm --force` ran\n"
+        "            try:\n"
+        "                _core.unlink(name)\n"
+        "            except FileNotFoundError:\n"
+        "                pass\n"
+        "        super().__init__(name, create, *a, **k)\n"
+        "demo.SharedMemory = Removed\n"),
+}
+
+
+@pytest.mark.parametrize("case", list(DEMO_WITH))
+def test_demo_reports_a_failed_child_instead_of_waiting(case):
+    code = DEMO_WITH[case] + (
+        "import json\n"
+        "r = demo.run(2, 1, 1000, start_method='fork', stream=None)\n"
+        "print(json.dumps(r))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:  # it hung: take its children down with it
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 0, stderr
+    result = json.loads(stdout)
+    assert result["ok"] is False
+    assert re.search(r"writer process \d+ exited with code [13]",
+                     result["error"])
+    assert "Traceback" not in stderr
+    assert not os.path.exists(path(result["segment"]))
+
+
+def test_check_repair_counts_every_dead_reader_slot_it_clears(name):
+    with SharedMemory(name, create=True, size=16) as shr:
+        shr[0] = 7
+        reader, _ = start_child(helpers.hold_read_txn, name, expect=7)
+        helpers.kill(reader)  # died inside a read txn
+        assert admin.segment_info(name)["dead_processes"] == [reader.pid]
+        result = admin.check(name, repair=True)
+        assert result["repaired"] == {"recovered_writers": 0,
+                                      "cleared_readers": 1}
+        writer, _ = start_child(helpers.hold_write_txn, name,
+                                expect="locked")
+        helpers.kill(writer)  # died holding the lock
+        out = run_cli("check", name, "--repair")
+        assert out.returncode == 0, out.stdout
+        assert ("1 dead writer(s) rolled back, 1 dead reader slot(s) "
+                "cleared") in out.stdout
+        assert admin.segment_info(name)["dead_processes"] == []
+        assert shr[0] == 7
+
+
+def remove(*names):
+    for n in names:
+        try:
+            os.unlink(path(n))
+        except FileNotFoundError:
+            pass
+
+
+def test_gc_says_why_it_removes_each_segment(name):
+    orphan, abandoned = name + "_o", name + "_a"
+    try:
+        leak(orphan)
+        run_crashing_child("create:after_reserve", (
+            "from shmtxn import SharedMemory\n"
+            f"SharedMemory({abandoned!r}, create=True, size=80)\n"))
+        out = run_cli("gc", "--dry-run", "--prefix", name)
+        assert out.returncode == 0 and "(ready)" not in out.stdout
+        assert (f"would remove {abandoned} (abandoned: its creator died "
+                "mid-creation)") in out.stdout.splitlines()
+        assert re.search(rf"would remove {orphan} \(orphaned: no live "
+                         r"process has it attached, creator \d+ gone\)",
+                         out.stdout)
+        code, rows = cli_json("gc", "--prefix", name)
+        reasons = {r["name"]: r["reason"].split(":")[0] for r in rows}
+        assert reasons == {orphan: "orphaned", abandoned: "abandoned"}
+        assert not os.path.exists(path(orphan))
+        assert not os.path.exists(path(abandoned))
+    finally:
+        remove(orphan, abandoned)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
 from . import __version__, admin
+from .demo import MAX_PROCS
 from .errors import Error
 
 
@@ -177,7 +179,7 @@ def cmd_gc(args) -> int:
     removed = admin.gc(dry_run=args.dry_run, prefix=args.prefix)
     verb = "would remove" if args.dry_run else "removed"
     emit(args, removed, lambda rs: print(
-        "\n".join(f"{verb} {r['name']} ({r['state']})" for r in rs)
+        "\n".join(f"{verb} {r['name']} ({r['reason']})" for r in rs)
         or "nothing to remove"))
     return 0
 
@@ -210,6 +212,34 @@ def cmd_bench(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
+def count_arg(low: int, high: int | None = None):
+    """An argparse type: an int in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole "
+                                             "number") from None
+        if n < low or (high is not None and n > high):
+            bound = f"{low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {n})")
+        return n
+    return parse
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") \
+            from None
+    if not (math.isfinite(x) and x >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 "
+                                         f"(got {text})")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmtxn",
@@ -230,15 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="", help="only names starting so")
     p = command("info", cmd_info, "show one segment's header and state")
     p.add_argument("name")
-    p.add_argument("--items", type=int, default=0, metavar="N",
-                   help="also show the first N items")
+    p.add_argument("--items", type=count_arg(0), default=0, metavar="N",
+                   help="also show the first N items (a dict's values are "
+                        "unpickled: see docs/dict.md)")
     p = command("check", cmd_check, "verify a segment's invariants "
                 "(exit 1 if problems remain)")
     p.add_argument("name")
     p.add_argument("--repair", action="store_true",
                    help="recover a dead writer and clear dead readers, as "
                         "the next transaction would")
-    p.add_argument("--timeout", type=float, default=5.0,
+    p.add_argument("--timeout", type=seconds_arg, default=5.0,
                    help="seconds to wait for the lock when repairing")
     p = command("rm", cmd_rm, "remove segments (refused while live "
                 "processes have them attached)")
@@ -251,13 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="", help="only names starting so")
     p = command("demo", cmd_demo, "run the article's producer/consumer, "
                 "scaled up and verified")
-    p.add_argument("--writers", type=int, default=4,
-                   help="writer processes (default 4)")
-    p.add_argument("--readers", type=int, default=2,
-                   help="reader processes (default 2)")
-    p.add_argument("--txns", type=int, default=50000,
+    p.add_argument("--writers", type=count_arg(1, MAX_PROCS), default=4,
+                   help=f"writer processes, 1 to {MAX_PROCS} (default 4)")
+    p.add_argument("--readers", type=count_arg(0, MAX_PROCS), default=2,
+                   help=f"reader processes, 0 to {MAX_PROCS} (default 2)")
+    p.add_argument("--txns", type=count_arg(1), default=50000,
                    help="write transactions per writer (default 50000)")
-    p.add_argument("--seconds", type=float, default=0.0,
+    p.add_argument("--seconds", type=seconds_arg, default=0.0,
                    help="run for this long instead of a number of txns")
     p.add_argument("--start-method",
                    choices=["fork", "spawn", "forkserver"],
@@ -273,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for it
+        print(f"shmtxn {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Error as e:
         print(f"shmtxn {args.command}: {e}", file=sys.stderr)
         return 1
