@@ -474,3 +474,50 @@ def test_gc_says_why_it_removes_each_segment(name):
         assert not os.path.exists(path(abandoned))
     finally:
         remove(orphan, abandoned)
+
+
+# ---- the benchmark machinery ----
+
+def test_bench_peers_close_after_their_segments_were_removed():
+    from shmtxn import _bench
+    peers = _bench.Peers()
+    os.unlink(path(peers.shr.name))  # as `shmtxn rm --force` would
+    os.unlink(path(peers.std.name.lstrip("/")))
+    peers.close()  # no FileNotFoundError for what is gone already
+    assert peers.shr.closed
+
+
+def test_bench_collect_reports_a_dead_worker_instead_of_waiting():
+    from shmtxn import _bench
+    out = CTX.Queue()
+    procs = [CTX.Process(target=out.put, args=("done",)),
+             CTX.Process(target=os._exit, args=(3,))]
+    for p in procs:
+        p.start()
+    try:
+        with pytest.raises(_bench.WorkerFailed, match="exited with code 3"):
+            _bench.collect(out, procs)
+    finally:
+        for p in procs:
+            p.join()
+
+
+def test_bench_collect_and_join_all_do_not_wait_forever():
+    from shmtxn import _bench
+    procs = [CTX.Process(target=time.sleep, args=(600,)) for _ in range(2)]
+    try:
+        procs[0].start()
+        with pytest.raises(_bench.WorkerFailed, match="no result within"):
+            _bench.collect(CTX.Queue(), procs[:1], timeout=0.2)
+        assert procs[0].exitcode is not None  # it was stopped
+        procs[1].start()
+        with pytest.raises(_bench.WorkerFailed, match="still running"):
+            _bench.join_all(procs[1:], timeout=0.2)
+        assert procs[1].exitcode is not None
+    finally:
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                helpers.kill(p)
+    fine = [CTX.Process(target=os._exit, args=(0,))]
+    fine[0].start()
+    _bench.join_all(fine)
