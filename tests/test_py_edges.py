@@ -521,3 +521,80 @@ def test_bench_collect_and_join_all_do_not_wait_forever():
     fine = [CTX.Process(target=os._exit, args=(0,))]
     fine[0].start()
     _bench.join_all(fine)
+
+
+# ---- the test suite's own housekeeping ----
+
+def proc_state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_c_interrupts_a_wait_even_when_sigint_was_ignored(name):
+    with SharedMemory(name, create=True, size=16):
+        holder, _ = start_child(helpers.hold_write_txn, name,
+                                expect="locked")
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as nohup does
+        try:
+            waiter, conn = start_child(helpers.wait_for_lock_then_report,
+                                       name, expect="waiting")
+        finally:
+            signal.signal(signal.SIGINT, old)
+        try:
+            deadline = time.monotonic() + 60
+            while proc_state(waiter.pid) != "S":  # asleep in the lock wait
+                assert time.monotonic() < deadline, "never waited"
+                time.sleep(0.001)
+            os.kill(waiter.pid, signal.SIGINT)
+            assert conn.poll(60), "SIGINT did not end the wait"
+            assert conn.recv() == "interrupted"
+            waiter.join()
+            assert waiter.exitcode == 0
+        finally:
+            if waiter.exitcode is None:
+                helpers.kill(waiter)
+            helpers.kill(holder)
+
+
+SNIPPET = ("from shmtxn import SharedMemory\n"
+           "s = SharedMemory(create=True, size=8)\n"
+           "print(s.name)\n"
+           "s.close()\n")  # closed, not unlinked: left behind
+
+
+def test_leftover_check_claims_only_segments_this_run_created(name):
+    foreign_env = {k: v for k, v in os.environ.items()
+                   if k not in ("SHMTXN_TEST_RUN_PIDS", "PYTHONPATH")}
+    made = []
+    try:
+        # another program's segment, created meanwhile by a process this
+        # run did not start as a Python of its own
+        made.append(subprocess.run(
+            [sys.executable, "-c", SNIPPET], env=foreign_env, check=True,
+            capture_output=True, text=True).stdout.strip())
+        foreign = made[-1]
+        # generated names made by this run: here, in a new interpreter, in
+        # a forked child
+        here = SharedMemory(create=True, size=8)
+        made.append(here.name)
+        here.close()
+        made.append(subprocess.run([sys.executable, "-c", SNIPPET],
+                                   check=True, capture_output=True,
+                                   text=True).stdout.strip())
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=lambda c: c.send(
+            SharedMemory(create=True, size=8).name), args=(child,))
+        p.start()
+        made.append(parent.recv())
+        p.join()
+        SharedMemory(name, create=True, size=8).close()
+        made.append(name)
+        assert all(n.startswith(("stx_", "shmtxn_t_")) for n in made)
+        assert conftest.ours(set(made), conftest.run_pids()) == \
+            set(made) - {foreign}
+    finally:
+        for n in made:
+            try:
+                os.unlink(path(n))
+            except FileNotFoundError:
+                pass
