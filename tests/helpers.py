@@ -81,6 +81,21 @@ def hold_read_txn(name, conn):
         conn.recv()  # blocks until killed
 
 
+def wait_for_lock_then_report(name, conn):
+    """Wait for the write lock another process holds; report whether the
+    wait was interrupted.  The child restores Python's Ctrl-C handler
+    itself: a test run under nohup (or a CI that starts it with SIGINT
+    ignored) hands SIG_IGN down, and the SIGINT would then be lost."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    shr = SharedMemory(name)
+    try:
+        conn.send("waiting")
+        with shr.txn():
+            conn.send("entered")
+    except KeyboardInterrupt:
+        conn.send("interrupted")
+
+
 def hold_write_txn(name, conn):
     shr = SharedMemory(name)
     with shr.txn() as shm:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import platform
+import queue
+import shutil
 import statistics
 import struct
 import tempfile
@@ -28,6 +30,72 @@ from typing import Callable
 from .memory import SharedMemory
 
 Runner = Callable[[int], float]
+
+# The longest a benchmark waits for its worker processes.  A worker that
+# died (killed, or its segment removed by `shmtxn rm --force` before it
+# attached) never reports; the run stops with WorkerFailed instead of
+# waiting forever.
+WORKER_TIMEOUT = 120.0
+
+
+class WorkerFailed(RuntimeError):
+    """A benchmark worker died or stalled, so its numbers are missing."""
+
+
+def _stop(procs) -> None:
+    for p in procs:
+        if p.exitcode is None:
+            p.terminate()
+    for p in procs:
+        p.join(5)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
+
+
+def collect(out, procs, timeout: float = WORKER_TIMEOUT) -> list:
+    """One result per worker from queue `out`, in arrival order.  Raises
+    WorkerFailed (after stopping the workers) if one exits without
+    reporting or the results take longer than `timeout` seconds."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < len(procs):
+        try:
+            got.append(out.get(timeout=0.1))
+            continue
+        except queue.Empty:
+            pass
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        quiet = len(got) < len(procs) and all(p.exitcode is not None
+                                              for p in procs)
+        if dead or quiet or time.monotonic() > deadline:
+            _stop(procs)
+            why = (", ".join(f"worker {p.pid} exited with code {p.exitcode}"
+                             for p in dead)
+                   or ("the workers exited without reporting" if quiet else
+                       f"no result within {timeout:g} s"))
+            raise WorkerFailed(f"benchmark stopped: {why} (killed, or its "
+                               "segment removed?); its numbers are "
+                               "missing")
+    return got
+
+
+def join_all(procs, timeout: float = WORKER_TIMEOUT) -> None:
+    """Join every worker within `timeout` seconds in all; WorkerFailed
+    (after stopping them) if one is still running or failed."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(deadline - time.monotonic(), 0))
+    stuck = [p for p in procs if p.exitcode is None]
+    failed = [p for p in procs if p.exitcode not in (None, 0)]
+    if stuck or failed:
+        _stop(procs)
+        raise WorkerFailed(
+            "benchmark stopped: " + ", ".join(
+                [f"worker {p.pid} still running after {timeout:g} s"
+                 for p in stuck]
+                + [f"worker {p.pid} exited with code {p.exitcode}"
+                   for p in failed]))
 
 
 @dataclass
@@ -191,19 +259,26 @@ class Peers:
             env.close()
 
     def close(self):
+        """Release everything; what someone removed meanwhile (`shmtxn rm
+        --force`, `rm /dev/shm/...`) is already gone, which is fine."""
         self.mv.release()
         self.std.close()
-        self.std.unlink()
+        try:
+            self.std.unlink()
+        except FileNotFoundError:  # and so not unregistered: do it here
+            from multiprocessing import resource_tracker
+            resource_tracker.unregister(self.std._name, "shared_memory")
         self.shr.close()
         self.shr.unlink()
         if self.sem:
-            self.sem.unlink()
+            try:
+                self.sem.unlink()
+            except posix_ipc.ExistentialError:
+                pass
         if self.env:
             self.env.close()
         if self.lmdb_dir:
-            for f in os.listdir(self.lmdb_dir):
-                os.unlink(os.path.join(self.lmdb_dir, f))
-            os.rmdir(self.lmdb_dir)
+            shutil.rmtree(self.lmdb_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------

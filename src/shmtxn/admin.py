@@ -32,6 +32,16 @@ def _disk_usage(name: str) -> dict:
             "mtime_ns": st.st_mtime_ns}
 
 
+def _check_name(name: str) -> str:
+    """ValueError unless `name` can name a segment (the engine's limit is
+    in bytes of UTF-8, so say bytes)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not 0 < size <= _core.NAME_MAX:
+        raise ValueError(f"a segment name is 1 to {_core.NAME_MAX} bytes of "
+                         f"UTF-8 (got {size} bytes)")
+    return name
+
+
 def segment_info(name: str) -> dict:
     """Everything known about `name`, without attaching.
 
@@ -42,7 +52,7 @@ def segment_info(name: str) -> dict:
     attached processes, ``attached`` (live pids), ``active_readers`` and
     ``orphaned``.
     """
-    info = _core.probe(name)
+    info = _core.probe(_check_name(name))
     info.update(_disk_usage(name))
     if info["state"] == "ready":
         live = [p for p in info["processes"] if p["alive"]]
@@ -115,10 +125,18 @@ def check(name: str, repair: bool = False, timeout: float = 5.0) -> dict:
     recover a dead writer and clear dead readers, exactly as the next
     transaction would.  Returns ``{"problems": [...], "repaired": {...}}``;
     no problems means the segment is sound."""
-    repaired = None
-    if repair and segment_info(name)["state"] == "ready":
+    repaired = before = None
+    if repair and (before := segment_info(name))["state"] == "ready":
         repaired = _core.repair(name, timeout)
     info = segment_info(name)
+    if repaired is not None and info["state"] == "ready":
+        # Taking the lock already clears dead readers (recovering a dead
+        # writer reaps every dead slot; waiting for readers drops a dead
+        # one), so count the dead slots that are gone, not only the ones
+        # repair() itself found.
+        still = set(info["dead_processes"])
+        repaired["cleared_readers"] = sum(
+            1 for pid in before["dead_processes"] if pid not in still)
     problems = _problems(info)
     if not problems and info.get("layout") == "dict":
         problems += _dict_problems(name, timeout)
@@ -173,5 +191,17 @@ def gc(dry_run: bool = False, prefix: str = "") -> list[dict]:
                 _core.unlink(info["name"])
             except SegmentNotFoundError:
                 pass
-    return [{"name": i["name"], "state": i["state"],
+    return [{"name": i["name"], "state": i["state"], "reason": _why(i),
              "removed": not dry_run} for i in doomed]
+
+
+def _why(info: dict) -> str:
+    """Why gc collects a segment, as `shmtxn gc` prints it."""
+    if info["state"] == "abandoned":
+        return "abandoned: its creator died mid-creation"
+    if info.get("orphaned"):
+        creator = "" if info.get("creator_alive") is None else (
+            f", creator {info['creator_pid']} "
+            + ("alive" if info["creator_alive"] else "gone"))
+        return f"orphaned: no live process has it attached{creator}"
+    return info["state"]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
 from . import __version__, admin
+from .demo import MAX_PROCS
 from .errors import Error
 
 
@@ -82,20 +84,45 @@ def cmd_ls(args) -> int:
     return 0
 
 
-def _items(name: str, layout: str, count: int) -> list:
-    if layout == "dict":
-        from .dict import SharedDict
-        with SharedDict(name, read_only=True) as d:
-            return [[repr(k), repr(v)] for k, v in list(d.items())[:count]]
-    from .memory import SharedMemory
-    with SharedMemory(name, read_only=True) as shr:
-        return shr[0:count]
+def _dict_items(name: str, count: int) -> tuple[list, int]:
+    """The first `count` (repr(key), repr(value)) pairs of a SharedDict,
+    read in one read txn, and how many could not be read: a value that
+    does not unpickle is shown as ``<damaged value: ...>``; if the keys
+    cannot be listed (a damaged key or table) the list is one
+    ``<damaged: ...>`` row.
+    Note that reading values unpickles them (docs/dict.md)."""
+    from .dict import SharedDict
+    rows, damaged = [], 0
+    with SharedDict(name, read_only=True) as d, d.txn(write=False) as t:
+        try:
+            keys = list(t)[:count]
+        except Error as e:
+            return [[f"<damaged: {e}>", ""]], 1
+        for key in keys:
+            try:
+                value = t[key]
+            except Error as e:
+                rows.append([repr(key), f"<damaged value: {e}>"])
+                damaged += 1
+                continue
+            try:
+                shown = repr(value)
+            except Exception as e:  # a stored class with a broken __repr__
+                shown = f"<unprintable {type(value).__name__}: {e!r}>"
+            rows.append([repr(key), shown])
+    return rows, damaged
 
 
 def cmd_info(args) -> int:
     info = admin.segment_info(args.name)
+    damaged = 0
     if args.items and info["state"] == "ready":
-        info["first_items"] = _items(args.name, info["layout"], args.items)
+        if info["layout"] == "dict":
+            info["first_items"], damaged = _dict_items(args.name, args.items)
+        else:
+            from .memory import SharedMemory
+            with SharedMemory(args.name, read_only=True) as shr:
+                info["first_items"] = shr[0:args.items]
 
     def human(i):
         for key, value in i.items():
@@ -110,7 +137,11 @@ def cmd_info(args) -> int:
             else:
                 print(f"{key}: {value}")
     emit(args, info, human)
-    return 0
+    if damaged:
+        print(f"shmtxn info: {damaged} of the items shown could not be read;"
+              f" `shmtxn check {args.name}` verifies the segment",
+              file=sys.stderr)
+    return 1 if damaged else 0
 
 
 def cmd_check(args) -> int:
@@ -148,7 +179,7 @@ def cmd_gc(args) -> int:
     removed = admin.gc(dry_run=args.dry_run, prefix=args.prefix)
     verb = "would remove" if args.dry_run else "removed"
     emit(args, removed, lambda rs: print(
-        "\n".join(f"{verb} {r['name']} ({r['state']})" for r in rs)
+        "\n".join(f"{verb} {r['name']} ({r['reason']})" for r in rs)
         or "nothing to remove"))
     return 0
 
@@ -181,6 +212,34 @@ def cmd_bench(args) -> int:
 
 # ---------------------------------------------------------------- parser
 
+def count_arg(low: int, high: int | None = None):
+    """An argparse type: an int in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole "
+                                             "number") from None
+        if n < low or (high is not None and n > high):
+            bound = f"{low} to {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {n})")
+        return n
+    return parse
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") \
+            from None
+    if not (math.isfinite(x) and x >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 "
+                                         f"(got {text})")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shmtxn",
@@ -201,15 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="", help="only names starting so")
     p = command("info", cmd_info, "show one segment's header and state")
     p.add_argument("name")
-    p.add_argument("--items", type=int, default=0, metavar="N",
-                   help="also show the first N items")
+    p.add_argument("--items", type=count_arg(0), default=0, metavar="N",
+                   help="also show the first N items (a dict's values are "
+                        "unpickled: see docs/dict.md)")
     p = command("check", cmd_check, "verify a segment's invariants "
                 "(exit 1 if problems remain)")
     p.add_argument("name")
     p.add_argument("--repair", action="store_true",
                    help="recover a dead writer and clear dead readers, as "
                         "the next transaction would")
-    p.add_argument("--timeout", type=float, default=5.0,
+    p.add_argument("--timeout", type=seconds_arg, default=5.0,
                    help="seconds to wait for the lock when repairing")
     p = command("rm", cmd_rm, "remove segments (refused while live "
                 "processes have them attached)")
@@ -222,13 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="", help="only names starting so")
     p = command("demo", cmd_demo, "run the article's producer/consumer, "
                 "scaled up and verified")
-    p.add_argument("--writers", type=int, default=4,
-                   help="writer processes (default 4)")
-    p.add_argument("--readers", type=int, default=2,
-                   help="reader processes (default 2)")
-    p.add_argument("--txns", type=int, default=50000,
+    p.add_argument("--writers", type=count_arg(1, MAX_PROCS), default=4,
+                   help=f"writer processes, 1 to {MAX_PROCS} (default 4)")
+    p.add_argument("--readers", type=count_arg(0, MAX_PROCS), default=2,
+                   help=f"reader processes, 0 to {MAX_PROCS} (default 2)")
+    p.add_argument("--txns", type=count_arg(1), default=50000,
                    help="write transactions per writer (default 50000)")
-    p.add_argument("--seconds", type=float, default=0.0,
+    p.add_argument("--seconds", type=seconds_arg, default=0.0,
                    help="run for this long instead of a number of txns")
     p.add_argument("--start-method",
                    choices=["fork", "spawn", "forkserver"],
@@ -244,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for it
+        print(f"shmtxn {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Error as e:
         print(f"shmtxn {args.command}: {e}", file=sys.stderr)
         return 1

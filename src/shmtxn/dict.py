@@ -3,20 +3,32 @@
 The per-key paths (``d[k]``, ``d[k] = v``, ``del d[k]``, ``in``, ``len``,
 ``get``, ``txn()``) are the C base class ``shmtxn._core.Dict``; this module
 adds the rest of ``MutableMapping`` -- each compound operation in one
-transaction, so ``pop`` or ``setdefault`` is atomic -- plus pickling,
-``copy()`` and repr.  See docs/dict.md.
+transaction, so ``pop`` or ``setdefault`` is atomic -- plus ``reversed``,
+``|`` and ``|=`` as dicts have them, pickling, ``copy()`` and repr.  See
+docs/dict.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, MutableMapping, ValuesView
+from collections.abc import (ItemsView, KeysView, Mapping, MutableMapping,
+                             ValuesView)
 
 from . import _core
+from .memory import _check_mode, _exact_mode
 
 __all__ = ["SharedDict"]
 
 _KEYS, _VALUES, _ITEMS = 0, 1, 2
 _MISSING = object()
+
+
+class _SnapshotKeys(KeysView):
+    """d.keys(): iterating reads every key in one read txn."""
+
+    __slots__ = ()
+
+    def __reversed__(self):
+        return reversed(self._mapping._snapshot(_KEYS))
 
 
 class _SnapshotValues(ValuesView):
@@ -27,6 +39,9 @@ class _SnapshotValues(ValuesView):
     def __iter__(self):
         return iter(self._mapping._snapshot(_VALUES))
 
+    def __reversed__(self):
+        return reversed(self._mapping._snapshot(_VALUES))
+
 
 class _SnapshotItems(ItemsView):
     """d.items(): iterating reads every pair in one read txn."""
@@ -36,11 +51,17 @@ class _SnapshotItems(ItemsView):
     def __iter__(self):
         return iter(self._mapping._snapshot(_ITEMS))
 
+    def __reversed__(self):
+        return reversed(self._mapping._snapshot(_ITEMS))
+
 
 class _MappingMethods:
     """What SharedDict and its txns share beyond the C per-key methods."""
 
     __slots__ = ()
+
+    def keys(self):
+        return _SnapshotKeys(self)
 
     def values(self):
         return _SnapshotValues(self)
@@ -51,6 +72,32 @@ class _MappingMethods:
     def copy(self) -> dict:
         """A plain dict with the current contents (one consistent read)."""
         return dict(self._snapshot(_ITEMS))
+
+    def __reversed__(self):
+        """The keys of one snapshot, last inserted first."""
+        return reversed(self._snapshot(_KEYS))
+
+    def __or__(self, other):
+        """``d | other``: a plain dict, the contents of ``d`` updated with
+        ``other``, as for dicts (``d`` itself does not change)."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
+    def __ror__(self, other):
+        """``other | d``: a plain dict, ``other`` updated with ``d``."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = dict(other)
+        merged.update(self.copy())
+        return merged
+
+    def __ior__(self, other):
+        """``d |= other``: ``d.update(other)``, in one transaction."""
+        self.update(other)
+        return self
 
 
 class DictTxn(_MappingMethods, _core.DictTxn, MutableMapping):
@@ -63,7 +110,7 @@ class DictTxn(_MappingMethods, _core.DictTxn, MutableMapping):
         """Remove and return the last inserted (key, value), as dict does."""
         keys = self._snapshot(_KEYS)
         if not keys:
-            raise KeyError("popitem(): SharedDict is empty")
+            raise KeyError("popitem(): dictionary is empty")  # as dict
         key = keys[-1]
         value = self[key]
         del self[key]
@@ -89,11 +136,19 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
     values are anything picklable.  Each operation outside a txn is atomic
     on its own; ``with d.txn() as t:`` makes several atomic together.
     ``size`` is the most the dict may hold (keys, values and table); pages
-    are only used as it fills.  Lifetimes, pickling and errors are those of
-    ``SharedMemory``.
+    are only used as it fills.  Lifetimes, pickling, ``mode`` and errors
+    are those of ``SharedMemory``.  Values are pickles, and unpickling runs
+    code: share a dict only with processes you trust (docs/dict.md).
     """
 
     __slots__ = ()
+
+    def __init__(self, name=None, create=False, size=0, *, mode=0o600,
+                 **kwargs):
+        super().__init__(name, create, size, mode=_check_mode(mode),
+                         **kwargs)
+        if self.owner:
+            _exact_mode(self, mode)
 
     def pop(self, key, default=_MISSING):
         with self.txn() as t:

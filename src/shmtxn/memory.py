@@ -8,11 +8,16 @@ and a readable repr.
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 
 from . import _core
 
 __all__ = ["SharedMemory", "format_code"]
+
+_SHM_DIR = "/dev/shm"
+_FORMATS = "bBhHiIlLqQnNefd?"
 
 # numpy dtype names and codes -> struct codes (native size and order)
 _DTYPE_CODES = {
@@ -33,9 +38,13 @@ def format_code(fmt) -> str | None:
         return fmt
     if not isinstance(fmt, str):
         fmt = getattr(fmt, "str", None) or getattr(fmt, "__name__", None)
-        if fmt is None:
+        if not isinstance(fmt, str):
             raise TypeError("format must be a struct code, a numpy dtype or"
                             " a dtype name")
+    if not fmt:
+        raise ValueError(f"format must not be empty: use a struct code "
+                         f"({_FORMATS}, default 'q') or a numpy dtype of "
+                         "those")
     order, code = (fmt[0], fmt[1:]) if fmt[0] in "<>=|@" else ("=", fmt)
     if order not in ("=", "|", "@", _NATIVE):
         raise ValueError(f"format {fmt!r} is not in this machine's byte "
@@ -45,7 +54,55 @@ def format_code(fmt) -> str | None:
     if order == "@" and len(code) == 1:
         return code
     raise ValueError(f"unknown item format {fmt!r}: use a struct code "
-                     "(bBhHiIlLqQnNefd?) or a numpy dtype of those")
+                     f"({_FORMATS}) or a numpy dtype of those")
+
+
+def _check_mode(mode) -> int:
+    """`mode` if it is permission bits a segment can have (an int within
+    0o777 that lets the owner read and write), else ValueError."""
+    if isinstance(mode, bool) or not isinstance(mode, int):
+        raise ValueError(f"mode must be an int of permission bits such as "
+                         f"0o600 or 0o660, not {mode!r}")
+    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        shown = f"-0o{-mode:o}" if mode < 0 else f"0o{mode:o}"
+        raise ValueError(f"mode must be permission bits within 0o777 that "
+                         f"include 0o600 (got {shown}): every process that "
+                         "attaches, even read-only, reads and writes the "
+                         "segment")
+    return mode
+
+
+def _exact_mode(handle, mode: int) -> None:
+    """Give the segment `handle` has just created exactly `mode`.
+
+    shm_open() applies the process umask, which may narrow the mode (0o660
+    becomes 0o640 under umask 022).  The mode passed is the mode a segment
+    gets, so change it back -- through this process's own descriptor of the
+    file (/proc/self/fd/N), not the name, so a file put under the name
+    meanwhile is never touched; and without opening the file, since
+    closing any descriptor of it would drop this process's fcntl locks.
+    If that fails, the new segment is removed and the error raised.
+    """
+    path = os.path.join(_SHM_DIR, handle.name)
+    try:
+        if stat.S_IMODE(os.stat(path).st_mode) == mode:
+            return  # the usual case: the umask took nothing away
+    except FileNotFoundError:
+        return  # already removed by someone: nobody can attach to it
+    for fd in os.listdir("/proc/self/fd"):
+        link = f"/proc/self/fd/{fd}"
+        try:
+            if os.readlink(link) != path:
+                continue
+        except OSError:
+            continue  # closed meanwhile (the listing's own fd)
+        try:
+            os.chmod(link, mode)
+        except BaseException:
+            handle.close()
+            handle.unlink()
+            raise
+        return
 
 
 def _reattach(cls, name, read_only):
@@ -66,17 +123,21 @@ class SharedMemory(_core.Memory):
     the dimensions instead (``shape=(1000, 3), format="d"``); ``data`` is
     the initial contents; ``populate`` prefaults the pages so the first
     write runs at memory speed.  Attaching reads format, size and shape
-    from the segment.  The handle that created a segment owns it: leaving
-    its ``with`` block closes *and* unlinks; other handles only close.  See
-    docs/semantics.md for the guarantees.
+    from the segment.  ``mode`` is the new segment's permission bits,
+    exactly (the umask does not narrow it); attaching, even read-only,
+    needs read and write permission.  The handle that created a segment
+    owns it: leaving its ``with`` block closes *and* unlinks; other
+    handles only close.  See docs/semantics.md for the guarantees.
     """
 
     __slots__ = ()
 
     def __init__(self, name=None, create=False, size=0, *, format=None,
-                 **kwargs):
+                 mode=0o600, **kwargs):
         super().__init__(name, create, size, format=format_code(format),
-                         **kwargs)
+                         mode=_check_mode(mode), **kwargs)
+        if self.owner:
+            _exact_mode(self, mode)
 
     @classmethod
     def from_array(cls, array, name=None, **kwargs):

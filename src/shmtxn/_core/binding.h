@@ -78,6 +78,11 @@ void raise_engine_error(int code, const char *name);
 void raise_lock_timeout(const char *name, double timeout, int write);
 /* Raise shmtxn.<class_name>(message). */
 void raise_named(const char *class_name, const char *fmt, ...);
+/* Raise shmtxn.<class_name>(message) from the exception being raised
+ * (it becomes __cause__). */
+void raise_named_from_cause(const char *class_name, const char *fmt, ...);
+/* Raise KeyError with `key` as its one argument, exactly as dict does. */
+void raise_key_error(PyObject *key);
 
 /* ---- segment state as Python data (info.c) ---- */
 

@@ -15,7 +15,9 @@
  *   tuple  't' then per element a 4-byte length and its encoding
  *
  * A top-level bool or integral float remembers its type in the record's
- * key_kind, so d[True] comes back as True, like the key a dict keeps.
+ * key_kind, so d[True] comes back as True, like the key a dict keeps; the
+ * float -0.0 (equal to 0, so encoded as the int 0) has a kind of its own,
+ * so d[-0.0] = 1 lists -0.0 as a dict does.
  *
  * Values take a one-byte tag: 'b' bytes, 's' str, 'i' int64, 'f' float,
  * 'T'/'F' bool, 'n' None -- all exact types, stored without pickle --
@@ -29,7 +31,7 @@
 #define MAX_KEY_DEPTH 32
 
 /* key_kind values: the type of a top-level key that encodes as an int. */
-enum { KEY_PLAIN = 0, KEY_BOOL = 1, KEY_FLOAT = 2 };
+enum { KEY_PLAIN = 0, KEY_BOOL = 1, KEY_FLOAT = 2, KEY_NEG_ZERO = 3 };
 
 static const char bad_key_types[] = "str, bytes, int, float, bool, None or "
                                     "tuples of them";
@@ -238,6 +240,10 @@ key_encode(PyObject *key, key_buf *kb)
     if (kb->kind == KEY_FLOAT && kb->bytes[0] == 'f') {
         kb->kind = KEY_PLAIN; /* stored as a float anyway */
     }
+    else if (kb->kind == KEY_FLOAT && PyFloat_AS_DOUBLE(key) == 0.0
+             && signbit(PyFloat_AS_DOUBLE(key))) {
+        kb->kind = KEY_NEG_ZERO; /* the int 0 that was -0.0 */
+    }
     return 0;
 }
 
@@ -347,9 +353,15 @@ key_decode(const uint8_t *p, uint32_t n, uint8_t kind)
     if (key == NULL || kind == KEY_PLAIN) {
         return key;
     }
+    if (!PyLong_CheckExact(key)) { /* only int encodings carry a kind */
+        Py_DECREF(key);
+        return bad_bytes("key");
+    }
     PyObject *typed = kind == KEY_BOOL ? PyBool_FromLong(PyObject_IsTrue(key))
                       : kind == KEY_FLOAT ? PyNumber_Float(key)
-                                          : bad_bytes("key");
+                      : kind == KEY_NEG_ZERO && PyObject_Not(key) == 1
+                          ? PyFloat_FromDouble(-0.0)
+                          : bad_bytes("key");
     Py_DECREF(key);
     return typed;
 }
@@ -413,8 +425,16 @@ encode_pickled(PyObject *v, value_buf *vb)
     }
     vb->owner = PyObject_CallFunction(pickle_dumps, "Oi", v, 5);
     if (vb->owner == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_Exception)
-            && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        if (PyErr_ExceptionMatches(PyExc_RecursionError)) {
+            _PyErr_FormatFromCause(PyExc_RecursionError, "a %.100s nested "
+                                   "too deeply to be stored in a "
+                                   "SharedDict: pickling it hit Python's "
+                                   "recursion limit; flatten it, or raise "
+                                   "sys.setrecursionlimit()",
+                                   Py_TYPE(v)->tp_name);
+        }
+        else if (PyErr_ExceptionMatches(PyExc_Exception)
+                 && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
             _PyErr_FormatFromCause(PyExc_TypeError, "a %.100s cannot be "
                                    "stored in a SharedDict: values must be "
                                    "picklable", Py_TYPE(v)->tp_name);
@@ -511,5 +531,34 @@ value_unpickle(PyObject *raw)
     if (pickle_ready() < 0) {
         return NULL;
     }
-    return PyObject_CallOneArg(pickle_loads, raw);
+    PyObject *v = PyObject_CallOneArg(pickle_loads, raw);
+    if (v == NULL && PyErr_ExceptionMatches(PyExc_Exception)
+        && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        /* Whatever pickle raised (UnpicklingError, EOFError, ValueError,
+         * an import that fails...): the stored bytes do not unpickle
+         * here.  Say so with one class; the original is the __cause__. */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        PyObject *text = value ? PyObject_Str(value) : NULL;
+        if (text == NULL) {
+            PyErr_Clear();
+        }
+        PyObject *what = PyUnicode_FromFormat(
+            "%s: %S", ((PyTypeObject *)type)->tp_name,
+            text ? text : Py_None);
+        Py_XDECREF(text);
+        PyErr_Restore(type, value, tb);
+        if (what == NULL) {
+            return NULL;
+        }
+        raise_named_from_cause("CorruptSegmentError", "a value stored in "
+                               "the SharedDict cannot be unpickled (%U): "
+                               "its pickle is damaged, or it needs a class "
+                               "this process cannot import; `shmtxn check` "
+                               "verifies the segment, and storing or "
+                               "deleting the key replaces the value", what);
+        Py_DECREF(what);
+    }
+    return v;
 }

@@ -128,6 +128,42 @@ raise_engine_error(int code, const char *name)
 }
 
 void
+raise_named_from_cause(const char *class_name, const char *fmt, ...)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    PyObject *cls = msg ? error_class(class_name) : NULL;
+    if (cls == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        Py_XDECREF(msg);
+        return;
+    }
+    PyErr_Restore(type, value, tb);
+    _PyErr_FormatFromCause(cls, "%U", msg);
+    Py_DECREF(cls);
+    Py_DECREF(msg);
+}
+
+void
+raise_key_error(PyObject *key)
+{
+    /* KeyError(key) as dict raises it: the key is the single argument even
+     * when it is a tuple (PyErr_SetObject would unpack it) or None (which
+     * would make an argument-less KeyError). */
+    PyObject *args = PyTuple_Pack(1, key);
+    if (args != NULL) {
+        PyErr_SetObject(PyExc_KeyError, args);
+        Py_DECREF(args);
+    }
+}
+
+void
 raise_lock_timeout(const char *name, double timeout, int write)
 {
     char seconds[32];

@@ -306,7 +306,7 @@ Dict_subscript(DictObject *self, PyObject *key)
     int missing;
     PyObject *v = auto_lookup(self, key, 1, &missing);
     if (v == NULL && missing) {
-        PyErr_SetObject(PyExc_KeyError, key);
+        raise_key_error(key);
     }
     return v;
 }
@@ -435,7 +435,7 @@ Dict_ass_subscript(DictObject *self, PyObject *key, PyObject *value)
     if (value == NULL) {
         rc = auto_write(self, OP_DELETE, &k, NULL);
         if (rc == 1) {
-            PyErr_SetObject(PyExc_KeyError, key);
+            raise_key_error(key);
             rc = -1;
         }
     }

@@ -178,7 +178,7 @@ DictTxn_subscript(DictTxnObject *self, PyObject *key)
     int missing;
     PyObject *v = lookup(self, key, &missing);
     if (v == NULL && missing) {
-        PyErr_SetObject(PyExc_KeyError, key);
+        raise_key_error(key);
     }
     return v;
 }
@@ -234,7 +234,7 @@ DictTxn_ass_subscript(DictTxnObject *self, PyObject *key, PyObject *value)
         rc = value ? stx_dict_put(&self->dt, &k, &v)
                    : stx_dict_delete(&self->dt, &k);
         if (rc == STX_ENOENT) {
-            PyErr_SetObject(PyExc_KeyError, key);
+            raise_key_error(key);
             rc = -1;
         }
         else if (rc != 0) {

@@ -50,11 +50,28 @@ handle_check_args(open_args *a)
                      a->size);
         return -1;
     }
+    if (a->mode < 0 || a->mode > 0777 || (a->mode & 0600) != 0600) {
+        char got[32];
+        snprintf(got, sizeof(got), "%s0o%o", a->mode < 0 ? "-" : "",
+                 a->mode < 0 ? -(unsigned)a->mode : (unsigned)a->mode);
+        PyErr_Format(PyExc_ValueError, "mode must be permission bits "
+                     "within 0o777 that include 0o600 (got %s): every "
+                     "process that attaches, even read-only, reads and "
+                     "writes the segment", got);
+        return -1;
+    }
     if (a->name == NULL) {
         return 0;
     }
     if (a->name[0] == '/') {
         a->name++; /* the stdlib accepts "/name" too */
+    }
+    size_t len = strlen(a->name); /* UTF-8 bytes, which the limit counts */
+    if (len == 0 || len > STX_NAME_MAX) {
+        PyErr_Format(PyExc_ValueError, "a segment name is 1 to %d bytes "
+                     "of UTF-8 (got %zu bytes)%s", STX_NAME_MAX, len,
+                     len ? "; choose a shorter name" : "");
+        return -1;
     }
     if (stx_check_name(a->name) != 0) {
         PyErr_SetString(PyExc_ValueError, stx_detail());
