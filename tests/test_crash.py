@@ -109,23 +109,6 @@ def test_lock_timeout_names_the_segment(name):
         assert shr[0] == 12345
 
 
-def test_ctrl_c_interrupts_a_wait(name):
-    with SharedMemory(name, create=True, size=16) as shr:
-        p, parent = start_child(helpers.hold_write_txn, name,
-                                expect="locked")
-        interrupter = subprocess.Popen(
-            [sys.executable, "-c",
-             "import os, signal, sys, time; time.sleep(0.2); "
-             f"os.kill({os.getpid()}, signal.SIGINT)"])
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                with shr.txn():
-                    pass
-        finally:
-            interrupter.wait()
-            helpers.kill(p)
-
-
 @pytest.mark.parametrize("point", ["create:after_open",
                                    "create:after_reserve",
                                    "create:before_magic"])

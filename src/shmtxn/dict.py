@@ -14,7 +14,7 @@ from collections.abc import (ItemsView, KeysView, Mapping, MutableMapping,
                              ValuesView)
 
 from . import _core
-from .memory import _check_mode, _exact_mode
+from .memory import _check_mode
 
 __all__ = ["SharedDict"]
 
@@ -147,8 +147,6 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
                  **kwargs):
         super().__init__(name, create, size, mode=_check_mode(mode),
                          **kwargs)
-        if self.owner:
-            _exact_mode(self, mode)
 
     def pop(self, key, default=_MISSING):
         with self.txn() as t:

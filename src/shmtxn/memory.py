@@ -8,15 +8,12 @@ and a readable repr.
 
 from __future__ import annotations
 
-import os
-import stat
 import sys
 
 from . import _core
 
 __all__ = ["SharedMemory", "format_code"]
 
-_SHM_DIR = "/dev/shm"
 _FORMATS = "bBhHiIlLqQnNefd?"
 
 # numpy dtype names and codes -> struct codes (native size and order)
@@ -72,39 +69,6 @@ def _check_mode(mode) -> int:
     return mode
 
 
-def _exact_mode(handle, mode: int) -> None:
-    """Give the segment `handle` has just created exactly `mode`.
-
-    shm_open() applies the process umask, which may narrow the mode (0o660
-    becomes 0o640 under umask 022).  The mode passed is the mode a segment
-    gets, so change it back -- through this process's own descriptor of the
-    file (/proc/self/fd/N), not the name, so a file put under the name
-    meanwhile is never touched; and without opening the file, since
-    closing any descriptor of it would drop this process's fcntl locks.
-    If that fails, the new segment is removed and the error raised.
-    """
-    path = os.path.join(_SHM_DIR, handle.name)
-    try:
-        if stat.S_IMODE(os.stat(path).st_mode) == mode:
-            return  # the usual case: the umask took nothing away
-    except FileNotFoundError:
-        return  # already removed by someone: nobody can attach to it
-    for fd in os.listdir("/proc/self/fd"):
-        link = f"/proc/self/fd/{fd}"
-        try:
-            if os.readlink(link) != path:
-                continue
-        except OSError:
-            continue  # closed meanwhile (the listing's own fd)
-        try:
-            os.chmod(link, mode)
-        except BaseException:
-            handle.close()
-            handle.unlink()
-            raise
-        return
-
-
 def _reattach(cls, name, read_only):
     """Unpickle a handle: attach to the segment by name."""
     return cls(name, read_only=read_only)
@@ -136,8 +100,6 @@ class SharedMemory(_core.Memory):
                  mode=0o600, **kwargs):
         super().__init__(name, create, size, format=format_code(format),
                          mode=_check_mode(mode), **kwargs)
-        if self.owner:
-            _exact_mode(self, mode)
 
     @classmethod
     def from_array(cls, array, name=None, **kwargs):

@@ -693,8 +693,11 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
         }
         return rc;
     }
-    if (lock_byte(fd, F_WRLCK, INIT_LOCK_BYTE, F_SETLK) != 0) {
-        rc = fail_errno(errno, "taking the init lock", name);
+    /* the mode given is the mode the file gets: the umask does not
+     * narrow it (fchmod on our own fd, never on the name) */
+    if (fchmod(fd, opts->mode ? opts->mode : 0600) != 0
+        || lock_byte(fd, F_WRLCK, INIT_LOCK_BYTE, F_SETLK) != 0) {
+        rc = fail_errno(errno, "setting the mode or init lock of", name);
         close(fd);
         shm_unlink(shm_name);
         pthread_mutex_unlock(&registry_lock);
