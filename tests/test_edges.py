@@ -9,11 +9,13 @@ import multiprocessing
 import os
 import queue
 import select
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import threading
+import time
 import warnings
 
 import pytest
@@ -464,26 +466,32 @@ def test_a_thread_that_ends_inside_a_dict_txn_rolls_it_back(name):
 
 def parent_of_a_lock_free_reader(name, conn):
     """Attach, fork a child that only reads lock-free, then close and exit
-    (the child keeps reading until told to stop)."""
+    (the child keeps reading until told to stop, a minute at most)."""
     shr = SharedMemory(name)
     pid = os.fork()
     if pid == 0:
-        conn.send(os.getpid())
-        while not conn.poll():
+        conn.send(("reader", os.getpid()))
+        deadline = time.monotonic() + 60
+        while not conn.poll() and time.monotonic() < deadline:
             shr[0]
         os._exit(0)
     shr.close()
+    conn.send(("closed", os.getpid()))
 
 
-def test_gc_and_rm_spare_a_segment_a_forked_reader_still_maps(name):
-    SharedMemory(name, create=True, size=80).close()  # we hold nothing
+@pytest.mark.parametrize("max_processes", [0, 1])  # 1: no slot to claim
+def test_gc_and_rm_spare_a_segment_a_forked_reader_still_maps(
+        name, max_processes):
+    SharedMemory(name, create=True, size=80,
+                 max_processes=max_processes).close()  # we hold nothing
     parent, child = CTX.Pipe()
     p = CTX.Process(target=parent_of_a_lock_free_reader, args=(name, child))
     p.start()
-    reader = parent.recv()
-    gone = os.pidfd_open(reader)  # not our child: wait on a pidfd
-    p.join()  # its parent closed its handle and exited
     try:
+        said = dict(parent.recv() for _ in range(2))
+        reader = said["reader"]
+        gone = os.pidfd_open(reader)  # not our child: wait on a pidfd
+        p.join()  # its parent closed its handle and exited
         [info] = shmtxn.list_segments(prefix=name)
         assert reader in info["attached"] and not info["orphaned"]
         assert shmtxn.admin.gc(prefix=name) == []
@@ -492,8 +500,8 @@ def test_gc_and_rm_spare_a_segment_a_forked_reader_still_maps(name):
         assert os.path.exists(f"/dev/shm/{name}")
     finally:
         parent.send("stop")
-        select.select([gone], [], [], 60)  # readable once it has exited
-        os.close(gone)
+    select.select([gone], [], [], 60)  # readable once it has exited
+    os.close(gone)
     [removed] = shmtxn.admin.gc(prefix=name)
     assert removed["name"] == name and removed["removed"]
 
@@ -571,3 +579,22 @@ def test_a_handle_whose_buf_was_taken_is_collected(name):
     assert ref() is None  # its View no longer keeps it alive
     shr.close()
     shr.unlink()
+
+
+def test_attaching_from_another_pid_namespace_is_refused(name):
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) on this machine")
+    probe = subprocess.run(["unshare", "--pid", "--fork", "true"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("this sandbox cannot make a pid namespace")
+    with SharedMemory(name, create=True, size=80):
+        code = (f"import shmtxn\n"
+                f"try:\n"
+                f"    shmtxn.SharedMemory({name!r})\n"
+                f"except shmtxn.IncompatibleSegmentError as e:\n"
+                f"    print('refused', 'pid namespace' in str(e))\n")
+        out = subprocess.run(["unshare", "--pid", "--fork", sys.executable,
+                              "-c", code], capture_output=True, text=True,
+                             timeout=60)
+        assert out.stdout.split() == ["refused", "True"], out.stderr

@@ -56,11 +56,15 @@ def segment_info(name: str) -> dict:
     info.update(_disk_usage(name))
     if info["state"] == "ready":
         live = [p for p in info["processes"] if p["alive"]]
-        info["attached"] = [p["pid"] for p in live]
+        # a process holding a beacon has the segment open even without a
+        # reader slot (all slots taken, or a child just forked)
+        attached = [p["pid"] for p in live]
+        attached += [b for b in info["beacons"] if b not in attached]
+        info["attached"] = attached
         info["active_readers"] = sum(p["readers"] for p in live)
         info["dead_processes"] = [p["pid"] for p in info["processes"]
                                   if not p["alive"]]
-        info["orphaned"] = not live
+        info["orphaned"] = not attached
     return info
 
 
@@ -99,6 +103,8 @@ def _problems(info: dict) -> list[str]:
         if state == "building":
             return []
         return [f"segment is {state}: {info.get('detail') or state}"]
+    if info.get("unrecoverable"):
+        return [info["unrecoverable"]]
     found = []
     live_writer = info["lock"] == "held"
     if info["lock"] == "dead":

@@ -32,7 +32,7 @@ static const error_entry table[] = {
      "the segment cannot be used; remove it with `shmtxn rm` and create "
      "it again"},
     {STX_EINCOMPAT, "IncompatibleSegmentError",
-     "open it with the shmtxn version that created it"},
+     "open it from a matching shmtxn version, machine and pid namespace"},
     {STX_ETOOLARGE, "TransactionTooLarge",
      "the transaction was rolled back; create the segment with a larger "
      "undo_size=, or split the work into smaller transactions"},

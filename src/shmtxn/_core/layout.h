@@ -153,6 +153,8 @@ typedef struct stx_header {
     _Atomic uint32_t slots_hwm;      /* slots at or above this are unused */
     _Atomic uint32_t unrecoverable;  /* 0, or why the segment is unusable:
                                         enum stx_broken */
+    uint64_t pid_ns;                 /* the creator's pid namespace (inode
+                                        of /proc/self/ns/pid), 0: unknown */
 
     /* --- undo log state: the writer's own line --- */
     alignas(STX_CACHE_LINE) _Atomic uint64_t undo_used; /* bytes of log */
@@ -184,6 +186,7 @@ _Static_assert(offsetof(stx_header, writer_flag) == 256,
                "format.md: writer line");
 _Static_assert(offsetof(stx_header, unrecoverable) == 280,
                "format.md: unrecoverable");
+_Static_assert(offsetof(stx_header, pid_ns) == 288, "format.md: pid_ns");
 _Static_assert(offsetof(stx_header, undo_used) == 320,
                "format.md: undo line");
 _Static_assert(offsetof(stx_header, writer_mutex) == 384,

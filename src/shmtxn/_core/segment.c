@@ -590,6 +590,33 @@ init_writer_mutex(pthread_mutex_t *m)
     return rc;
 }
 
+/* This process's pid namespace: the inode of /proc/self/ns/pid (0 if
+ * /proc is not there to tell). */
+static uint64_t
+own_pid_ns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+/* Liveness (beacons keyed by pid, kill() on thread ids) only means
+ * something among processes that see the same pids: refuse to attach
+ * from another pid namespace (a container that shares /dev/shm but not
+ * its pid namespace) rather than misjudge who is alive. */
+static int
+check_pid_ns(const stx_segment *seg)
+{
+    uint64_t theirs = seg->hdr->pid_ns, ours = own_pid_ns();
+    if (theirs == 0 || ours == 0 || theirs == ours) {
+        return 0;
+    }
+    return stx_fail(STX_EINCOMPAT, "segment '%s' was created in another pid "
+                    "namespace; every process sharing a segment must see "
+                    "the same pids (with containers, share the pid "
+                    "namespace too, e.g. docker --pid=host or --pid "
+                    "container:NAME)", seg->name);
+}
+
 /* Write the creator-only header fields: format, shape, key, pid, time. */
 static void
 fill_identity(stx_header *hdr, const stx_create_opts *opts)
@@ -611,6 +638,7 @@ fill_identity(stx_header *hdr, const stx_create_opts *opts)
         hdr->hash_key[1] = (t ^ (uintptr_t)hdr) * 0xc2b2ae3d27d4eb4full;
     }
     hdr->creator_pid = stx_self_pid;
+    hdr->pid_ns = own_pid_ns();
     hdr->created_ns = now_ns(CLOCK_REALTIME);
     atomic_store(&hdr->modified_ns, hdr->created_ns);
 }
@@ -1033,6 +1061,9 @@ attach_mapped(stx_segment *seg, int require_published)
     }
     if (rc == 0) {
         fill_handle(seg, base, (size_t)size);
+        rc = check_pid_ns(seg);
+    }
+    if (rc == 0) {
         rc = fresh ? protect_data(seg) : 0;
     }
     if (rc == 0 && fresh) {
