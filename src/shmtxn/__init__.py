@@ -16,8 +16,16 @@ from .errors import *  # noqa: F401,F403  (the exception hierarchy)
 from .admin import list_segments, segment_info
 from .memory import SharedMemory
 from .dict import SharedDict
+from ._install import install, uninstall
+from . import admin
 
 __version__ = "0.1.0"
 
-__all__ = ["SharedMemory", "SharedDict", "list_segments", "segment_info", "__version__",
-           *errors.__all__]
+__all__ = ["SharedMemory", "SharedDict", "list_segments", "segment_info",
+           "install", "uninstall", "__version__", *errors.__all__]
+
+# children of `shmtxn run` (spawn, forkserver) install as they import us
+import os as _os
+if _os.environ.get(_install.ENV) == "1":
+    install()
+del _os

@@ -293,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-method",
                    choices=["fork", "spawn", "forkserver"],
                    help="multiprocessing start method")
+    p = sub.add_parser("run", help="run a Python script with "
+                       "shmtxn.install() applied (the article's programs, "
+                       "verbatim: docs/verbatim.md)",
+                       description="Run SCRIPT as `python SCRIPT ARGS...` "
+                       "would, with multiprocessing.shared_memory."
+                       "SharedMemory being shmtxn's, in its children too.")
+    p.add_argument("--start-method", choices=["fork", "spawn", "forkserver"],
+                   help="multiprocessing start method to set first")
+    p.add_argument("script")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
     p = command("bench", cmd_bench, "quick side-by-side table against the "
                 "stdlib, multiprocessing, posix_ipc and lmdb")
     p.add_argument("--quick", action="store_true",
@@ -300,8 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_run(args) -> int:
+    from ._install import run_script
+
+    run_script(args.script, args.args, args.start_method)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":  # the script's errors are its own: as python
+        return args.func(args)
     try:
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: one line, the shell's code for it
