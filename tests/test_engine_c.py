@@ -54,10 +54,12 @@ def test_the_engine_sources_do_not_include_python():
     assert len(engine_sources()) >= 6
 
 
-def test_writer_and_lock_free_readers_have_no_data_race(tmp_path):
+@pytest.mark.parametrize("harness", ["race_harness.c",
+                                     "dict_race_harness.c"])
+def test_writer_and_lock_free_readers_have_no_data_race(tmp_path, harness):
     if not tsan_available(tmp_path):
         pytest.skip("this compiler has no ThreadSanitizer runtime")
-    exe = build(tmp_path, "race_harness.c", ["-fsanitize=thread", "-Wno-tsan"])
+    exe = build(tmp_path, harness, ["-fsanitize=thread", "-Wno-tsan"])
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66")
     env.pop("LD_PRELOAD", None)  # the ASan run's preload would clash
     proc = subprocess.run([exe], capture_output=True, text=True, env=env,

@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "seqlock.h"
 
 /* Classes 0..SMALL_CLASSES-1 are 32, 48, ..., 256 bytes. */
 #define SMALL_CLASSES 15u
@@ -145,7 +146,8 @@ pop_free(stx_dict_txn *dt, uint32_t c, uint64_t *offset)
     const stx_block *b = (const stx_block *)(seg->data + head);
     int rc = set_free_head(dt, c, b->next_free);
     if (rc == 0) {
-        dh->free_bytes -= size < dh->free_bytes ? size : dh->free_bytes;
+        uint64_t left = dh->free_bytes;
+        STX_STORE(dh->free_bytes, left - (size < left ? size : left));
         *offset = head;
     }
     return rc;
@@ -202,7 +204,7 @@ bump(stx_dict_txn *dt, uint64_t size, uint64_t *offset)
     }
     int rc = reserve_heap(seg, top + size);
     if (rc == 0) {
-        dh->heap_top = top + size;
+        STX_STORE(dh->heap_top, top + size);
         rc = stx_write_fresh(dt->txn, top, &size, sizeof(size));
     }
     if (rc == 0) {
@@ -244,9 +246,9 @@ split_block(stx_dict_txn *dt, uint64_t offset, uint64_t size, uint64_t keep)
         uint64_t piece = largest_piece(offset + size - at);
         uint32_t c = stx_class_of(piece);
         stx_block *b = (stx_block *)(seg->data + at);
-        b->size = piece;
-        b->next_free = dh->free_heads[c];
-        dh->free_bytes += piece;
+        STX_STORE(b->size, piece);
+        STX_STORE(b->next_free, dh->free_heads[c]);
+        STX_STORE(dh->free_bytes, dh->free_bytes + piece);
         rc = set_free_head(dt, c, at);
         at += piece;
     }
@@ -384,9 +386,10 @@ reclaim_top(stx_dict_txn *dt, uint64_t size)
         rc = unlink_from(dt, from);
     }
     if (rc == 0) {
-        dh->free_bytes -= top - from < dh->free_bytes ? top - from
-                                                       : dh->free_bytes;
-        dh->heap_top = from;
+        uint64_t left = dh->free_bytes;
+        STX_STORE(dh->free_bytes,
+                  left - (top - from < left ? top - from : left));
+        STX_STORE(dh->heap_top, from);
     }
     return rc;
 }
@@ -464,7 +467,8 @@ stx_heap_alloc(stx_dict_txn *dt, uint64_t bytes, uint64_t *offset)
     }
     if (rc == 0) {
         stx_dict_header *dh = dict_header(seg);
-        dh->live_bytes += stx_block_size(seg, *offset, dh->heap_top);
+        STX_STORE(dh->live_bytes, dh->live_bytes
+                  + stx_block_size(seg, *offset, dh->heap_top));
     }
     return rc;
 }
@@ -498,14 +502,15 @@ release_block(stx_dict_txn *dt, uint64_t offset)
                         "block at %llu has no valid size", seg->name,
                         (unsigned long long)offset);
     }
-    dh->live_bytes -= size < dh->live_bytes ? size : dh->live_bytes;
+    uint64_t live = dh->live_bytes;
+    STX_STORE(dh->live_bytes, live - (size < live ? size : live));
     if (offset + size == dh->heap_top) {
-        dh->heap_top = offset;
+        STX_STORE(dh->heap_top, offset);
         return 0;
     }
     stx_block *b = (stx_block *)(seg->data + offset);
-    b->next_free = dh->free_heads[c]; /* unused while live: no log */
-    dh->free_bytes += size;
+    STX_STORE(b->next_free, dh->free_heads[c]); /* unused while live */
+    STX_STORE(dh->free_bytes, dh->free_bytes + size);
     return set_free_head(dt, c, offset);
 }
 

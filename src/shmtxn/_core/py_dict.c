@@ -217,6 +217,30 @@ Dict_init(DictObject *self, PyObject *args, PyObject *kwds)
 /* ------------------------------------------------------------------ */
 /* lookups                                                             */
 
+/* The value of the record `f` found lock-free under `seq`: its bytes are
+ * copied out with relaxed loads, and decoded only once `seq` proves they
+ * were committed.  NULL without an exception if the copy was torn. */
+static PyObject *
+copy_value_out(const stx_segment *seg, const stx_found *f, uint64_t seq,
+               int *pickled)
+{
+    uint8_t stack[256];
+    uint8_t *copy = f->value_len <= sizeof(stack)
+                    ? stack : PyMem_Malloc(f->value_len ? f->value_len : 1);
+    if (copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    stx_load_relaxed(copy, f->value, f->value_len);
+    PyObject *v = NULL;
+    if (stx_seq_still(seg, seq)) {
+        v = value_decode(f->value_tag, copy, f->value_len, pickled);
+    }
+    if (copy != stack) {
+        PyMem_Free(copy);
+    }
+    return v;
+}
+
 /* The lock-free lookup: the value (or Py_True when !want_value); NULL
  * with *missing (absent), with an exception, or with neither when every
  * attempt was torn -- then take a read txn. */
@@ -234,18 +258,21 @@ seqlock_lookup(DictObject *self, const stx_key *k, int want_value,
         int pickled = 0;
         int rc = stx_dict_lookup(seg, k, &f);
         /* the record's tag and length must be committed ones before they
-         * size an allocation: check, decode, then check the bytes again */
+         * size an allocation: check, copy the bytes out (relaxed loads:
+         * a writer may be changing them), check again, then decode the
+         * private copy */
         if (!stx_seq_still(seg, seq)) {
             continue;
         }
-        PyObject *v = rc != 0 ? NULL
-                      : want_value ? value_decode(f.value_tag, f.value,
-                                                  f.value_len, &pickled)
-                                   : Py_NewRef(Py_True);
-        if (!stx_seq_still(seg, seq)) {
-            Py_XDECREF(v);
-            PyErr_Clear(); /* a torn record may not decode */
-            continue;
+        PyObject *v = NULL;
+        if (rc == 0 && want_value) {
+            v = copy_value_out(seg, &f, seq, &pickled);
+            if (v == NULL && !PyErr_Occurred()) {
+                continue; /* torn: try again */
+            }
+        }
+        else if (rc == 0) {
+            v = Py_NewRef(Py_True);
         }
         *missing = rc == STX_ENOENT;
         if (rc != 0 && rc != STX_ENOENT) {

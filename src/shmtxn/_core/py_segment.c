@@ -239,7 +239,8 @@ buf_view_holders(HandleObject *self)
     if (self->buf_view == NULL) {
         return 0;
     }
-    Py_ssize_t ours = 1 + (self->buf != NULL && !memoryview_released(self->buf));
+    Py_ssize_t ours = 1 + (self->buf != NULL
+                           && !memoryview_released(self->buf));
     return Py_REFCNT(self->buf_view) - ours;
 }
 

@@ -62,6 +62,52 @@ stx_load_relaxed(void *dst, const void *src, size_t n)
     }
 }
 
+/* One relaxed atomic load or store of a shared field (the dict's table
+ * and heap fields, which lock-free readers load while a writer stores). */
+#define STX_LOAD(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+#define STX_STORE(field, value) \
+    __atomic_store_n(&(field), (value), __ATOMIC_RELAXED)
+
+/* 1 if the `n` shared bytes at `shared` equal `mine`: relaxed loads. */
+static inline int
+stx_equal_relaxed(const void *shared, const void *mine, size_t n)
+{
+    const uint8_t *s = shared, *m = mine;
+    for (; n > 0 && ((uintptr_t)s & 7u) != 0; n--) {
+        if (__atomic_load_n(s++, __ATOMIC_RELAXED) != *m++) {
+            return 0;
+        }
+    }
+    for (; n >= 8; n -= 8, s += 8, m += 8) {
+        uint64_t w = __atomic_load_n((const uint64_t *)s, __ATOMIC_RELAXED);
+        if (memcmp(&w, m, 8) != 0) {
+            return 0;
+        }
+    }
+    for (; n > 0; n--) {
+        if (__atomic_load_n(s++, __ATOMIC_RELAXED) != *m++) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Zero `n` shared bytes with relaxed stores (8-byte aligned `dst`). */
+static inline void
+stx_zero_relaxed(void *dst, size_t n)
+{
+    uint8_t *d = dst;
+    for (; n > 0 && ((uintptr_t)d & 7u) != 0; n--) {
+        __atomic_store_n(d++, 0, __ATOMIC_RELAXED);
+    }
+    for (; n >= 8; n -= 8, d += 8) {
+        __atomic_store_n((uint64_t *)d, 0, __ATOMIC_RELAXED);
+    }
+    for (; n > 0; n--) {
+        __atomic_store_n(d++, 0, __ATOMIC_RELAXED);
+    }
+}
+
 /* Stores at least this long are bulk copies (see above). */
 #define STX_BULK_BYTES (256u << 10)
 

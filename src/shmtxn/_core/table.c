@@ -17,13 +17,14 @@
 #include <string.h>
 
 #include "engine.h"
+#include "seqlock.h"
 
 /* The smallest index; entries_cap is two thirds of index_cap. */
 #define MIN_INDEX_CAP 8u
 /* Index slots hold an entry number + 1 in 32 bits. */
 #define MAX_INDEX_CAP (1ull << 31)
 /* One relaxed load of a shared field. */
-#define LOAD(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+#define LOAD(field) STX_LOAD(field)
 
 /* The table fields of the dict header, loaded once and checked. */
 typedef struct table_view {
@@ -141,7 +142,7 @@ probe(const stx_segment *seg, const table_view *t, const stx_key *key,
             return rc;
         }
         if (f->key_len == key->len
-            && memcmp(f->key, key->bytes, key->len) == 0) {
+            && stx_equal_relaxed(f->key, key->bytes, key->len)) {
             f->slot = i;
             f->entry = e;
             return 0;
@@ -184,10 +185,10 @@ write_record(stx_dict_txn *dt, uint64_t offset, const stx_key *key,
     stx_record fields = {.key_len = key->len, .value_tag = value->tag,
                          .key_kind = key_kind, .value_len = value->len};
     size_t head = sizeof(stx_record) - sizeof(stx_block);
-    memcpy(p, (uint8_t *)&fields + sizeof(stx_block), head);
-    memcpy(p + head, key->bytes, key->len);
+    stx_store_relaxed(p, (uint8_t *)&fields + sizeof(stx_block), head);
+    stx_store_relaxed(p + head, key->bytes, key->len);
     if (value->len > 0) { /* None, True, False have no bytes */
-        memcpy(p + head + key->len, value->bytes, value->len);
+        stx_store_relaxed(p + head + key->len, value->bytes, value->len);
     }
     return 0;
 }
@@ -231,7 +232,7 @@ alloc_table(stx_dict_txn *dt, uint64_t cap, uint64_t *index_off,
     if (index == NULL) {
         return corrupt(dt->txn->seg, "a new table lies outside the heap");
     }
-    memset(index, 0, cap * sizeof(uint32_t));
+    stx_zero_relaxed(index, cap * sizeof(uint32_t));
     return 0;
 }
 
@@ -252,12 +253,13 @@ copy_live(stx_dict_txn *dt, const table_view *t, uint64_t cap,
         if (n >= cap * 2 / 3) {
             return corrupt(seg, "it holds more live entries than its count");
         }
-        entries[n] = entry;
+        STX_STORE(entries[n].hash, entry.hash);
+        STX_STORE(entries[n].record, entry.record);
         uint64_t i = entry.hash & mask;
         while (index[i] != STX_INDEX_EMPTY) {
             i = (i + 1) & mask;
         }
-        index[i] = (uint32_t)(n + 1);
+        STX_STORE(index[i], (uint32_t)(n + 1));
         n++;
     }
     *live = n;
@@ -308,23 +310,24 @@ compact_in_place(stx_dict_txn *dt, const table_view *t, int keep)
         return rc;
     }
     uint64_t mask = t->index_cap - 1, n = 0;
-    memset(t->index, 0, t->index_cap * sizeof(uint32_t));
+    stx_zero_relaxed(t->index, t->index_cap * sizeof(uint32_t));
     for (uint64_t e = 0; keep && e < t->entries_used; e++) {
         stx_dict_entry entry = t->entries[e];
         if (entry.record == 0) {
             continue;
         }
-        t->entries[n] = entry;
+        STX_STORE(t->entries[n].hash, entry.hash);
+        STX_STORE(t->entries[n].record, entry.record);
         uint64_t i = entry.hash & mask;
         while (t->index[i] != STX_INDEX_EMPTY) {
             i = (i + 1) & mask;
         }
-        t->index[i] = (uint32_t)(n + 1);
+        STX_STORE(t->index[i], (uint32_t)(n + 1));
         n++;
     }
-    dh->entries_used = n;
-    dh->count = n;
-    dh->rebuilds++;
+    STX_STORE(dh->entries_used, n);
+    STX_STORE(dh->count, n);
+    STX_STORE(dh->rebuilds, dh->rebuilds + 1);
     return 0;
 }
 
@@ -359,13 +362,13 @@ rebuild(stx_dict_txn *dt, const table_view *t, uint64_t want, int keep)
     if (rc != 0) {
         return rc;
     }
-    dh->index_off = index_off;
-    dh->index_cap = cap;
-    dh->entries_off = entries_off;
-    dh->entries_cap = cap * 2 / 3;
-    dh->entries_used = live;
-    dh->count = live;
-    dh->rebuilds++;
+    STX_STORE(dh->index_off, index_off);
+    STX_STORE(dh->index_cap, cap);
+    STX_STORE(dh->entries_off, entries_off);
+    STX_STORE(dh->entries_cap, cap * 2 / 3);
+    STX_STORE(dh->entries_used, live);
+    STX_STORE(dh->count, live);
+    STX_STORE(dh->rebuilds, dh->rebuilds + 1);
     return 0;
 }
 
@@ -446,8 +449,8 @@ insert(stx_dict_txn *dt, table_view *t, const stx_key *key,
                        sizeof(ix));
     }
     if (rc == 0) {
-        dh->entries_used = e + 1;
-        dh->count = t->count + 1;
+        STX_STORE(dh->entries_used, e + 1);
+        STX_STORE(dh->count, t->count + 1);
     }
     return rc;
 }
@@ -497,7 +500,7 @@ stx_dict_delete(stx_dict_txn *dt, const stx_key *key)
                        sizeof(gone));
     }
     if (rc == 0) {
-        dh->count = t.count - 1;
+        STX_STORE(dh->count, t.count - 1);
         rc = stx_heap_free_later(dt, f.record);
     }
     return rc;
