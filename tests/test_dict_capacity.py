@@ -319,13 +319,33 @@ def tearing_writer(name, record, torn, rounds, conn, cycles=20):
     conn.send("done")
 
 
+def _read_in_child(path, spans, conn):
+    """Child: the bytes at each (offset, length) of `path`."""
+    with open(path, "rb") as f:
+        conn.send([os.pread(f.fileno(), n, off) for off, n in spans])
+
+
+def read_elsewhere(name, spans):
+    """Read bytes of a segment's file in a child process.  Opening and
+    closing the file here would drop this process's liveness lock (POSIX
+    fcntl locks go with *any* fd of the file closed), and a writer would
+    then take this live reader for dead (docs/semantics.md)."""
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=_read_in_child,
+                    args=(f"/dev/shm/{name}", spans, child))
+    p.start()
+    got = parent.recv()
+    p.join()
+    return got
+
+
 def slow_to_find(d, target, n=2500):
     """Insert `n` keys that lie in the index just before `target`'s home
     slot, then `target`: a lookup of `target` probes past all of them
     (microseconds), wide enough to overlap a writer's tearing."""
     data = d.info()["data_off"]
-    with open(f"/dev/shm/{d.name}", "rb") as f:
-        k0, k1 = struct.unpack("<QQ", os.pread(f.fileno(), 16, 168))
+    [key] = read_elsewhere(d.name, [(168, 16)])
+    k0, k1 = struct.unpack("<QQ", key)
     mask = 4095  # the index of 2500 keys: 4096 slots
     def home(key):
         return shmtxn._core._siphash(k0, k1, b"s" + key.encode()) & mask
@@ -338,12 +358,11 @@ def slow_to_find(d, target, n=2500):
             d[key] = i
     d[target] = b"s"
     assert d.stats()["index_slots"] == mask + 1
-    with open(f"/dev/shm/{d.name}", "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
-        entries_off, = struct.unpack_from("<Q", mm, data + 32)
-        _, record = struct.unpack_from("<QQ", mm, data + entries_off + 16 * n)
-        key = mm[data + record + RECORD:data + record + RECORD + 2]
-        mm.close()
+    [raw] = read_elsewhere(d.name, [(data + 32, 8)])
+    entries_off, = struct.unpack("<Q", raw)
+    [raw] = read_elsewhere(d.name, [(data + entries_off + 16 * n, 16)])
+    _, record = struct.unpack("<QQ", raw)
+    [key] = read_elsewhere(d.name, [(data + record + RECORD, 2)])
     assert key == b"s" + target.encode()
     return record
 
