@@ -110,7 +110,7 @@ class Fuzzer:
         self.batch = batch
         self.hard = budget + 5  # seconds a worker may stay silent
         self.results = {}      # seed -> {op: outcome}
-        self.failures = []     # dicts: seed, kind, mutations, why, detail
+        self.failed = {}       # seed -> seed, kind, mutations, why, detail
 
     def run(self, seeds, jobs=2):
         """Run `seeds` in batches, `jobs` workers at a time (a worker
@@ -181,9 +181,13 @@ class Fuzzer:
 
     def fail(self, seed, why, detail, reproduced=True):
         kind, _, mutations = fuzz_images.mutate(self.bases, seed)
-        self.failures.append({"seed": seed, "kind": kind,
-                              "mutations": mutations, "why": why,
-                              "reproduced": reproduced, "detail": detail})
+        self.failed[seed] = {"seed": seed, "kind": kind,
+                             "mutations": mutations, "why": why,
+                             "reproduced": reproduced, "detail": detail}
+
+    @property
+    def failures(self):
+        return [self.failed[seed] for seed in sorted(self.failed)]
 
     def counts(self):
         """(per image: its first outcome that is not ok, or ok;

@@ -381,6 +381,9 @@ def counters_run(name, ctx, workers, rounds):
         reader = ctx.Process(target=helpers.dict_invariant_reader,
                              args=(name, 10**6, child))
         reader.start()
+        # a bound, not a sync: a reader that died must fail the test, not
+        # leave it waiting forever
+        assert parent.poll(120), f"the reader died: {reader.exitcode}"
         assert parent.recv() == "ready"
         procs = [ctx.Process(target=helpers.dict_counter_worker,
                              args=(name, keys, rounds))
@@ -390,6 +393,7 @@ def counters_run(name, ctx, workers, rounds):
         for p in procs:
             p.join()
         parent.send("stop")
+        assert parent.poll(120), f"the reader died: {reader.exitcode}"
         checks, bad = parent.recv()
         reader.join()
         total = workers * rounds

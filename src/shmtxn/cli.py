@@ -105,6 +105,11 @@ def _dict_items(name: str, count: int) -> tuple[list, int]:
                 rows.append([repr(key), f"<damaged value: {e}>"])
                 damaged += 1
                 continue
+            except KeyError:  # listed, yet its lookup cannot find it
+                rows.append([repr(key), "<damaged: the key is listed but "
+                             "the index does not find it>"])
+                damaged += 1
+                continue
             try:
                 shown = repr(value)
             except Exception as e:  # a stored class with a broken __repr__

@@ -259,6 +259,19 @@ bad_bytes(const char *what)
     return NULL;
 }
 
+/* `v`, or CorruptSegmentError in place of the ValueError (a bad UTF-8
+ * string, an impossible number) that decoding damaged bytes raised. */
+static PyObject *
+decoded_or_corrupt(PyObject *v, const char *what)
+{
+    if (v == NULL && (PyErr_ExceptionMatches(PyExc_ValueError)
+                      || PyErr_ExceptionMatches(PyExc_OverflowError))) {
+        PyErr_Clear();
+        return bad_bytes(what);
+    }
+    return v;
+}
+
 /* int.from_bytes(raw, "little", signed=True) */
 static PyObject *
 decode_big_int(const uint8_t *p, Py_ssize_t n)
@@ -349,7 +362,7 @@ decode_key(const uint8_t *p, Py_ssize_t n)
 PyObject *
 key_decode(const uint8_t *p, uint32_t n, uint8_t kind)
 {
-    PyObject *key = decode_key(p, n);
+    PyObject *key = decoded_or_corrupt(decode_key(p, n), "key");
     if (key == NULL || kind == KEY_PLAIN) {
         return key;
     }
@@ -494,8 +507,8 @@ value_decode(uint8_t tag, const uint8_t *p, uint64_t n, int *pickled)
     case 'b':
         return PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
     case 's':
-        return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n,
-                                    "surrogatepass");
+        return decoded_or_corrupt(PyUnicode_DecodeUTF8(
+            (const char *)p, (Py_ssize_t)n, "surrogatepass"), "value");
     case 'i': {
         int64_t v;
         if (n != sizeof(v)) {
