@@ -598,3 +598,20 @@ def test_attaching_from_another_pid_namespace_is_refused(name):
                               "-c", code], capture_output=True, text=True,
                              timeout=60)
         assert out.stdout.split() == ["refused", "True"], out.stderr
+
+
+def test_damaged_utf8_in_a_stored_string_is_corrupt(name):
+    with shmtxn.SharedDict(name, create=True, size=1 << 20) as d:
+        d["key-one"] = "value-" + "é" * 8
+        with open(f"/dev/shm/{name}", "rb") as f:
+            raw = f.read()
+        at = raw.index("é".encode() * 8)
+        poke(name, at, "B", 0xff)  # no UTF-8 starts with 0xff
+        with pytest.raises(shmtxn.CorruptSegmentError, match="decoded"):
+            d["key-one"]
+        with pytest.raises(shmtxn.CorruptSegmentError):
+            list(d.items())
+        at = raw.index(b"key-one")
+        poke(name, at, "B", 0xff)  # and in a key
+        with pytest.raises(shmtxn.CorruptSegmentError):
+            list(d)
