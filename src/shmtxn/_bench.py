@@ -28,6 +28,7 @@ from multiprocessing import shared_memory
 from typing import Callable
 
 from .memory import SharedMemory
+from ._procs import stop_processes
 
 Runner = Callable[[int], float]
 
@@ -40,17 +41,6 @@ WORKER_TIMEOUT = 120.0
 
 class WorkerFailed(RuntimeError):
     """A benchmark worker died or stalled, so its numbers are missing."""
-
-
-def _stop(procs) -> None:
-    for p in procs:
-        if p.exitcode is None:
-            p.terminate()
-    for p in procs:
-        p.join(5)
-        if p.exitcode is None:
-            p.kill()
-            p.join()
 
 
 def collect(out, procs, timeout: float = WORKER_TIMEOUT) -> list:
@@ -69,7 +59,7 @@ def collect(out, procs, timeout: float = WORKER_TIMEOUT) -> list:
         quiet = len(got) < len(procs) and all(p.exitcode is not None
                                               for p in procs)
         if dead or quiet or time.monotonic() > deadline:
-            _stop(procs)
+            stop_processes(procs)
             why = (", ".join(f"worker {p.pid} exited with code {p.exitcode}"
                              for p in dead)
                    or ("the workers exited without reporting" if quiet else
@@ -89,7 +79,7 @@ def join_all(procs, timeout: float = WORKER_TIMEOUT) -> None:
     stuck = [p for p in procs if p.exitcode is None]
     failed = [p for p in procs if p.exitcode not in (None, 0)]
     if stuck or failed:
-        _stop(procs)
+        stop_processes(procs)
         raise WorkerFailed(
             "benchmark stopped: " + ", ".join(
                 [f"worker {p.pid} still running after {timeout:g} s"

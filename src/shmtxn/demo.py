@@ -21,6 +21,7 @@ from multiprocessing.connection import wait
 
 from .errors import Error
 from .memory import SharedMemory
+from ._procs import stop_processes
 
 COUNTER = 0
 BATCH = slice(1, 11)
@@ -110,19 +111,6 @@ def _progress(shr, total, seconds, start, stream) -> None:
     stream.flush()
 
 
-def _stop(procs) -> None:
-    """Terminate the children still running and reap them all."""
-    started = [p for p in procs if p.pid is not None]
-    for p in started:
-        if p.exitcode is None:
-            p.terminate()
-    for p in started:
-        p.join(5)
-        if p.exitcode is None:
-            p.kill()
-            p.join()
-
-
 def _failed(procs) -> list[str]:
     """'writer 1234 exited with code 1' for each child that failed."""
     return [f"{p.name} process {p.pid} exited with code {p.exitcode}"
@@ -174,7 +162,7 @@ def run(writers: int = 4, readers: int = 2, txns: int = 50000,
             result = _supervise(shr, procs, writers, readers, txns, seconds,
                                 done, results, ctx, out)
         finally:
-            _stop(procs)  # Ctrl-C, or an error: none is left behind
+            stop_processes(procs)  # Ctrl-C, or an error: none is left behind
     _report(result, out)
     return result
 
@@ -212,7 +200,7 @@ def _supervise(shr, procs, writers, readers, txns, seconds, done, results,
         elif _failed(procs):
             error = "; ".join(_failed(procs))
     if error:
-        _stop(procs)
+        stop_processes(procs)
     counts = _drain(done, writers, 0.5 if error else 10)
     checks = _drain(results, readers, 0.5 if error else 10)
     if not error and (len(counts) < writers or len(checks) < readers):

@@ -1,0 +1,17 @@
+"""Small helpers for the processes the demo and the benchmarks start."""
+
+from __future__ import annotations
+
+
+def stop_processes(procs) -> None:
+    """Terminate the children still running, then reap them all (killed
+    if they do not stop within 5 s).  Children never started are skipped."""
+    started = [p for p in procs if p.pid is not None]
+    for p in started:
+        if p.exitcode is None:
+            p.terminate()
+    for p in started:
+        p.join(5)
+        if p.exitcode is None:
+            p.kill()
+            p.join()
