@@ -249,9 +249,10 @@ int txn_open(HandleObject *mem, stx_txn *txn, int write, double timeout);
 int txn_wait(const char *name, stx_txn *txn, double timeout);
 /* py_txn.c: end `txn`; -1 with an exception if ending failed. */
 int txn_close(HandleObject *mem, stx_txn *txn, int commit);
-/* py_txn.c: keep a write txn dropped by another thread than its own
- * (stx_txn_abandon said 1) until that thread ends and rolls it back. */
-void txn_orphan(HandleObject *mem, stx_txn *txn);
+/* py_txn.c: end the txn of a txn object being freed (any thread): a read
+ * txn is released, a write txn rolled back -- or, if another thread opened
+ * it, kept until that thread ends and rolls it back. */
+void txn_drop(HandleObject *mem, stx_txn *txn);
 /* py_txn.c: new Txn object for mem.txn(). */
 PyObject *txn_new(HandleObject *mem, int write, double timeout);
 /* py_txn.c: raise for a failed write inside a txn, rolling it back if the

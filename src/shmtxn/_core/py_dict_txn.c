@@ -138,10 +138,7 @@ static void
 DictTxn_dealloc(DictTxnObject *self)
 {
     PyObject_GC_UnTrack(self);
-    if ((self->txn.state != STX_TXN_IDLE || self->txn.listed)
-        && stx_txn_abandon(&self->txn) == 1) {
-        txn_orphan(&self->dict->h, &self->txn); /* its thread ends it */
-    }
+    txn_drop(&self->dict->h, &self->txn);
     stx_dict_txn_reset(&self->dt);
     Py_CLEAR(self->dict);
     Py_TYPE(self)->tp_free((PyObject *)self);

@@ -75,7 +75,8 @@ typedef struct orphan {
 
 static orphan *orphans;
 
-void
+/* Keep `txn` in an orphan until its thread ends it (see above). */
+static void
 txn_orphan(HandleObject *mem, stx_txn *txn)
 {
     orphan *o = PyMem_Malloc(sizeof(*o));
@@ -101,6 +102,15 @@ reap_orphans(void)
         *p = o->next;
         Py_DECREF(o->mem);
         PyMem_Free(o);
+    }
+}
+
+void
+txn_drop(HandleObject *mem, stx_txn *txn)
+{
+    if ((txn->state != STX_TXN_IDLE || txn->listed)
+        && stx_txn_abandon(txn) == 1) {
+        txn_orphan(mem, txn); /* only its own thread may unlock it */
     }
 }
 
@@ -377,10 +387,7 @@ Txn_dealloc(TxnObject *self)
     PyErr_Fetch(&type, &value, &traceback);
     end_views(self);
     PyErr_Restore(type, value, traceback);
-    if ((self->txn.state != STX_TXN_IDLE || self->txn.listed)
-        && stx_txn_abandon(&self->txn) == 1) {
-        txn_orphan(self->mem, &self->txn); /* its thread rolls it back */
-    }
+    txn_drop(self->mem, &self->txn);
     Py_CLEAR(self->views);
     Py_CLEAR(self->mem);
     if (txn_free_count < TXN_FREELIST) {

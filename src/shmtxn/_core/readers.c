@@ -34,6 +34,16 @@ finish_reap(stx_reader_slot *slot)
     atomic_store(&slot->pid, 0); /* seq_cst: after the count */
 }
 
+/* Free `slot` if it bears our pid `me` (our own, or a dead process's
+ * whose pid we reuse): the same mark-then-clear as any reap. */
+static void
+free_own_slot(stx_reader_slot *slot, int32_t me)
+{
+    if (atomic_compare_exchange_strong(&slot->pid, &me, -me)) {
+        finish_reap(slot);
+    }
+}
+
 int
 stx_slot_reap(stx_segment *seg, stx_reader_slot *slot, int32_t seen)
 {
@@ -113,11 +123,8 @@ stx_slot_ensure(stx_segment *seg)
      * we reused (we have not claimed one yet): reap it as dead. */
     uint32_t n = slots_in_use(seg);
     for (uint32_t i = 0; i < n; i++) {
-        int32_t expected = me;
-        if (atomic_load(&seg->slots[i].pid) == me
-            && atomic_compare_exchange_strong(&seg->slots[i].pid, &expected,
-                                              -me)) {
-            finish_reap(&seg->slots[i]);
+        if (atomic_load(&seg->slots[i].pid) == me) {
+            free_own_slot(&seg->slots[i], me);
         }
     }
     int32_t slot = stx_slot_claim(seg->hdr, seg->slots, seg->nslots, me);
@@ -142,10 +149,6 @@ stx_slot_release(stx_segment *seg)
         || (uint32_t)file->slot >= seg->nslots) {
         return;
     }
-    stx_reader_slot *slot = &seg->slots[file->slot];
-    int32_t me = stx_self_pid;
-    if (atomic_compare_exchange_strong(&slot->pid, &me, -me)) {
-        finish_reap(slot);
-    }
+    free_own_slot(&seg->slots[file->slot], stx_self_pid);
     file->slot = -1;
 }

@@ -251,6 +251,8 @@ after_fork_in_child(void)
     pthread_mutex_init(&registry_lock, NULL);
 }
 
+static void learn_mutex_kind(void);
+
 int
 stx_engine_init(void)
 {
@@ -260,6 +262,7 @@ stx_engine_init(void)
         if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
             return stx_fail(STX_ESYS, "pthread_atfork failed");
         }
+        learn_mutex_kind();
         done = 1;
     }
     return 0;
@@ -833,22 +836,26 @@ check_regions(const stx_header *hdr, uint64_t file_size, const char *name)
     return rc;
 }
 
+/* The kind word of a healthy writer mutex, set by stx_engine_init. */
+static int mutex_kind = -1;
+
+/* Learn the kind word this libc gives our robust, shared mutex. */
+static void
+learn_mutex_kind(void)
+{
+#ifdef __GLIBC__
+    pthread_mutex_t probe;
+    if (init_writer_mutex(&probe) == 0) {
+        mutex_kind = probe.__data.__kind;
+        pthread_mutex_destroy(&probe);
+    }
+#endif
+}
+
 int
 stx_mutex_kind(void)
 {
-#ifdef __GLIBC__
-    static int kind = -1;
-    if (kind < 0) {
-        pthread_mutex_t probe;
-        if (init_writer_mutex(&probe) == 0) {
-            kind = probe.__data.__kind;
-            pthread_mutex_destroy(&probe);
-        }
-    }
-    return kind;
-#else
-    return -1;
-#endif
+    return mutex_kind;
 }
 
 int
@@ -856,7 +863,7 @@ stx_mutex_plausible(const pthread_mutex_t *m)
 {
 #ifdef __GLIBC__
     int kind = __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED);
-    return stx_mutex_kind() < 0 || kind == stx_mutex_kind();
+    return mutex_kind < 0 || kind == mutex_kind;
 #else
     (void)m;
     return 1;
