@@ -7,7 +7,7 @@ reader SIGKILLed inside its txn (slots and dict), a dict killed while its
 txn rebuilt the table, writers killed at the engine's crash points, and a
 creator killed before publishing.  mutate(bases, seed) picks one of them
 and damages it the same way for the same seed.  Offsets are those of
-docs/format.md (src/shmtxn/_core/layout.h is the authority).
+docs/format.md (src/shmtxn/_core/engine/layout.h is the authority).
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ import re
 
 import pytest
 
-CORE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "src", "shmtxn", "_core")
-ENGINE = ["layout.h", "engine.h", "seqlock.h", "segment.c", "lock.c",
-          "readers.c", "undo.c"]
+ENGINE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "src", "shmtxn", "_core", "engine")
+# every engine file, as a path relative to engine/ (dict/ included)
+ENGINE = sorted(os.path.relpath(os.path.join(d, f), ENGINE_DIR)
+                for d, _, files in os.walk(ENGINE_DIR) for f in files
+                if f.endswith((".c", ".h")))
 # a function definition: return type on its own line, then name(args)
 DEFINITION = re.compile(r"^([a-z_][a-z0-9_]*)\(", re.M)
 STRUCT = re.compile(r"^typedef struct (\w+) \{", re.M)
@@ -17,7 +19,7 @@ DECLARATION = re.compile(r"^[a-z].*\b(stx_\w+)\(", re.M)
 
 
 def source(name):
-    with open(os.path.join(CORE, name)) as f:
+    with open(os.path.join(ENGINE_DIR, name)) as f:
         return f.read()
 
 

@@ -10,19 +10,15 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE = os.path.join(ROOT, "src", "shmtxn", "_core")
+ENGINE = os.path.join(ROOT, "src", "shmtxn", "_core", "engine")
+INCLUDE = os.path.join(ROOT, "src", "shmtxn", "_core", "include")
 HERE = os.path.join(ROOT, "tests", "engine")
 
 
 def engine_sources():
-    """The engine's .c files: those that do not include the binding."""
-    found = []
-    for f in sorted(os.listdir(CORE)):
-        if f.endswith(".c"):
-            with open(os.path.join(CORE, f)) as src:
-                if '#include "binding.h"' not in src.read():
-                    found.append(os.path.join(CORE, f))
-    return found
+    """The engine's .c files: everything under _core/engine/."""
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(ENGINE)
+                  for f in files if f.endswith(".c"))
 
 
 def build(tmp_path, harness, flags):
@@ -30,7 +26,7 @@ def build(tmp_path, harness, flags):
     if cc is None:
         pytest.skip("no C compiler on this machine")
     exe = str(tmp_path / harness.replace(".c", ""))
-    cmd = [cc, "-std=gnu11", "-O1", "-g", *flags, f"-I{CORE}",
+    cmd = [cc, "-std=gnu11", "-O1", "-g", *flags, f"-I{ENGINE}", f"-I{INCLUDE}",
            os.path.join(HERE, harness), *engine_sources(), "-o", exe,
            "-lpthread", "-lrt"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
