@@ -25,7 +25,9 @@ import tempfile
 import time
 
 from shmtxn import SharedDict
-from shmtxn._bench import machine, measure, optional, rate_table, table
+from shmtxn._bench import (WORKER_TIMEOUT, WorkerFailed, join_all, machine,
+                           measure, optional, rate_table, table)
+from shmtxn._procs import stop_processes
 
 lmdb = optional("lmdb")
 ultradict = optional("UltraDict")
@@ -207,6 +209,16 @@ def mix_worker(m, order, write, seconds, conn):
     conn.send(done / (time.perf_counter() - start))
 
 
+def receive(pipe, procs):
+    """The next result on `pipe`; WorkerFailed (after stopping `procs`) if
+    none arrives within WORKER_TIMEOUT seconds."""
+    if not pipe.poll(WORKER_TIMEOUT):
+        stop_processes(procs)
+        raise WorkerFailed("benchmark stopped: a mixed-load worker sent no "
+                           f"result within {WORKER_TIMEOUT:g} s")
+    return pipe.recv()
+
+
 def mix_rates(cands, order, seconds, reps):
     """ops/s of one writer + one reader process, summed."""
     rates = {}
@@ -227,9 +239,8 @@ def mix_rates(cands, order, seconds, reps):
             for parent in pipes:
                 parent.send("go")
             rates.setdefault(name, []).append(
-                sum(parent.recv() for parent in pipes) / 1e3)
-            for p in procs:
-                p.join()
+                sum(receive(parent, procs) for parent in pipes) / 1e3)
+            join_all(procs)
             if isinstance(m, LmdbDict):
                 m.reopen()
     return rates

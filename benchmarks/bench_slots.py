@@ -22,8 +22,10 @@ import threading
 import time
 
 from shmtxn import SharedMemory
-from shmtxn._bench import (CTX, SLOTS, Peers, machine, measure, rate_table,
+from shmtxn._bench import (CTX, SLOTS, WORKER_TIMEOUT, Peers, WorkerFailed,
+                           collect, join_all, machine, measure, rate_table,
                            table, w1_candidates, w2_candidates)
+from shmtxn._procs import stop_processes
 
 
 # --------------------------------------------------------------------------
@@ -114,9 +116,8 @@ def run_procs(make_work, procs: int, n: int) -> float:
           for _ in range(procs)]
     for q in ps:
         q.start()
-    spans = [out.get() for _ in ps]
-    for q in ps:
-        q.join()
+    spans = collect(out, ps)
+    join_all(ps)
     wall = max(e for _, e in spans) - min(s for s, _ in spans)
     return procs * n / wall
 
@@ -195,19 +196,26 @@ def recovery_delays(p: Peers, target, kills: int) -> list[float]:
         ready = CTX.Event()
         child = CTX.Process(target=target, args=(p.shr.name, ready))
         child.start()
-        ready.wait()
+        if not ready.wait(WORKER_TIMEOUT):
+            stop_processes([child])
+            raise WorkerFailed("benchmark stopped: the crashing child never "
+                               "opened its txn")
         opened = []
 
         def survivor():
             with p.shr.txn():
                 opened.append(time.perf_counter())
-        t = threading.Thread(target=survivor)
+        t = threading.Thread(target=survivor, daemon=True)
         t.start()
         time.sleep(0.05)  # let the survivor block (benchmark, not a test)
         killed = time.perf_counter()
         os.kill(child.pid, signal.SIGKILL)
-        t.join()
-        child.join()
+        t.join(WORKER_TIMEOUT)
+        child.join(WORKER_TIMEOUT)  # SIGKILLed above: exit code -9
+        if not opened:
+            raise WorkerFailed("benchmark stopped: the survivor's txn did "
+                               f"not open within {WORKER_TIMEOUT:g} s of "
+                               "the SIGKILL")
         delays.append(opened[0] - killed)
     return delays
 
