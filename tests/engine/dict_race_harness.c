@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "dict/dict.h"
 #include "seqlock.h"
 
 #define ROUNDS 3000

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "dict/dict.h" /* stx_dict_format */
 
 #define SHM_DIR "/dev/shm/"
 #define INIT_LOCK_BYTE 0

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
+#include "dict.h"
 #include "seqlock.h"
 
 /* The smallest index; entries_cap is two thirds of index_cap. */
