@@ -2,10 +2,11 @@
  * engine.h -- the shmtxn engine: segments, the writer lock, reader slots,
  * the undo log and lock-free reads.  Plain C11 + POSIX; no Python.h.
  *
- * The dict layout is declared in dict/dict.h.  Names take the prefix
- * `stx_`.  Every function that can fail returns 0 or
- * a negative STX_E* code; stx_detail() then holds a sentence with the
- * numbers (per thread), which the binding puts into the exception message.
+ * The dict layout is declared in dict/dict.h; internal.h holds what only
+ * the engine's own files share.  Names take the prefix `stx_`.  Every
+ * function that can fail returns 0 or a negative STX_E* code; stx_detail()
+ * then holds a sentence with the numbers (per thread), which the binding
+ * puts into the exception message.
  *
  * Waiting is done in slices so that the caller (the Python binding) can
  * release the GIL around each slice and check for Ctrl-C and its deadline
@@ -51,15 +52,17 @@ enum stx_error {
 /*
  * stx_file -- this process's one file descriptor for one segment.
  *
- * Liveness beacon: the process holds a classic fcntl write lock on byte
- * `pid` of this fd.  Classic locks vanish when *any* fd of the file closes
- * in the process, so every handle of the process shares this one fd
- * (refcounted, found by device and inode) and it is closed only with the
- * last handle.  Handles of one kind (read-write or read-only) share one
- * mapping the same way, so re-attaching in a process costs no mmap.  A forked child re-takes the beacon under its own pid in an
- * atfork handler and claims a reader slot of its own on first use.
+ * Liveness beacon (process.c): the process holds a classic fcntl write
+ * lock on byte `pid` of this fd.  Classic locks vanish when *any* fd of
+ * the file closes in the process, so every handle of the process shares
+ * this one fd (refcounted, found by device and inode) and it is closed
+ * only with the last handle.  Handles of one kind (read-write or
+ * read-only) share one mapping the same way, so re-attaching in a process
+ * costs no mmap.  A forked child re-takes the beacon under its own pid in
+ * an atfork handler (engine.c) and claims a reader slot of its own there
+ * if it shares a mapping, else on first use.
  *
- * The registry (refs, maps) is guarded by segment.c's registry lock;
+ * The registry (refs, maps) is guarded by mapping.c's registry lock;
  * `slot` is set once per process generation; `ntxn` is lock.c's.
  */
 typedef struct stx_file {
@@ -156,9 +159,34 @@ enum stx_probe_state {
     STX_PROBE_INCOMPAT,     /* another format version or ABI */
 };
 
+/* What a layout tells segment creation about a new segment of
+ * `data_size` data bytes. */
+typedef struct stx_layout_plan {
+    uint64_t undo_size;     /* the undo log when the caller gives none */
+    uint64_t data_reserve;  /* data bytes to back with pages at once; the
+                               layout reserves the rest itself, later */
+} stx_layout_plan;
+
+/*
+ * stx_layout -- what the data region of a segment holds, as segment
+ * creation needs to know it: the kind stored in the header, a plan step
+ * (the layout's sizing policy) and a format step that initialises the
+ * data region of the new, not yet published segment.  segment.c knows
+ * layouts only through this; each is defined with its own code
+ * (stx_slots_layout in slots.c, stx_dict_layout in dict/table.c).
+ */
+typedef struct stx_layout {
+    uint32_t kind;          /* enum stx_layout_kind */
+    /* Fill `plan` for a segment of `data_size` data bytes. */
+    void (*plan)(uint64_t data_size, stx_layout_plan *plan);
+    /* Initialise the data region (its first `reserved` bytes are backed);
+     * NULL: it stays zero, or the caller's initial bytes. */
+    int (*format)(stx_segment *seg, uint64_t reserved);
+} stx_layout;
+
 /* Options for stx_create(). */
 typedef struct stx_create_opts {
-    uint32_t layout_kind;
+    const stx_layout *layout; /* what the data region holds */
     uint64_t data_size;
     uint64_t undo_size;     /* 0: the default for data_size */
     uint32_t nslots;        /* 0: the default */
@@ -177,20 +205,44 @@ extern volatile uint64_t stx_fork_gen;
  * call in glibc, too slow for the hot path). */
 extern volatile int32_t stx_self_pid;
 
-/* --- engine (segment.c) --- */
+/* --- initialisation (engine.c) --- */
 
 /* Register the fork handler once per process.  Returns 0 or STX_ESYS. */
 int stx_engine_init(void);
+
+/* --- errors and crash points (errors.c) --- */
+
 /* The sentence describing this thread's last error. */
 const char *stx_detail(void);
 /* Set this thread's error sentence; returns `code` for tail calls. */
 int stx_fail(int code, const char *fmt, ...);
+/* Test hook: SIGKILL this process if SHMTXN_CRASH_AT names `point`. */
+void stx_crash_point(const char *point);
+/* Set the crash point name (from the environment, by the binding). */
+void stx_set_crash_point(const char *point);
+
+/* --- process identity and liveness beacons (process.c) --- */
+
+/* 1 if a process with this pid holds its beacon on the file, else 0. */
+int stx_pid_alive(const stx_file *file, int32_t pid);
+/* The pids of other processes holding a beacon on the file (up to `max`):
+ * every process that has the segment open, attached or not yet claimed,
+ * shows here.  Returns how many were found. */
+int stx_beacon_holders(const stx_file *file, int32_t *pids, int max);
+
+/* --- the slots layout (slots.c) --- */
+
+/* Fixed-size items (SharedMemory). */
+extern const stx_layout stx_slots_layout;
+/* The undo log size of a slots segment whose creator gives none. */
+uint64_t stx_default_undo_size(uint64_t data_size);
+
+/* --- segments (segment.c) --- */
+
 /* The ABI word written into and checked against every header. */
 uint32_t stx_abi_word(void);
 /* 0 if `name` is a valid segment name (no '/', 1..STX_NAME_MAX chars). */
 int stx_check_name(const char *name);
-/* The undo log size stx_create() uses when the caller gives none. */
-uint64_t stx_default_undo_size(uint64_t data_size);
 
 /* Create and initialise a new segment; `seg` is filled on success. */
 int stx_create(stx_segment *seg, const char *name,
@@ -210,22 +262,12 @@ void stx_close(stx_segment *seg);
  * it names when ino == 0.  STX_ENOENT if the name is gone or names
  * another segment now. */
 int stx_unlink(const char *name, dev_t dev, ino_t ino);
-/* 1 if a process with this pid holds its beacon on the file, else 0. */
-int stx_pid_alive(const stx_file *file, int32_t pid);
-/* The pids of other processes holding a beacon on the file (up to `max`):
- * every process that has the segment open, attached or not yet claimed,
- * shows here.  Returns how many were found. */
-int stx_beacon_holders(const stx_file *file, int32_t *pids, int max);
 /* The kind word glibc gives our robust, process-shared mutex (-1 if not
  * known on this libc). */
 int stx_mutex_kind(void);
 /* 1 unless `m` is certainly not the robust, process-shared mutex a
  * segment was created with (a damaged kind word). */
 int stx_mutex_plausible(const pthread_mutex_t *m);
-/* Test hook: SIGKILL this process if SHMTXN_CRASH_AT names `point`. */
-void stx_crash_point(const char *point);
-/* Set the crash point name (from the environment, by the binding). */
-void stx_set_crash_point(const char *point);
 
 /* --- reader slots (readers.c) --- */
 

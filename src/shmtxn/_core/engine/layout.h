@@ -11,7 +11,7 @@
  * STX_FORMAT_VERSION on any change to the bytes below.
  *
  * Nothing read from a segment is trusted: segment.c validates every
- * immutable field on attach (stx_header_validate), and every mutable field
+ * immutable field on attach (header_validate), and every mutable field
  * (undo length, slot high-water mark, reader counts) is bounds-checked or
  * clamped where it is read.
  */
@@ -45,6 +45,7 @@ enum stx_broken {
 enum stx_layout_kind {
     STX_LAYOUT_SLOTS = 1, /* fixed-size typed items (SharedMemory) */
     STX_LAYOUT_DICT = 2,  /* hash table + heap (SharedDict) */
+    STX_LAYOUT_LAST = STX_LAYOUT_DICT, /* the highest kind a header holds */
 };
 
 /*
@@ -56,7 +57,7 @@ enum stx_layout_kind {
  * or at once in a child forked from an attached process (readers.c); the
  * slot doubles as the attach table that `shmtxn ls` and `gc` read.
  *
- * Reap: a slot whose owner holds no liveness beacon (segment.c) belongs to
+ * Reap: a slot whose owner holds no liveness beacon (process.c) belongs to
  * a dead process.  Exactly one reaper wins: it CASes `pid` from the dead
  * pid to minus its own pid, checks the beacon once more (a live process
  * that reused the pid keeps its slot: the pid goes back), then stores

@@ -2,9 +2,11 @@
  * dict.h -- the dict layout (STX_LAYOUT_DICT, SharedDict): a hash table
  * and a heap in the data region of a segment.  Its bytes are described in
  * layout.h (stx_dict_header); this is the code's interface: the keyed hash
- * (hash.c), the heap allocator (alloc.c) and the table (table.c).
+ * (hash.c), the heap allocator (alloc.c) and the table (table.c), which
+ * also holds the layout's plan and format for segment creation.
  *
- * The dict is built on the engine's undo log (undo.c).
+ * The dict is built on the engine's undo log (undo.c) and nothing else of
+ * it; the engine below never calls into the dict.
  */
 #ifndef STX_DICT_H
 #define STX_DICT_H
@@ -112,5 +114,11 @@ int stx_dict_stats_get(const stx_segment *seg, stx_dict_stats *stats);
 /* Walk the whole table and heap; STX_ECORRUPT with a detail if anything
  * is impossible (for attach and `shmtxn check`). */
 int stx_dict_verify(const stx_segment *seg);
+
+/* --- the layout (table.c) --- */
+
+/* The dict layout for stx_create: an undo log sized for dict txns, the
+ * first heap pages backed at once, the table formatted. */
+extern const stx_layout stx_dict_layout;
 
 #endif /* STX_DICT_H */
