@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "dict/dict.h"
 #include "seqlock.h"
 
 #define ROUNDS 3000
@@ -129,7 +129,7 @@ main(void)
     char name[64];
     snprintf(name, sizeof(name), "stx_dictrace_%d", (int)getpid());
     uint64_t shape[1] = {1 << 20};
-    stx_create_opts opts = {.layout_kind = STX_LAYOUT_DICT,
+    stx_create_opts opts = {.layout = &stx_dict_layout,
                             .data_size = 1 << 20, .format = "B",
                             .itemsize = 1, .ndim = 1, .shape = shape,
                             .mode = 0600};

@@ -122,7 +122,7 @@ main(void)
 {
     char name[64];
     snprintf(name, sizeof(name), "stx_race_%d", (int)getpid());
-    stx_create_opts opts = {.layout_kind = STX_LAYOUT_SLOTS,
+    stx_create_opts opts = {.layout = &stx_slots_layout,
                             .data_size = 8192, .format = "q",
                             .itemsize = 8, .mode = 0600};
     if (stx_engine_init() != 0 || stx_create(&writer_seg, name, &opts) != 0

@@ -9,6 +9,7 @@
 #include <Python.h>
 
 #include "engine.h"
+#include "dict/dict.h"
 
 /* ---- item formats (items.c) ---- */
 

@@ -199,7 +199,7 @@ Dict_init(DictObject *self, PyObject *args, PyObject *kwds)
         return -1;
     }
     stx_create_opts opts = {
-        .layout_kind = STX_LAYOUT_DICT, .data_size = (uint64_t)a.size,
+        .layout = &stx_dict_layout, .data_size = (uint64_t)a.size,
         .undo_size = (uint64_t)a.undo_size,
         .nslots = (uint32_t)a.max_processes, .format = "B", .itemsize = 1,
         .ndim = 1, .shape = (const uint64_t[]){(uint64_t)a.size},

@@ -110,7 +110,7 @@ slots_create_opts(HandleObject *self, open_args *a, stx_create_opts *opts,
     code[0] = self->fmt->code;
     code[1] = '\0';
     *opts = (stx_create_opts){
-        .layout_kind = STX_LAYOUT_SLOTS, .data_size = (uint64_t)a->size,
+        .layout = &stx_slots_layout, .data_size = (uint64_t)a->size,
         .undo_size = (uint64_t)a->undo_size,
         .nslots = (uint32_t)a->max_processes, .format = code,
         .itemsize = self->fmt->size, .ndim = a->ndim, .shape = a->shape,

@@ -195,7 +195,7 @@ handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
         return -1;
     }
     rc = a->create ? create_segment(self, a, opts)
-                   : attach_segment(self, a, opts->layout_kind);
+                   : attach_segment(self, a, opts->layout->kind);
     if (rc < 0) {
         return -1;
     }

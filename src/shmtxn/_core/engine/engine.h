@@ -2,9 +2,11 @@
  * engine.h -- the shmtxn engine: segments, the writer lock, reader slots,
  * the undo log and lock-free reads.  Plain C11 + POSIX; no Python.h.
  *
- * Names take the prefix `stx_`.  Every function that can fail returns 0 or
- * a negative STX_E* code; stx_detail() then holds a sentence with the
- * numbers (per thread), which the binding puts into the exception message.
+ * The dict layout is declared in dict/dict.h; internal.h holds what only
+ * the engine's own files share.  Names take the prefix `stx_`.  Every
+ * function that can fail returns 0 or a negative STX_E* code; stx_detail()
+ * then holds a sentence with the numbers (per thread), which the binding
+ * puts into the exception message.
  *
  * Waiting is done in slices so that the caller (the Python binding) can
  * release the GIL around each slice and check for Ctrl-C and its deadline
@@ -50,15 +52,17 @@ enum stx_error {
 /*
  * stx_file -- this process's one file descriptor for one segment.
  *
- * Liveness beacon: the process holds a classic fcntl write lock on byte
- * `pid` of this fd.  Classic locks vanish when *any* fd of the file closes
- * in the process, so every handle of the process shares this one fd
- * (refcounted, found by device and inode) and it is closed only with the
- * last handle.  Handles of one kind (read-write or read-only) share one
- * mapping the same way, so re-attaching in a process costs no mmap.  A forked child re-takes the beacon under its own pid in an
- * atfork handler and claims a reader slot of its own on first use.
+ * Liveness beacon (process.c): the process holds a classic fcntl write
+ * lock on byte `pid` of this fd.  Classic locks vanish when *any* fd of
+ * the file closes in the process, so every handle of the process shares
+ * this one fd (refcounted, found by device and inode) and it is closed
+ * only with the last handle.  Handles of one kind (read-write or
+ * read-only) share one mapping the same way, so re-attaching in a process
+ * costs no mmap.  A forked child re-takes the beacon under its own pid in
+ * an atfork handler (engine.c) and claims a reader slot of its own there
+ * if it shares a mapping, else on first use.
  *
- * The registry (refs, maps) is guarded by segment.c's registry lock;
+ * The registry (refs, maps) is guarded by mapping.c's registry lock;
  * `slot` is set once per process generation; `ntxn` is lock.c's.
  */
 typedef struct stx_file {
@@ -155,9 +159,34 @@ enum stx_probe_state {
     STX_PROBE_INCOMPAT,     /* another format version or ABI */
 };
 
+/* What a layout tells segment creation about a new segment of
+ * `data_size` data bytes. */
+typedef struct stx_layout_plan {
+    uint64_t undo_size;     /* the undo log when the caller gives none */
+    uint64_t data_reserve;  /* data bytes to back with pages at once; the
+                               layout reserves the rest itself, later */
+} stx_layout_plan;
+
+/*
+ * stx_layout -- what the data region of a segment holds, as segment
+ * creation needs to know it: the kind stored in the header, a plan step
+ * (the layout's sizing policy) and a format step that initialises the
+ * data region of the new, not yet published segment.  segment.c knows
+ * layouts only through this; each is defined with its own code
+ * (stx_slots_layout in slots.c, stx_dict_layout in dict/table.c).
+ */
+typedef struct stx_layout {
+    uint32_t kind;          /* enum stx_layout_kind */
+    /* Fill `plan` for a segment of `data_size` data bytes. */
+    void (*plan)(uint64_t data_size, stx_layout_plan *plan);
+    /* Initialise the data region (its first `reserved` bytes are backed);
+     * NULL: it stays zero, or the caller's initial bytes. */
+    int (*format)(stx_segment *seg, uint64_t reserved);
+} stx_layout;
+
 /* Options for stx_create(). */
 typedef struct stx_create_opts {
-    uint32_t layout_kind;
+    const stx_layout *layout; /* what the data region holds */
     uint64_t data_size;
     uint64_t undo_size;     /* 0: the default for data_size */
     uint32_t nslots;        /* 0: the default */
@@ -176,20 +205,44 @@ extern volatile uint64_t stx_fork_gen;
  * call in glibc, too slow for the hot path). */
 extern volatile int32_t stx_self_pid;
 
-/* --- engine (segment.c) --- */
+/* --- initialisation (engine.c) --- */
 
 /* Register the fork handler once per process.  Returns 0 or STX_ESYS. */
 int stx_engine_init(void);
+
+/* --- errors and crash points (errors.c) --- */
+
 /* The sentence describing this thread's last error. */
 const char *stx_detail(void);
 /* Set this thread's error sentence; returns `code` for tail calls. */
 int stx_fail(int code, const char *fmt, ...);
+/* Test hook: SIGKILL this process if SHMTXN_CRASH_AT names `point`. */
+void stx_crash_point(const char *point);
+/* Set the crash point name (from the environment, by the binding). */
+void stx_set_crash_point(const char *point);
+
+/* --- process identity and liveness beacons (process.c) --- */
+
+/* 1 if a process with this pid holds its beacon on the file, else 0. */
+int stx_pid_alive(const stx_file *file, int32_t pid);
+/* The pids of other processes holding a beacon on the file (up to `max`):
+ * every process that has the segment open, attached or not yet claimed,
+ * shows here.  Returns how many were found. */
+int stx_beacon_holders(const stx_file *file, int32_t *pids, int max);
+
+/* --- the slots layout (slots.c) --- */
+
+/* Fixed-size items (SharedMemory). */
+extern const stx_layout stx_slots_layout;
+/* The undo log size of a slots segment whose creator gives none. */
+uint64_t stx_default_undo_size(uint64_t data_size);
+
+/* --- segments (segment.c) --- */
+
 /* The ABI word written into and checked against every header. */
 uint32_t stx_abi_word(void);
 /* 0 if `name` is a valid segment name (no '/', 1..STX_NAME_MAX chars). */
 int stx_check_name(const char *name);
-/* The undo log size stx_create() uses when the caller gives none. */
-uint64_t stx_default_undo_size(uint64_t data_size);
 
 /* Create and initialise a new segment; `seg` is filled on success. */
 int stx_create(stx_segment *seg, const char *name,
@@ -209,22 +262,12 @@ void stx_close(stx_segment *seg);
  * it names when ino == 0.  STX_ENOENT if the name is gone or names
  * another segment now. */
 int stx_unlink(const char *name, dev_t dev, ino_t ino);
-/* 1 if a process with this pid holds its beacon on the file, else 0. */
-int stx_pid_alive(const stx_file *file, int32_t pid);
-/* The pids of other processes holding a beacon on the file (up to `max`):
- * every process that has the segment open, attached or not yet claimed,
- * shows here.  Returns how many were found. */
-int stx_beacon_holders(const stx_file *file, int32_t *pids, int max);
 /* The kind word glibc gives our robust, process-shared mutex (-1 if not
  * known on this libc). */
 int stx_mutex_kind(void);
 /* 1 unless `m` is certainly not the robust, process-shared mutex a
  * segment was created with (a damaged kind word). */
 int stx_mutex_plausible(const pthread_mutex_t *m);
-/* Test hook: SIGKILL this process if SHMTXN_CRASH_AT names `point`. */
-void stx_crash_point(const char *point);
-/* Set the crash point name (from the environment, by the binding). */
-void stx_set_crash_point(const char *point);
 
 /* --- reader slots (readers.c) --- */
 
@@ -310,107 +353,5 @@ uint64_t stx_undo_room(const stx_segment *seg);
  * allocations reference (see layout.h): no undo record, seq made odd. */
 int stx_write_fresh(stx_txn *txn, uint64_t offset, const void *src,
                     uint64_t length);
-
-/* --- dict: keyed hash (hash.c) --- */
-
-/* SipHash-1-3 of `len` bytes under the 128-bit `key`. */
-uint64_t stx_siphash13(const uint64_t key[2], const void *data, size_t len);
-
-/* --- dict: the heap allocator (alloc.c) --- */
-
-/*
- * stx_dict_txn -- the dict state of one write txn, in the writer's own
- * memory: the blocks it freed, which go on the free lists only at
- * stx_dict_flush() (just before commit), so that this txn never reuses a
- * block its rollback would bring back.
- */
-typedef struct stx_dict_txn {
-    stx_txn *txn;
-    uint64_t *freed;         /* block offsets, malloc'd */
-    size_t nfreed;
-    size_t freed_cap;
-} stx_dict_txn;
-
-/* The block size of size class `c`. */
-uint64_t stx_class_size(uint32_t c);
-/* The smallest class whose blocks hold `bytes`; STX_DICT_CLASSES if none. */
-uint32_t stx_class_of(uint64_t bytes);
-/* Allocate a block of at least `bytes`; *offset is its data offset.  The
- * block is this txn's: fill it with stx_write_fresh.  STX_EFULL with the
- * numbers when neither free lists nor the segment have room. */
-int stx_heap_alloc(stx_dict_txn *dt, uint64_t bytes, uint64_t *offset);
-/* Free the block at `offset` when the txn commits. */
-int stx_heap_free_later(stx_dict_txn *dt, uint64_t offset);
-/* Put the blocks freed in this txn on the free lists (logged).  Call it
- * right before committing; afterwards the txn must not allocate. */
-int stx_dict_flush(stx_dict_txn *dt);
-/* Forget the freed blocks (the txn rolled back) and free the array. */
-void stx_dict_txn_reset(stx_dict_txn *dt);
-/* The size of the valid block at `offset`, or 0 (and a detail) if the
- * offset or the block header is impossible.  `top`: the heap end. */
-uint64_t stx_block_size(const stx_segment *seg, uint64_t offset,
-                        uint64_t top);
-
-/* --- dict: the table (table.c) --- */
-
-/* A key as the engine sees it: canonical bytes and their hash. */
-typedef struct stx_key {
-    const uint8_t *bytes;
-    uint32_t len;
-    uint8_t kind;            /* stored as the record's key_kind */
-    uint64_t hash;
-} stx_key;
-
-/* A value as the binding encoded it. */
-typedef struct stx_value {
-    const uint8_t *bytes;
-    uint64_t len;
-    uint8_t tag;
-} stx_value;
-
-/* A record found in the table.  The pointers point into the segment:
- * valid inside a txn, or until the seqlock check for lock-free readers. */
-typedef struct stx_found {
-    uint64_t slot;           /* index slot */
-    uint64_t entry;          /* entry number */
-    uint64_t record;         /* block offset */
-    const uint8_t *key;
-    uint32_t key_len;
-    uint8_t key_kind;
-    uint8_t value_tag;
-    const uint8_t *value;
-    uint64_t value_len;
-} stx_found;
-
-/* Numbers for d.stats() and `shmtxn info`. */
-typedef struct stx_dict_stats {
-    uint64_t count, index_cap, entries_cap, entries_used, heap_size,
-        heap_top, heap_reserved, live_bytes, free_bytes, rebuilds;
-} stx_dict_stats;
-
-/* Initialise the data region of a new dict segment (creator, unpublished)
- * with `reserved` bytes of it already backed by posix_fallocate. */
-int stx_dict_format(stx_segment *seg, uint64_t reserved);
-/* Find `key`: 0 and *found, STX_ENOENT, or STX_ECORRUPT.  Safe on a
- * segment a writer is changing (every load is checked). */
-int stx_dict_lookup(const stx_segment *seg, const stx_key *key,
-                    stx_found *found);
-/* Insert or replace. */
-int stx_dict_put(stx_dict_txn *dt, const stx_key *key,
-                 const stx_value *value);
-/* Delete: 0, or STX_ENOENT if absent. */
-int stx_dict_delete(stx_dict_txn *dt, const stx_key *key);
-/* Delete every key. */
-int stx_dict_clear(stx_dict_txn *dt);
-/* The live record at entry *pos or after it: 0 and *found (then *pos is
- * past it), or STX_ENOENT at the end. */
-int stx_dict_next(const stx_segment *seg, uint64_t *pos, stx_found *found);
-/* The number of live keys (checked against the table). */
-int stx_dict_count(const stx_segment *seg, uint64_t *count);
-/* Fill `stats`. */
-int stx_dict_stats_get(const stx_segment *seg, stx_dict_stats *stats);
-/* Walk the whole table and heap; STX_ECORRUPT with a detail if anything
- * is impossible (for attach and `shmtxn check`). */
-int stx_dict_verify(const stx_segment *seg);
 
 #endif /* STX_ENGINE_H */

@@ -11,7 +11,7 @@
  * STX_FORMAT_VERSION on any change to the bytes below.
  *
  * Nothing read from a segment is trusted: segment.c validates every
- * immutable field on attach (stx_header_validate), and every mutable field
+ * immutable field on attach (header_validate), and every mutable field
  * (undo length, slot high-water mark, reader counts) is bounds-checked or
  * clamped where it is read.
  */
@@ -45,6 +45,7 @@ enum stx_broken {
 enum stx_layout_kind {
     STX_LAYOUT_SLOTS = 1, /* fixed-size typed items (SharedMemory) */
     STX_LAYOUT_DICT = 2,  /* hash table + heap (SharedDict) */
+    STX_LAYOUT_LAST = STX_LAYOUT_DICT, /* the highest kind a header holds */
 };
 
 /*
@@ -56,7 +57,7 @@ enum stx_layout_kind {
  * or at once in a child forked from an attached process (readers.c); the
  * slot doubles as the attach table that `shmtxn ls` and `gc` read.
  *
- * Reap: a slot whose owner holds no liveness beacon (segment.c) belongs to
+ * Reap: a slot whose owner holds no liveness beacon (process.c) belongs to
  * a dead process.  Exactly one reaper wins: it CASes `pid` from the dead
  * pid to minus its own pid, checks the beacon once more (a live process
  * that reused the pid keeps its slot: the pid goes back), then stores
@@ -87,34 +88,48 @@ typedef struct stx_reader_slot {
 /*
  * The segment header: the first page.
  *
- * Creation protocol (segment.c): the creator opens the name with O_EXCL,
- * takes an fcntl write lock on byte 0 (the init lock), sizes and reserves
- * the file, stores STX_MAGIC_BUILDING, fills every field, then stores
- * STX_MAGIC with release order and drops the init lock.  An attacher that finds `magic` unset waits for the
- * init lock; when it gets the lock and `magic` is still unset, the creator
- * died mid-creation and the attach fails with CorruptSegmentError at once.
+ * Creation protocol (segment.c, stx_create): the creator opens the name
+ * with O_EXCL, takes an fcntl write lock on byte 0 (the init lock), writes
+ * STX_MAGIC_BUILDING into the still empty file at once (a creator killed
+ * from then on leaves a segment `shmtxn gc` knows as abandoned, not an
+ * anonymous file), takes its beacon, sizes and reserves the file as the
+ * layout plans (stx_layout), maps it, fills every header field, lets the
+ * layout format the data region, stores STX_MAGIC with release order,
+ * and only then drops the init lock and claims its reader slot.  An
+ * attacher that finds `magic` not yet STX_MAGIC (zero, or BUILDING) polls
+ * until it is; if it finds the init lock free and `magic` still not
+ * final (after a short grace for a creator between opening the name and
+ * locking), the creator died mid-creation and the attach fails with
+ * CorruptSegmentError at once.
  *
  * Write protocol (lock.c, undo.c): a writer holds `writer_mutex` (robust,
  * process-shared) for its whole txn and sets `writer_flag` to turn readers
- * away.  Before its first write it makes `seq` odd; each write first appends
- * {offset, length, old bytes} to the undo log and publishes the new
- * `undo_used` with a release store, then writes in place.  Commit:
- * `undo_used` = 0 (release), then `seq` even (release), `writer_flag` = 0,
- * unlock.  (Emptying the log first means a writer killed between the two
- * stores has nothing replayed; recovery then only makes `seq` even.)
+ * away (lock first, then `writer_flag` = 1, then `writer_pid`, then wait
+ * for the readers to drain).  Before its first write it makes `seq` odd;
+ * each write first appends {offset, length, old bytes} to the undo log
+ * and publishes the new `undo_used` with a release store, then writes in
+ * place.  Ending a txn that wrote (lock.c, finish_writes and
+ * release_writer), in this order: on rollback, replay the log; then
+ * `undo_used` = 0 (release) -- the commit point --, then `seq` + 1, even
+ * again (release), then `modified_ns` and `commits` (commit only), then
+ * `writer_pid` = 0, `writer_flag` = 0 (release), unlock.  A txn that never
+ * wrote touches neither `undo_used` nor `seq`.  (Emptying the log before
+ * `seq` turns even means a writer killed between the two stores has
+ * nothing replayed; recovery then only makes `seq` even.)
  *
  * Recovery (lock.c, stx_recover): whoever locks the mutex and gets
  * EOWNERDEAD records itself in `writer_pid`, replays the undo log
  * backwards, clears it, makes `seq` even, reaps dead readers' slots, clears
- * `writer_flag`, and only then marks the mutex consistent.  If any step
- * fails it sets `unrecoverable` (and `seq` odd for good) before unlocking
- * without consistent: from then on every txn in every process fails at
- * once with CorruptSegmentError, and lock-free reads fall back to the lock
- * and fail too.  The mutex is never tried with trylock (on a mutex that is
- * not recoverable glibc's trylock leaves the word holding the caller's
- * thread id); a waiter that finds the mutex held by a thread that no
- * longer exists, which the kernel did not mark dead (the word was
- * overwritten), sets `unrecoverable` too rather than wait forever.
+ * `writer_flag` and `writer_pid`, and only then marks the mutex
+ * consistent.  If any step fails it sets `unrecoverable` (and `seq` odd
+ * for good) before unlocking without consistent: from then on every txn
+ * in every process fails at once with CorruptSegmentError, and lock-free
+ * reads fall back to the lock and fail too.  The mutex is never tried
+ * with trylock (on a mutex that is not recoverable glibc's trylock leaves
+ * the word holding the caller's thread id); a waiter that finds the
+ * mutex held by a thread that no longer exists, which the kernel did not
+ * mark dead (the word was overwritten), sets `unrecoverable` too rather
+ * than wait forever.
  *
  * Lock-free single reads (seqlock.h): read `seq` (acquire), the item
  * (relaxed), acquire fence, `seq` again; equal and even means a committed

@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "internal.h"
 
 /* Polls of a busy lock or reader count before sleeping: a cross-CPU
  * wake-up costs tens of microseconds here, a short spin much less. */
@@ -43,12 +43,10 @@ cpu_relax(void)
 }
 
 /* Nanoseconds on CLOCK_MONOTONIC. */
-static uint64_t
+static inline uint64_t
 mono_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    return stx_now_ns(CLOCK_MONOTONIC);
 }
 
 /* A timespec holding `ns` nanoseconds. */
@@ -642,11 +640,8 @@ finish_writes(stx_txn *txn, int commit)
     atomic_store_explicit(&hdr->seq, atomic_load(&hdr->seq) + 1,
                           memory_order_release);
     if (commit) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME_COARSE, &ts);
         atomic_store_explicit(&hdr->modified_ns,
-                              (uint64_t)ts.tv_sec * 1000000000ull
-                                  + (uint64_t)ts.tv_nsec,
+                              stx_now_ns(CLOCK_REALTIME_COARSE),
                               memory_order_relaxed);
         atomic_fetch_add_explicit(&hdr->commits, 1, memory_order_relaxed);
     }

@@ -7,10 +7,9 @@
  * cache lines, not the whole table.
  */
 #define _GNU_SOURCE
-#include <time.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "internal.h"
 
 /* Never trust the shared high-water mark: clamp it to the table. */
 static uint32_t
@@ -99,10 +98,7 @@ stx_slot_claim(stx_header *hdr, stx_reader_slot *slots, uint32_t nslots,
         stx_reader_slot *slot = &slots[i];
         if (atomic_load(&slot->pid) == 0
             && atomic_compare_exchange_strong(&slot->pid, &expected, me)) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            slot->attached_ns = (uint64_t)ts.tv_sec * 1000000000ull
-                                + (uint64_t)ts.tv_nsec;
+            slot->attached_ns = stx_now_ns(CLOCK_REALTIME);
             atomic_store(&slot->readers, 0);
             raise_hwm(hdr, i + 1);
             return (int32_t)i;
@@ -151,4 +147,20 @@ stx_slot_release(stx_segment *seg)
     }
     free_own_slot(&seg->slots[file->slot], stx_self_pid);
     file->slot = -1;
+}
+
+void
+stx_slot_after_fork(stx_file *file)
+{
+    uint8_t *base = file->maps[0] != NULL ? file->maps[0] : file->maps[1];
+    if (base == NULL || file->nslots == 0) {
+        return; /* a handle with a private mapping claims on first use */
+    }
+    int32_t slot = stx_slot_claim((stx_header *)base,
+                                  (stx_reader_slot *)(base + file->slots_off),
+                                  file->nslots, stx_self_pid);
+    if (slot >= 0) {
+        file->slot = slot;
+        file->fork_gen = stx_fork_gen;
+    }
 }

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "engine.h"
+#include "internal.h"
 #include "seqlock.h"
 
 #define RECORD_OVERHEAD (sizeof(stx_undo_record) + sizeof(uint64_t))
@@ -109,7 +109,7 @@ set_data_writable(stx_segment *seg, int writable)
     if (!seg->read_only || seg->data_size == 0) {
         return 0;
     }
-    size_t len = (seg->data_size + 4095) & ~(size_t)4095;
+    size_t len = (size_t)stx_round_up(seg->data_size, STX_PAGE);
     int prot = PROT_READ | (writable ? PROT_WRITE : 0);
     if (mprotect(seg->data, len, prot) != 0) {
         return stx_fail(STX_ESYS, "cannot unprotect '%s' to roll back a "

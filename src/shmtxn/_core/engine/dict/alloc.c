@@ -33,7 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
+#include "dict.h"
 #include "seqlock.h"
 
 /* Classes 0..SMALL_CLASSES-1 are 32, 48, ..., 256 bytes. */

@@ -11,7 +11,7 @@
  */
 #include <string.h>
 
-#include "engine.h"
+#include "dict.h"
 
 /* `x` rotated left by `b` bits. */
 static inline uint64_t

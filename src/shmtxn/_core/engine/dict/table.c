@@ -16,7 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
+#include "dict.h"
+#include "internal.h"
 #include "seqlock.h"
 
 /* The smallest index; entries_cap is two thirds of index_cap. */
@@ -25,6 +26,9 @@
 #define MAX_INDEX_CAP (1ull << 31)
 /* One relaxed load of a shared field. */
 #define LOAD(field) STX_LOAD(field)
+/* Heap bytes a new dict backs with pages at once; alloc.c reserves the
+ * rest as the heap grows. */
+#define INITIAL_HEAP (1ull << 20)
 
 /* The table fields of the dict header, loaded once and checked. */
 typedef struct table_view {
@@ -612,6 +616,26 @@ stx_dict_format(stx_segment *seg, uint64_t reserved)
     atomic_store(&dh->heap_reserved, reserved);
     return 0;
 }
+
+/* The dict's plan for a new segment.  The undo log is an eighth of the
+ * data size, from 256 KiB to 64 MiB (a dict txn logs about 32 bytes per
+ * key it inserts and 80 per key it deletes; fresh records are not
+ * logged); the first INITIAL_HEAP bytes are backed at once. */
+static void
+dict_plan(uint64_t data_size, stx_layout_plan *plan)
+{
+    uint64_t undo = data_size / 8;
+    undo = undo < (256ull << 10) ? (256ull << 10) : undo;
+    undo = undo > (64ull << 20) ? (64ull << 20) : undo;
+    plan->undo_size = stx_round_up(undo, STX_PAGE);
+    plan->data_reserve = data_size < INITIAL_HEAP ? data_size : INITIAL_HEAP;
+}
+
+const stx_layout stx_dict_layout = {
+    .kind = STX_LAYOUT_DICT,
+    .plan = dict_plan,
+    .format = stx_dict_format,
+};
 
 /* Check every index slot: empty, deleted, or naming a live entry; as
  * many name entries as the dict has keys. */

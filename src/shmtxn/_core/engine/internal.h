@@ -1,0 +1,114 @@
+/*
+ * internal.h -- what the engine's own files share and nothing above the
+ * engine needs: small helpers, and the functions by which the lower files
+ * serve the upper ones (the binding includes engine.h, never this).
+ *
+ * The engine's files call downward only: each calls only files above it
+ * in this list (tests/test_layers.py checks that the graph has no cycle):
+ *
+ *   errors.c    error details, fail_errno, crash points
+ *   process.c   pid, fork generation, pid namespace, liveness beacons
+ *   mapping.c   the per-process file registry and shared mappings
+ *   readers.c   the reader slot table
+ *   segment.c   create, attach, probe, close, unlink; header validation
+ *   slots.c     the slots layout
+ *   undo.c      the undo log; reads and writes of the data region
+ *   lock.c      txns: writer mutex, readers meeting writers, recovery
+ *   engine.c    stx_engine_init and the fork handler
+ *   dict/       the dict layout (dict/dict.h), on undo.c
+ */
+#ifndef STX_INTERNAL_H
+#define STX_INTERNAL_H
+
+#include <time.h>
+
+#include "engine.h"
+
+/* Where POSIX shm objects appear as files (for stat before shm_open). */
+#define STX_SHM_DIR "/dev/shm/"
+/* fcntl lock byte 0 of a segment's file is the creator's init lock;
+ * byte `pid` is the liveness beacon of process `pid`. */
+#define STX_INIT_LOCK_BYTE 0
+
+/* Nanoseconds on `clock`. */
+static inline uint64_t
+stx_now_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* `value` rounded up to a multiple of `to`. */
+static inline uint64_t
+stx_round_up(uint64_t value, uint64_t to)
+{
+    return (value + to - 1) / to * to;
+}
+
+/* --- errors.c --- */
+
+/* Map an errno from the OS to an engine code, recording what failed
+ * (`what` of segment `name`). */
+int stx_fail_errno(int err, const char *what, const char *name);
+
+/* --- process.c --- */
+
+/* fcntl lock command `cmd` of `type` on the one byte at `byte` of `fd`. */
+int stx_lock_byte(int fd, short type, off_t byte, int cmd);
+/* Hold this process's liveness beacon on `fd` (byte stx_self_pid). */
+int stx_take_beacon(int fd);
+/* This process's pid namespace: the inode of /proc/self/ns/pid (0 if
+ * /proc is not there to tell). */
+uint64_t stx_own_pid_ns(void);
+/* In a forked child, first thing: a new fork generation and our pid. */
+void stx_process_after_fork(void);
+
+/* --- mapping.c --- */
+
+/* Take and drop the registry lock.  Creation holds it from opening the
+ * name until stx_file_adopt, so no other thread of the process opens (and
+ * closes) a second fd of the file meanwhile: that would drop our locks. */
+void stx_files_lock(void);
+void stx_files_unlock(void);
+/* Register a freshly opened fd (caller holds the registry lock): take its
+ * beacon, or, if this process already has the file open, reuse that fd
+ * and close this one.  On failure the fd is closed. */
+int stx_file_adopt(int fd, const char *name, stx_file **out);
+/* Open the segment `name`, reusing this process's fd when it has one:
+ * opening and closing a second fd would drop the beacon. */
+int stx_file_open(const char *name, stx_file **out);
+/* Drop one handle's reference; the last closes the fd (and with it the
+ * beacon). */
+void stx_file_release(stx_file *file);
+/* In a forked child: re-take the beacon of every file this process has
+ * open under our new pid, forget the parent's slot and txn count, and
+ * call `each` on the file (readers.c claims a slot there). */
+void stx_files_after_fork(void (*each)(stx_file *file));
+/* Map the first `size` bytes of the segment read-write. */
+int stx_map_file(stx_segment *seg, size_t size, uint8_t **out);
+/* Make the handle's fresh mapping the one its process's handles of the
+ * same kind share (if there is none yet). */
+void stx_share_mapping(stx_segment *seg);
+/* The shared mapping of the handle's kind and `size`, with a reference
+ * taken, or NULL. */
+uint8_t *stx_reuse_mapping(stx_segment *seg, uint64_t size);
+/* Drop this handle's mapping: unmap it unless other handles share it. */
+void stx_unmap_handle(stx_segment *seg);
+/* Read-only handles see the data region as PROT_READ. */
+int stx_protect_data(stx_segment *seg);
+
+/* --- readers.c --- */
+
+/* In a forked child: claim a reader slot for this process in the file's
+ * shared mapping, so a child that only reads lock-free is still listed
+ * as attached.  Touches only shared memory. */
+void stx_slot_after_fork(stx_file *file);
+
+/* --- segment.c --- */
+
+/* Learn the kind word this libc gives our robust, shared mutex (once, at
+ * stx_engine_init). */
+void stx_learn_mutex_kind(void);
+
+#endif /* STX_INTERNAL_H */

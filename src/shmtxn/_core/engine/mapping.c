@@ -1,0 +1,235 @@
+/*
+ * mapping.c -- this process's registry of open segment files, and the
+ * mappings its handles share.
+ *
+ * One stx_file per segment file per process (found by device and inode):
+ * every handle of the process shares its one fd, because closing any
+ * other fd of the file would drop the process's classic fcntl locks --
+ * its beacon (process.c) and, while creating, the init lock.  Handles of
+ * one kind (read-write or read-only) share one mapping the same way, so
+ * re-attaching costs no mmap.  engine.h describes stx_file's fields.
+ *
+ * `registry_lock` guards the list and each file's `refs`, `maps`,
+ * `map_sizes` and `map_refs`.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static stx_file *registry;
+
+void
+stx_files_lock(void)
+{
+    pthread_mutex_lock(&registry_lock);
+}
+
+void
+stx_files_unlock(void)
+{
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* This process's stx_file for the file (dev, ino), or NULL. */
+static stx_file *
+registry_find(dev_t dev, ino_t ino)
+{
+    for (stx_file *f = registry; f != NULL; f = f->next) {
+        if (f->dev == dev && f->ino == ino) {
+            return f;
+        }
+    }
+    return NULL;
+}
+
+int
+stx_file_adopt(int fd, const char *name, stx_file **out)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int err = errno;
+        close(fd);
+        return stx_fail_errno(err, "fstat", name);
+    }
+    stx_file *f = registry_find(st.st_dev, st.st_ino);
+    if (f != NULL) {
+        close(fd);                /* drops our classic locks on the file... */
+        stx_take_beacon(f->fd);   /* ...so take the beacon again at once */
+        f->refs++;
+        *out = f;
+        return 0;
+    }
+    f = calloc(1, sizeof(*f));
+    if (f == NULL) {
+        close(fd);
+        return stx_fail(STX_ENOMEM, "out of memory attaching '%s'", name);
+    }
+    if (stx_take_beacon(fd) != 0) {
+        int err = errno;
+        free(f);
+        close(fd);
+        return stx_fail_errno(err, "taking the liveness lock", name);
+    }
+    f->dev = st.st_dev;
+    f->ino = st.st_ino;
+    f->fd = fd;
+    f->refs = 1;
+    f->slot = -1;
+    f->next = registry;
+    registry = f;
+    *out = f;
+    return 0;
+}
+
+int
+stx_file_open(const char *name, stx_file **out)
+{
+    char path[sizeof(STX_SHM_DIR) + STX_NAME_MAX + 1];
+    snprintf(path, sizeof(path), STX_SHM_DIR "%s", name);
+    struct stat st;
+    pthread_mutex_lock(&registry_lock);
+    if (stat(path, &st) == 0) {
+        stx_file *f = registry_find(st.st_dev, st.st_ino);
+        if (f != NULL) {
+            f->refs++;
+            *out = f;
+            pthread_mutex_unlock(&registry_lock);
+            return 0;
+        }
+    }
+    char shm_name[STX_NAME_MAX + 2];
+    snprintf(shm_name, sizeof(shm_name), "/%s", name);
+    int fd = shm_open(shm_name, O_RDWR | O_CLOEXEC, 0);
+    int rc;
+    if (fd < 0) {
+        rc = stx_fail_errno(errno, "attach", name);
+        if (rc == STX_ENOENT) {
+            rc = stx_fail(STX_ENOENT, "no segment named '%s'", name);
+        }
+    }
+    else {
+        rc = stx_file_adopt(fd, name, out);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return rc;
+}
+
+void
+stx_file_release(stx_file *file)
+{
+    pthread_mutex_lock(&registry_lock);
+    if (--file->refs == 0) {
+        for (stx_file **p = &registry; *p != NULL; p = &(*p)->next) {
+            if (*p == file) {
+                *p = file->next;
+                break;
+            }
+        }
+        close(file->fd);
+        free(file);
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void
+stx_files_after_fork(void (*each)(stx_file *file))
+{
+    /* only the forking thread lives on: nobody else holds the lock */
+    pthread_mutex_init(&registry_lock, NULL);
+    for (stx_file *f = registry; f != NULL; f = f->next) {
+        stx_take_beacon(f->fd);
+        f->slot = -1;
+        atomic_store(&f->ntxn, 0);
+        each(f);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* mappings                                                            */
+
+int
+stx_map_file(stx_segment *seg, size_t size, uint8_t **out)
+{
+    int flags = MAP_SHARED | (seg->populate ? MAP_POPULATE : 0);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, seg->file->fd,
+                   0);
+    if (p == MAP_FAILED) {
+        return stx_fail_errno(errno, "mmap", seg->name);
+    }
+    *out = p;
+    return 0;
+}
+
+void
+stx_share_mapping(stx_segment *seg)
+{
+    stx_file *f = seg->file;
+    int kind = seg->read_only;
+    pthread_mutex_lock(&registry_lock);
+    if (f->maps[kind] == NULL) {
+        f->maps[kind] = seg->base;
+        f->map_sizes[kind] = seg->map_size;
+        f->map_refs[kind] = 1;
+        seg->shared_map = 1;
+    }
+    pthread_mutex_unlock(&registry_lock);
+}
+
+uint8_t *
+stx_reuse_mapping(stx_segment *seg, uint64_t size)
+{
+    stx_file *f = seg->file;
+    int kind = seg->read_only;
+    uint8_t *base = NULL;
+    pthread_mutex_lock(&registry_lock);
+    if (f->maps[kind] != NULL && f->map_sizes[kind] == size) {
+        base = f->maps[kind];
+        f->map_refs[kind]++;
+        seg->shared_map = 1;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return base;
+}
+
+void
+stx_unmap_handle(stx_segment *seg)
+{
+    stx_file *f = seg->file;
+    int kind = seg->read_only;
+    int last = 1;
+    if (seg->shared_map) {
+        pthread_mutex_lock(&registry_lock);
+        last = --f->map_refs[kind] == 0;
+        if (last) {
+            f->maps[kind] = NULL;
+        }
+        pthread_mutex_unlock(&registry_lock);
+    }
+    if (last && seg->base != NULL) {
+        munmap(seg->base, seg->map_size);
+    }
+    seg->base = NULL;
+    seg->shared_map = 0;
+}
+
+int
+stx_protect_data(stx_segment *seg)
+{
+    if (!seg->read_only || seg->data_size == 0) {
+        return 0;
+    }
+    size_t len = (size_t)stx_round_up(seg->data_size, STX_PAGE);
+    if (mprotect(seg->data, len, PROT_READ) != 0) {
+        return stx_fail_errno(errno, "mprotect", seg->name);
+    }
+    return 0;
+}
