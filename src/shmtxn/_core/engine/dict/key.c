@@ -138,7 +138,7 @@ value_end(stx_keybuf *kb, size_t at)
 static int
 put(stx_keybuf *kb, char tag, const void *src, size_t n)
 {
-    size_t at;
+    size_t at = SIZE_MAX;
     int rc = value_begin(kb, &at);
     if (rc == 0) {
         rc = reserve(kb, n + 1);
@@ -326,7 +326,7 @@ stx_key_double(stx_keybuf *kb, double d)
 int
 stx_key_tuple_begin(stx_keybuf *kb)
 {
-    size_t at;
+    size_t at = SIZE_MAX;
     if (kb->error == 0 && kb->depth >= STX_KEY_MAX_DEPTH) {
         return poison(kb, stx_fail(STX_EINVAL, "tuple keys nest at most %d"
                                    " deep", STX_KEY_MAX_DEPTH));
