@@ -259,7 +259,7 @@ SHMTXN_API int shmtxn_load_double(shmtxn_seg *seg, uint64_t index,
 /*
  * A dict key is one value -- str, bytes, int, float, bool, None, or a
  * tuple of them -- in a canonical encoding every process hashes the same
- * way (docs/format.md).  Equal keys are one key, as in a Python dict:
+ * way (docs/c-api.md).  Equal keys are one key, as in a Python dict:
  * 1, 1.0 and true are one key; every NaN is one key.
  *
  * Build one with a shmtxn_key: append one value (or open a tuple, append

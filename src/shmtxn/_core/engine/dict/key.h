@@ -3,7 +3,7 @@
  * and read back.  Plain C11; no Python.h.  The Python binding (codec.c)
  * and the public C API (api.c) both encode keys through this builder, so
  * every process, whatever its language, hashes and compares the same
- * bytes.  docs/format.md documents the bytes:
+ * bytes (docs/c-api.md shows them to C users):
  *
  *   str    's' UTF-8 (encoded surrogates allowed, as Python's
  *          "surrogatepass")
