@@ -16,6 +16,10 @@ ENGINE = sorted(os.path.relpath(os.path.join(d, f), ENGINE_DIR)
 DEFINITION = re.compile(r"^([a-z_][a-z0-9_]*)\(", re.M)
 STRUCT = re.compile(r"^typedef struct (\w+) \{", re.M)
 DECLARATION = re.compile(r"^[a-z].*\b(stx_\w+)\(", re.M)
+# the public C API, include/shmtxn.h, which api.c implements
+PUBLIC_HEADER = os.path.join(os.path.dirname(ENGINE_DIR), "include",
+                             "shmtxn.h")
+PUBLIC_DECLARATION = re.compile(r"^SHMTXN_API .*\b(shmtxn_\w+)\(", re.M)
 
 
 def source(name):
@@ -40,8 +44,8 @@ def test_every_engine_function_has_a_doc_comment(name):
     missing = []
     for m in DEFINITION.finditer(text):
         func = m.group(1)
-        if func.startswith("stx_"):
-            continue  # documented where engine.h declares it
+        if func.startswith(("stx_", "shmtxn_")):
+            continue  # documented where a header declares it
         # the comment stands above the return-type line
         if not preceded_by_comment(text, text.rfind("\n", 0, m.start())):
             missing.append(func)
@@ -73,3 +77,23 @@ def test_every_engine_struct_has_a_doc_comment(name):
     missing = [m.group(1) for m in STRUCT.finditer(text)
                if not preceded_by_comment(text, m.start())]
     assert not missing
+
+
+def test_every_public_c_function_is_documented_in_shmtxn_h():
+    with open(PUBLIC_HEADER) as f:
+        header = f.read()
+    undocumented = [m.group(1) for m in PUBLIC_DECLARATION.finditer(header)
+                    if not preceded_by_comment(header, m.start())]
+    assert not undocumented
+    declared = {m.group(1) for m in PUBLIC_DECLARATION.finditer(header)}
+    defined = set()
+    for name in ENGINE:
+        if name.endswith(".c"):
+            defined |= {m.group(1) for m in DEFINITION.finditer(source(name))
+                        if m.group(1).startswith("shmtxn_")}
+    assert declared, "shmtxn.h declares no function"
+    assert defined == declared, (f"not in shmtxn.h: {defined - declared}; "
+                                 f"not defined: {declared - defined}")
+    structs = [m.group(1) for m in STRUCT.finditer(header)
+               if not preceded_by_comment(header, m.start())]
+    assert not structs, f"no doc comment above {structs}"

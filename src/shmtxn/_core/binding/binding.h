@@ -10,6 +10,7 @@
 
 #include "engine.h"
 #include "dict/dict.h"
+#include "dict/key.h"
 
 /* ---- item formats (items.c) ---- */
 
@@ -32,13 +33,8 @@ int item_pack(const item_format *fmt, PyObject *value, void *dst);
 
 /* ---- SharedDict keys and values as bytes (codec.c) ---- */
 
-/* A key's canonical encoding: on the stack when short. */
-typedef struct key_buf {
-    uint8_t *bytes;
-    Py_ssize_t len, cap;
-    uint8_t kind;           /* the record's key_kind */
-    uint8_t stack[120];
-} key_buf;
+/* A key's canonical encoding, built by the engine (dict/key.h). */
+typedef stx_keybuf key_buf;
 
 /* A value's encoding: borrowed from the value, or owned by `owner`. */
 typedef struct value_buf {
@@ -49,8 +45,6 @@ typedef struct value_buf {
     union { int64_t i; double d; } number;
 } value_buf;
 
-/* Set `kb` empty (on its stack). */
-void key_buf_init(key_buf *kb);
 /* Free what `kb` allocated; it is empty again. */
 void key_buf_release(key_buf *kb);
 /* Encode `key` canonically; -1 with TypeError for other key types. */

@@ -2,102 +2,47 @@
  * codec.c -- how SharedDict keys and values become bytes, and back.
  *
  * Keys are encoded canonically, so that every process hashes and compares
- * them the same way and keys equal in a dict are one key here:
- *
- *   str    's' UTF-8 (lone surrogates kept, as "surrogatepass")
- *   bytes  'b' the bytes
- *   int    'i' 8 bytes little-endian if it fits int64, else
- *          'I' two's complement little-endian, minimal length
- *   float  integral and finite: as the int it equals (so 1.0 == 1);
- *          else 'f' 8 bytes (every NaN as one canonical NaN)
- *   bool   as the int 0 or 1 (so True == 1)
- *   None   'n'
- *   tuple  't' then per element a 4-byte length and its encoding
- *
- * A top-level bool or integral float remembers its type in the record's
- * key_kind, so d[True] comes back as True, like the key a dict keeps; the
- * float -0.0 (equal to 0, so encoded as the int 0) has a kind of its own,
- * so d[-0.0] = 1 lists -0.0 as a dict does.
+ * them the same way and keys equal in a dict are one key here.  The bytes
+ * are the engine's (engine/dict/key.h documents them): this file only
+ * feeds Python values to its builder and turns what its walker reads back
+ * into Python values.  A top-level bool or integral float remembers its
+ * type in the record's key_kind, so d[True] comes back as True, like the
+ * key a dict keeps, and d[-0.0] = 1 lists -0.0 as a dict does.
  *
  * Values take a one-byte tag: 'b' bytes, 's' str, 'i' int64, 'f' float,
  * 'T'/'F' bool, 'n' None -- all exact types, stored without pickle --
  * and 'p' for a pickle (protocol 5) of anything else.
  */
-#include <math.h>
-
 #include "binding.h"
-
-/* Nesting depth of tuple keys we accept. */
-#define MAX_KEY_DEPTH 32
-
-/* key_kind values: the type of a top-level key that encodes as an int. */
-enum { KEY_PLAIN = 0, KEY_BOOL = 1, KEY_FLOAT = 2, KEY_NEG_ZERO = 3 };
 
 static const char bad_key_types[] = "str, bytes, int, float, bool, None or "
                                     "tuples of them";
 
 /* ------------------------------------------------------------------ */
-/* the growable buffer keys are encoded into                           */
-
-/* Make room for `more` bytes; -1 (MemoryError) on failure. */
-static int
-key_reserve(key_buf *kb, Py_ssize_t more)
-{
-    if (kb->len + more <= kb->cap) {
-        return 0;
-    }
-    Py_ssize_t cap = (kb->len + more) * 2;
-    uint8_t *grown = kb->bytes == kb->stack ? PyMem_Malloc(cap)
-                                            : PyMem_Realloc(kb->bytes, cap);
-    if (grown == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (kb->bytes == kb->stack) {
-        memcpy(grown, kb->stack, kb->len);
-    }
-    kb->bytes = grown;
-    kb->cap = cap;
-    return 0;
-}
-
-/* Append a tag byte and `n` bytes. */
-static int
-key_put(key_buf *kb, char tag, const void *src, Py_ssize_t n)
-{
-    if (key_reserve(kb, n + 1) < 0) {
-        return -1;
-    }
-    kb->bytes[kb->len++] = (uint8_t)tag;
-    if (n > 0) {
-        memcpy(kb->bytes + kb->len, src, n);
-        kb->len += n;
-    }
-    return 0;
-}
-
-void
-key_buf_init(key_buf *kb)
-{
-    kb->bytes = kb->stack;
-    kb->len = 0;
-    kb->cap = sizeof(kb->stack);
-    kb->kind = KEY_PLAIN;
-}
+/* encoding keys: Python values fed to the engine's builder (key.c)    */
 
 void
 key_buf_release(key_buf *kb)
 {
-    if (kb->bytes != kb->stack) {
-        PyMem_Free(kb->bytes);
-    }
-    key_buf_init(kb);
+    stx_keybuf_release(kb);
 }
 
-/* ------------------------------------------------------------------ */
-/* encoding keys                                                       */
+/* The builder's error as a Python exception; -1. */
+static int
+builder_failed(int rc)
+{
+    if (rc == STX_ENOMEM) {
+        PyErr_NoMemory();
+    }
+    else {
+        PyErr_Format(PyExc_ValueError, "bad SharedDict key: %s",
+                     stx_detail());
+    }
+    return -1;
+}
 
-/* An int too large for int64: 'I' and its minimal two's complement. */
+/* An int too large for int64: its two's complement bytes, which the
+ * builder stores canonically. */
 static int
 encode_big_int(PyObject *v, key_buf *kb)
 {
@@ -117,7 +62,8 @@ encode_big_int(PyObject *v, key_buf *kb)
     if (raw == NULL) {
         return -1;
     }
-    int rc = key_put(kb, 'I', PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw));
+    int rc = stx_key_bigint(kb, PyBytes_AS_STRING(raw),
+                            (size_t)PyBytes_GET_SIZE(raw));
     Py_DECREF(raw);
     return rc;
 }
@@ -130,93 +76,67 @@ encode_int(PyObject *v, key_buf *kb)
     if (n == -1 && PyErr_Occurred()) {
         return -1;
     }
-    if (overflow) {
-        return encode_big_int(v, kb);
-    }
-    int64_t le = (int64_t)n; /* native order: the ABI word pins it */
-    return key_put(kb, 'i', &le, sizeof(le));
+    return overflow ? encode_big_int(v, kb) : stx_key_int(kb, (int64_t)n);
 }
 
-static int
-encode_float(double d, key_buf *kb)
-{
-    if (isfinite(d) && d == floor(d)) {
-        if (fabs(d) < 9.2e18) {
-            int64_t n = (int64_t)d;
-            return key_put(kb, 'i', &n, sizeof(n));
-        }
-        PyObject *n = PyLong_FromDouble(d);
-        int rc = n ? encode_big_int(n, kb) : -1;
-        Py_XDECREF(n);
-        return rc;
-    }
-    if (isnan(d)) {
-        d = NAN;
-    }
-    return key_put(kb, 'f', &d, sizeof(d));
-}
-
-static int encode_key(PyObject *key, key_buf *kb, int depth);
-
+/* A str as UTF-8, lone surrogates kept (as "surrogatepass"). */
 static int
 encode_str(PyObject *v, key_buf *kb)
 {
     Py_ssize_t n;
     const char *utf8 = PyUnicode_AsUTF8AndSize(v, &n);
     if (utf8 != NULL) {
-        return key_put(kb, 's', utf8, n);
+        return stx_key_str(kb, utf8, (size_t)n);
     }
     PyErr_Clear(); /* lone surrogates */
     PyObject *raw = PyUnicode_AsEncodedString(v, "utf-8", "surrogatepass");
-    int rc = raw ? key_put(kb, 's', PyBytes_AS_STRING(raw),
-                           PyBytes_GET_SIZE(raw))
-                 : -1;
-    Py_XDECREF(raw);
+    if (raw == NULL) {
+        return -1;
+    }
+    int rc = stx_key_str(kb, PyBytes_AS_STRING(raw),
+                         (size_t)PyBytes_GET_SIZE(raw));
+    Py_DECREF(raw);
     return rc;
 }
 
-static int
-encode_tuple(PyObject *v, key_buf *kb, int depth)
-{
-    if (key_put(kb, 't', NULL, 0) < 0) {
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v); i++) {
-        Py_ssize_t at = kb->len;
-        uint32_t len = 0;
-        if (key_put(kb, 0, &len, sizeof(len) - 1) < 0) { /* placeholder */
-            return -1;
-        }
-        if (encode_key(PyTuple_GET_ITEM(v, i), kb, depth + 1) < 0) {
-            return -1;
-        }
-        len = (uint32_t)(kb->len - at - sizeof(len));
-        memcpy(kb->bytes + at, &len, sizeof(len));
-    }
-    return 0;
-}
+static int encode_key(PyObject *key, key_buf *kb);
 
 static int
-encode_key(PyObject *key, key_buf *kb, int depth)
+encode_tuple(PyObject *v, key_buf *kb)
+{
+    int rc = stx_key_tuple_begin(kb);
+    for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(v); i++) {
+        rc = encode_key(PyTuple_GET_ITEM(v, i), kb);
+    }
+    return rc == 0 ? stx_key_tuple_end(kb) : rc;
+}
+
+/* Feed `key` to the builder: 0, -1 with a Python exception, or an
+ * engine code (the builder's own error). */
+static int
+encode_key(PyObject *key, key_buf *kb)
 {
     if (PyUnicode_Check(key)) {
         return encode_str(key, kb);
     }
     if (PyBytes_Check(key)) {
-        return key_put(kb, 'b', PyBytes_AS_STRING(key),
-                       PyBytes_GET_SIZE(key));
+        return stx_key_bytes(kb, PyBytes_AS_STRING(key),
+                             (size_t)PyBytes_GET_SIZE(key));
+    }
+    if (PyBool_Check(key)) {
+        return stx_key_bool(kb, key == Py_True);
     }
     if (PyLong_Check(key)) {
         return encode_int(key, kb);
     }
     if (PyFloat_Check(key)) {
-        return encode_float(PyFloat_AS_DOUBLE(key), kb);
+        return stx_key_double(kb, PyFloat_AS_DOUBLE(key));
     }
     if (key == Py_None) {
-        return key_put(kb, 'n', NULL, 0);
+        return stx_key_none(kb);
     }
-    if (PyTuple_Check(key) && depth < MAX_KEY_DEPTH) {
-        return encode_tuple(key, kb, depth);
+    if (PyTuple_Check(key) && kb->depth < STX_KEY_MAX_DEPTH) {
+        return encode_tuple(key, kb);
     }
     PyErr_Format(PyExc_TypeError, "SharedDict keys must be %s, not %.100s%s",
                  bad_key_types, Py_TYPE(key)->tp_name,
@@ -227,28 +147,20 @@ encode_key(PyObject *key, key_buf *kb, int depth)
 int
 key_encode(PyObject *key, key_buf *kb)
 {
-    key_buf_init(kb);
-    if (PyUnicode_CheckExact(key)) { /* the common case, first */
-        return encode_str(key, kb);
+    stx_keybuf_init(kb);
+    int rc = encode_key(key, kb);
+    if (rc > 0 || (rc < 0 && !PyErr_Occurred())) {
+        rc = builder_failed(rc);
     }
-    kb->kind = PyBool_Check(key) ? KEY_BOOL
-               : PyFloat_Check(key) ? KEY_FLOAT : KEY_PLAIN;
-    if (encode_key(key, kb, 0) < 0) {
-        key_buf_release(kb);
+    if (rc != 0) {
+        stx_keybuf_release(kb);
         return -1;
-    }
-    if (kb->kind == KEY_FLOAT && kb->bytes[0] == 'f') {
-        kb->kind = KEY_PLAIN; /* stored as a float anyway */
-    }
-    else if (kb->kind == KEY_FLOAT && PyFloat_AS_DOUBLE(key) == 0.0
-             && signbit(PyFloat_AS_DOUBLE(key))) {
-        kb->kind = KEY_NEG_ZERO; /* the int 0 that was -0.0 */
     }
     return 0;
 }
 
 /* ------------------------------------------------------------------ */
-/* decoding keys                                                       */
+/* decoding keys: the engine's walker (key.c) turned into Python       */
 
 /* Raise CorruptSegmentError about an undecodable stored key or value. */
 static PyObject *
@@ -290,71 +202,54 @@ decode_big_int(const uint8_t *p, Py_ssize_t n)
     return v;
 }
 
-static PyObject *decode_key(const uint8_t *p, Py_ssize_t n);
+static PyObject *decode_item(const stx_key_item *item);
 
 static PyObject *
-decode_tuple(const uint8_t *p, Py_ssize_t n)
+decode_tuple(const stx_key_item *tuple)
 {
     PyObject *items = PyList_New(0);
-    while (items != NULL && n > 0) {
-        uint32_t len;
-        if (n < (Py_ssize_t)sizeof(len)) {
-            Py_DECREF(items);
-            return bad_bytes("key");
-        }
-        memcpy(&len, p, sizeof(len));
-        p += sizeof(len);
-        n -= sizeof(len);
-        PyObject *item = len <= n ? decode_key(p, len) : bad_bytes("key");
+    size_t pos = 0;
+    stx_key_item elem;
+    int rc;
+    while (items != NULL
+           && (rc = stx_key_tuple_next(tuple, &pos, &elem)) == 0) {
+        PyObject *item = decode_item(&elem);
         if (item == NULL || PyList_Append(items, item) < 0) {
-            Py_XDECREF(item);
             Py_CLEAR(items);
-            break;
         }
-        Py_DECREF(item);
-        p += len;
-        n -= len;
+        Py_XDECREF(item);
     }
-    PyObject *tuple = items ? PyList_AsTuple(items) : NULL;
+    if (items != NULL && rc != STX_ENOENT) {
+        Py_CLEAR(items);
+        bad_bytes("key");
+    }
+    PyObject *t = items ? PyList_AsTuple(items) : NULL;
     Py_XDECREF(items);
-    return tuple;
+    return t;
 }
 
 static PyObject *
-decode_key(const uint8_t *p, Py_ssize_t n)
+decode_item(const stx_key_item *item)
 {
-    if (n < 1) {
-        return bad_bytes("key");
-    }
-    const char *body = (const char *)p + 1;
-    Py_ssize_t len = n - 1;
-    switch (p[0]) {
-    case 's':
+    const char *body = (const char *)item->data;
+    Py_ssize_t len = (Py_ssize_t)item->len;
+    switch (item->type) {
+    case STX_KT_STR:
         return PyUnicode_DecodeUTF8(body, len, "surrogatepass");
-    case 'b':
+    case STX_KT_BYTES:
         return PyBytes_FromStringAndSize(body, len);
-    case 'i': {
-        int64_t v;
-        if (len != sizeof(v)) {
-            return bad_bytes("key");
-        }
-        memcpy(&v, body, sizeof(v));
-        return PyLong_FromLongLong(v);
-    }
-    case 'I':
-        return decode_big_int((const uint8_t *)body, len);
-    case 'f': {
-        double d;
-        if (len != sizeof(d)) {
-            return bad_bytes("key");
-        }
-        memcpy(&d, body, sizeof(d));
-        return PyFloat_FromDouble(d);
-    }
-    case 'n':
-        return len == 0 ? Py_NewRef(Py_None) : bad_bytes("key");
-    case 't':
-        return decode_tuple((const uint8_t *)body, len);
+    case STX_KT_INT:
+        return PyLong_FromLongLong(item->i);
+    case STX_KT_BIGINT:
+        return decode_big_int(item->data, len);
+    case STX_KT_FLOAT:
+        return PyFloat_FromDouble(item->d);
+    case STX_KT_BOOL:
+        return PyBool_FromLong((long)item->i);
+    case STX_KT_NONE:
+        return Py_NewRef(Py_None);
+    case STX_KT_TUPLE:
+        return decode_tuple(item);
     }
     return bad_bytes("key");
 }
@@ -362,21 +257,11 @@ decode_key(const uint8_t *p, Py_ssize_t n)
 PyObject *
 key_decode(const uint8_t *p, uint32_t n, uint8_t kind)
 {
-    PyObject *key = decoded_or_corrupt(decode_key(p, n), "key");
-    if (key == NULL || kind == KEY_PLAIN) {
-        return key;
-    }
-    if (!PyLong_CheckExact(key)) { /* only int encodings carry a kind */
-        Py_DECREF(key);
+    stx_key_item item;
+    if (stx_key_parse(p, n, kind, &item) != 0) {
         return bad_bytes("key");
     }
-    PyObject *typed = kind == KEY_BOOL ? PyBool_FromLong(PyObject_IsTrue(key))
-                      : kind == KEY_FLOAT ? PyNumber_Float(key)
-                      : kind == KEY_NEG_ZERO && PyObject_Not(key) == 1
-                          ? PyFloat_FromDouble(-0.0)
-                          : bad_bytes("key");
-    Py_DECREF(key);
-    return typed;
+    return decoded_or_corrupt(decode_item(&item), "key");
 }
 
 /* ------------------------------------------------------------------ */
