@@ -74,12 +74,12 @@ def engine_objects(flags):
     return _objects[key]
 
 
-def build_program(tmp_path, source, flags=()):
-    """`source` linked with the engine, all built with `flags`; the path
-    of the program."""
+def build_program(tmp_path, source, flags=(), defines=()):
+    """`source` (compiled with `defines` too) linked with the engine, all
+    built with `flags`; the path of the program."""
     flags = list(flags)
     exe = str(tmp_path / os.path.basename(source)[:-2])
-    compile_c([*flags, source, *engine_objects(flags), "-o", exe,
+    compile_c([*flags, *defines, source, *engine_objects(flags), "-o", exe,
                "-lpthread", "-lrt"])
     return exe
 
@@ -129,3 +129,54 @@ def test_engine_unit(tmp_path, unit):
 def test_there_are_engine_units():
     assert {"unit_undo.c", "unit_seqlock.c", "unit_readers.c",
             "unit_alloc.c", "unit_table.c", "unit_recover.c"} <= set(UNITS)
+
+
+# ---------------------------------------------------------------- fuzzing
+
+def regressions():
+    """The crash inputs kept in fuzz/regressions/, each with the reason
+    it still fails if fuzz/regressions/open.txt lists it ("name reason")."""
+    folder = os.path.join(FUZZ, "regressions")
+    open_ones = {}
+    listing = os.path.join(folder, "open.txt")
+    if os.path.exists(listing):
+        with open(listing) as f:
+            for line in f:
+                if line.strip() and not line.startswith("#"):
+                    name, _, reason = line.strip().partition(" ")
+                    open_ones[name] = reason
+    names = sorted(n for n in os.listdir(folder)
+                   if n not in ("open.txt", "README.md")
+                   and not n.startswith("."))
+    return [pytest.param(os.path.join(folder, n), id=n, marks=[
+        pytest.mark.xfail(strict=True, reason=open_ones[n])]
+        if n in open_ones else []) for n in names]
+
+
+@pytest.fixture(scope="module")
+def replayer(tmp_path_factory):
+    """fuzz/attach_image.c built without libFuzzer: main() replays the
+    inputs named on its command line."""
+    return build_program(tmp_path_factory.mktemp("fuzz"),
+                         os.path.join(FUZZ, "attach_image.c"),
+                         sanitize_flags(), ["-DSTX_FUZZ_REPLAY"])
+
+
+def replay(replayer, *paths):
+    rc, out, err, left = run_program(replayer, *paths)
+    assert "Sanitizer" not in err and "runtime error" not in err, err
+    assert rc == 0, out + err
+    assert not left, f"the harness left segments behind: {left}"
+    return out
+
+
+def test_the_fuzz_corpus_replays_cleanly(replayer):
+    corpus = os.path.join(FUZZ, "corpus")
+    seeds = len(os.listdir(corpus))
+    assert seeds >= 13
+    assert f"replayed {seeds} inputs" in replay(replayer, corpus)
+
+
+@pytest.mark.parametrize("path", regressions())
+def test_fuzz_regression(replayer, path):
+    assert "replayed 1 inputs" in replay(replayer, path)
