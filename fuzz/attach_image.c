@@ -9,8 +9,9 @@
  * small write txn committed and one rolled back -- and for a dict,
  * verify, count, stats, iteration, lookups, put and delete -- then
  * closed and unlinked; an image whose header checksum is wrong is used
- * a second time with it right.  Any outcome but a crash, a sanitizer report or a
- * hang is fine: the engine must refuse damage with an error code.
+ * a second time with it right.  Any outcome but a crash, a sanitizer
+ * report or a hang is fine: the engine must refuse damage with an error
+ * code.
  *
  * Built with clang -fsanitize=fuzzer,address,undefined by fuzz/run.sh.
  * Built without libFuzzer (-DSTX_FUZZ_REPLAY, by tests/

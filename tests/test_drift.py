@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from test_engine_c import ENGINE, HERE, ROOT
-from test_engine_units import build_program
+from test_engine_units import build_program, program_env
 
 FORMAT_MD = os.path.join(ROOT, "docs", "format.md")
 LAYOUT_H = os.path.join(ENGINE, "layout.h")
@@ -44,7 +44,7 @@ def layout(tmp_path_factory):
     "sizeof" and the constants ("value") as fields."""
     exe = build_program(tmp_path_factory.mktemp("drift"), HELPER)
     out = subprocess.run([exe], capture_output=True, text=True,
-                         check=True).stdout
+                         env=program_env(), check=True).stdout
     structs = {}
     for line in out.splitlines():
         struct, field, *numbers = line.split()

@@ -196,4 +196,31 @@ unit_await(int fd)
     return read(fd, &c, 1) == 1 ? 0 : -1;
 }
 
+/* A write txn with its logged-range cache and dict state. */
+typedef struct unit_dict_txn {
+    stx_txn txn;
+    stx_logged cache[STX_LOGGED_CACHE];
+    stx_dict_txn dt;
+} unit_dict_txn;
+
+/* Open a dict write txn on `seg`. */
+static inline int
+unit_dict_open(unit_dict_txn *w, stx_segment *seg)
+{
+    memset(w, 0, sizeof(*w));
+    w->txn.logged = w->cache;
+    w->dt.txn = &w->txn;
+    return unit_open(&w->txn, seg, 1);
+}
+
+/* Commit (after flushing the freed blocks) or roll back. */
+static inline int
+unit_dict_end(unit_dict_txn *w, int commit)
+{
+    int rc = commit ? stx_dict_flush(&w->dt) : 0;
+    int end = stx_txn_end(&w->txn, commit && rc == 0);
+    stx_dict_txn_reset(&w->dt);
+    return rc ? rc : end;
+}
+
 #endif /* STX_UNIT_H */

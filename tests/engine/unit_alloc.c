@@ -12,33 +12,6 @@
 
 #define SIZE (1u << 16)
 
-/* A write txn with its logged-range cache and dict state. */
-typedef struct wtxn {
-    stx_txn txn;
-    stx_logged cache[STX_LOGGED_CACHE];
-    stx_dict_txn dt;
-} wtxn;
-
-/* Open a dict write txn on `seg`. */
-static int
-wopen(wtxn *w, stx_segment *seg)
-{
-    memset(w, 0, sizeof(*w));
-    w->txn.logged = w->cache;
-    w->dt.txn = &w->txn;
-    return unit_open(&w->txn, seg, 1);
-}
-
-/* Commit (after flushing the freed blocks) or roll back. */
-static int
-wend(wtxn *w, int commit)
-{
-    int rc = commit ? stx_dict_flush(&w->dt) : 0;
-    int end = stx_txn_end(&w->txn, commit && rc == 0);
-    stx_dict_txn_reset(&w->dt);
-    return rc ? rc : end;
-}
-
 /* The dict header of `seg`. */
 static stx_dict_header *
 dh_of(stx_segment *seg)
@@ -62,40 +35,40 @@ test_reuse_after_free(void)
     char name[STX_NAME_MAX + 1];
     unit_dict(&seg, name, SIZE, 0);
     stx_dict_header *dh = dh_of(&seg);
-    wtxn w;
+    unit_dict_txn w;
     uint64_t a, b, c, x, y;
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     CHECK_EQ(stx_heap_alloc(&w.dt, 16, &a), 0);
     CHECK_EQ(stx_heap_alloc(&w.dt, 16, &b), 0);
     CHECK_EQ(stx_heap_alloc(&w.dt, 16, &c), 0);
     CHECK_EQ(b, a + 32);
     CHECK_EQ(c, b + 32);
     CHECK_EQ(size_at(&seg, b), 32);
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     uint64_t live = dh->live_bytes;
 
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     CHECK_EQ(stx_heap_free_later(&w.dt, b), 0);
     CHECK_EQ(stx_heap_alloc(&w.dt, 16, &x), 0);
     CHECK(x != b); /* its rollback would bring b back */
     CHECK_EQ(dh->free_heads[0], 0);
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     CHECK_EQ(dh->free_heads[0], b);
     CHECK_EQ(dh->free_bytes, 32);
     CHECK_EQ(dh->live_bytes, live);
 
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     CHECK_EQ(stx_heap_alloc(&w.dt, 20, &y), 0);
     CHECK_EQ(y, b);
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     CHECK_EQ(dh->free_heads[0], 0);
     CHECK_EQ(dh->free_bytes, 0);
 
     /* x ends the heap: freeing it lowers heap_top, no list grows */
     CHECK_EQ(dh->heap_top, x + 32);
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     CHECK_EQ(stx_heap_free_later(&w.dt, x), 0);
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     CHECK_EQ(dh->heap_top, x);
     CHECK_EQ(dh->free_heads[0], 0);
     unit_drop(&seg, name);
@@ -104,7 +77,7 @@ test_reuse_after_free(void)
 /* Allocate 32-byte blocks from the top until less than one fits; how
  * many it took. */
 static int
-fill_top(wtxn *w, stx_segment *seg)
+fill_top(unit_dict_txn *w, stx_segment *seg)
 {
     int n = 0;
     uint64_t off;
@@ -128,23 +101,23 @@ test_split_whole_block_and_full_heap(void)
     char name[STX_NAME_MAX + 1];
     unit_dict(&seg, name, SIZE, 0);
     stx_dict_header *dh = dh_of(&seg);
-    wtxn w;
+    unit_dict_txn w;
     uint64_t big, filler, got;
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     CHECK_EQ(stx_heap_alloc(&w.dt, 1000, &big), 0);
     CHECK_EQ(size_at(&seg, big), 1024);
     CHECK_EQ(stx_heap_alloc(&w.dt, 16, &filler), 0); /* big is not the top */
-    CHECK_EQ(wend(&w, 1), 0);
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     CHECK_EQ(stx_heap_free_later(&w.dt, big), 0);
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     uint32_t c1024 = stx_class_of(1024);
     CHECK_EQ(dh->free_heads[c1024], big);
     CHECK_EQ(dh->free_bytes, 1024);
 
     stx_dict_header before;
     memcpy(&before, dh, sizeof(before));
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     CHECK(fill_top(&w, &seg) > 100);
     CHECK_EQ(dh->free_heads[c1024], big); /* the top came first */
 
@@ -177,7 +150,7 @@ test_split_whole_block_and_full_heap(void)
     CHECK_EQ(dh->free_bytes, 0);
     CHECK_EQ(stx_heap_alloc(&w.dt, SIZE, &got), STX_EHEAPFULL);
 
-    CHECK_EQ(wend(&w, 0), 0);
+    CHECK_EQ(unit_dict_end(&w, 0), 0);
     CHECK_BYTES(dh, &before, STX_DICT_STATE_BYTES);
     CHECK_BYTES(dh->free_heads, before.free_heads, sizeof(dh->free_heads));
     CHECK_EQ(size_at(&seg, big), 1024);

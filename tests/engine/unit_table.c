@@ -9,33 +9,6 @@
 #define SIZE (1u << 20)
 #define KEYS 400
 
-/* A write txn with its logged-range cache and dict state. */
-typedef struct wtxn {
-    stx_txn txn;
-    stx_logged cache[STX_LOGGED_CACHE];
-    stx_dict_txn dt;
-} wtxn;
-
-/* Open a dict write txn on `seg`. */
-static int
-wopen(wtxn *w, stx_segment *seg)
-{
-    memset(w, 0, sizeof(*w));
-    w->txn.logged = w->cache;
-    w->dt.txn = &w->txn;
-    return unit_open(&w->txn, seg, 1);
-}
-
-/* Commit (after flushing the freed blocks) or roll back. */
-static int
-wend(wtxn *w, int commit)
-{
-    int rc = commit ? stx_dict_flush(&w->dt) : 0;
-    int end = stx_txn_end(&w->txn, commit && rc == 0);
-    stx_dict_txn_reset(&w->dt);
-    return rc ? rc : end;
-}
-
 /* Key number `i` as canonical bytes (in `buf`) and its hash. */
 static stx_key
 key_of(const stx_segment *seg, int i, char *buf)
@@ -49,7 +22,7 @@ key_of(const stx_segment *seg, int i, char *buf)
 
 /* Put key `i` with a value of `i % 50` copies of (char)('a' + gen). */
 static int
-put(wtxn *w, int i, int gen)
+put(unit_dict_txn *w, int i, int gen)
 {
     char kb[32];
     uint8_t vb[64];
@@ -99,10 +72,10 @@ test_growth_through_rebuilds(void)
     CHECK_EQ(stats_of(&seg).index_cap, 8);
     uint64_t rebuilds = 0, verified = 0;
     for (int i = 0; i < KEYS; i++) {
-        wtxn w;
-        CHECK_EQ(wopen(&w, &seg), 0);
+        unit_dict_txn w;
+        CHECK_EQ(unit_dict_open(&w, &seg), 0);
         CHECK_EQ(put(&w, i, 0), 0);
-        CHECK_EQ(wend(&w, 1), 0);
+        CHECK_EQ(unit_dict_end(&w, 1), 0);
         stx_dict_stats s = stats_of(&seg);
         CHECK_EQ(s.count, (uint64_t)i + 1);
         if (s.rebuilds != rebuilds) {
@@ -143,14 +116,14 @@ test_replace_delete_compact_clear(void)
     stx_segment seg;
     char name[STX_NAME_MAX + 1];
     unit_dict(&seg, name, SIZE, 0);
-    wtxn w;
-    CHECK_EQ(wopen(&w, &seg), 0);
+    unit_dict_txn w;
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     for (int i = 0; i < 100; i++) {
         CHECK_EQ(put(&w, i, 0), 0);
     }
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     CHECK_EQ(stx_dict_verify(&seg), 0);
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     for (int i = 0; i < 100; i += 2) {
         CHECK_EQ(put(&w, i, 1), 0); /* replace */
     }
@@ -160,7 +133,7 @@ test_replace_delete_compact_clear(void)
         CHECK_EQ(stx_dict_delete(&w.dt, &k), 0);
         CHECK_EQ(stx_dict_delete(&w.dt, &k), STX_ENOENT);
     }
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     CHECK_EQ(stx_dict_verify(&seg), 0);
     CHECK_EQ(stats_of(&seg).count, 75);
     for (int i = 0; i < 100; i++) {
@@ -174,21 +147,21 @@ test_replace_delete_compact_clear(void)
      * same size compacts the DELETED entries */
     uint64_t rebuilds = stats_of(&seg).rebuilds;
     for (int round = 0; round < 20; round++) {
-        CHECK_EQ(wopen(&w, &seg), 0);
+        CHECK_EQ(unit_dict_open(&w, &seg), 0);
         for (int i = 0; i < 100; i += 2) {
             char kb[32];
             stx_key k = key_of(&seg, i, kb);
             CHECK_EQ(stx_dict_delete(&w.dt, &k), 0);
             CHECK_EQ(put(&w, i, 1), 0);
         }
-        CHECK_EQ(wend(&w, 1), 0);
+        CHECK_EQ(unit_dict_end(&w, 1), 0);
         CHECK_EQ(stx_dict_verify(&seg), 0);
     }
     CHECK(stats_of(&seg).rebuilds > rebuilds);
     CHECK_EQ(stats_of(&seg).count, 75);
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     CHECK_EQ(stx_dict_clear(&w.dt), 0);
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     CHECK_EQ(stx_dict_verify(&seg), 0);
     CHECK_EQ(stats_of(&seg).count, 0);
     CHECK(!has(&seg, 0, 1));
@@ -203,19 +176,19 @@ test_a_rolled_back_growth_leaves_the_old_table(void)
     stx_segment seg;
     char name[STX_NAME_MAX + 1];
     unit_dict(&seg, name, SIZE, 0);
-    wtxn w;
-    CHECK_EQ(wopen(&w, &seg), 0);
+    unit_dict_txn w;
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     for (int i = 0; i < 20; i++) {
         CHECK_EQ(put(&w, i, 0), 0);
     }
-    CHECK_EQ(wend(&w, 1), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
     stx_dict_stats before = stats_of(&seg);
-    CHECK_EQ(wopen(&w, &seg), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
     for (int i = 20; i < 300; i++) {
         CHECK_EQ(put(&w, i, 0), 0);
     }
     CHECK(stats_of(&seg).rebuilds >= before.rebuilds + 3);
-    CHECK_EQ(wend(&w, 0), 0);
+    CHECK_EQ(unit_dict_end(&w, 0), 0);
     stx_dict_stats after = stats_of(&seg);
     CHECK_EQ(after.count, 20);
     CHECK_EQ(after.index_cap, before.index_cap);
