@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "dict/dict.h"
 #include "seqlock.h"
 
 /* Wait slices a txn gets before the harness gives up on it (a lock held

@@ -186,11 +186,14 @@ def test_format_md_numbers_in_prose(layout, pattern, where, adjust):
 
 
 def stated_commit_order():
-    """The steps of "Commit: ..." in layout.h's write protocol, in order:
-    the fields it names and "unlock"."""
+    """The steps layout.h's write protocol states for ending a txn that
+    wrote ("... in this order: ... unlock."): the fields it names and
+    "unlock"."""
     text = re.sub(r"\n\s*\*\s?", " ", read(LAYOUT_H))
-    m = re.search(r"Commit:(.*?\.)(?:\s|$)", text)
-    assert m, "layout.h no longer states the commit order ('Commit: ...')"
+    m = re.search(r"Ending a txn that wrote.*?in this order:(.*?\bunlock\.)",
+                  text)
+    assert m, ("layout.h no longer states the commit order ('Ending a txn "
+               "that wrote ... in this order: ... unlock.')")
     return [a or "unlock" for a, _ in
             re.findall(r"`(\w+)`|\b(unlock)", m.group(1))]
 

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "dict/dict.h"
 #include "seqlock.h"
 
 static int unit_checks;
@@ -93,7 +94,7 @@ unit_slots(stx_segment *seg, char *name, uint64_t size, uint64_t undo_size,
            uint32_t nslots, const void *initial)
 {
     uint64_t shape[1] = {size};
-    stx_create_opts opts = {.layout_kind = STX_LAYOUT_SLOTS,
+    stx_create_opts opts = {.layout = &stx_slots_layout,
                             .data_size = size, .undo_size = undo_size,
                             .nslots = nslots, .format = "B", .itemsize = 1,
                             .ndim = 1, .shape = shape, .mode = 0600,
@@ -110,7 +111,7 @@ static inline void
 unit_dict(stx_segment *seg, char *name, uint64_t size, uint64_t undo_size)
 {
     uint64_t shape[1] = {size};
-    stx_create_opts opts = {.layout_kind = STX_LAYOUT_DICT,
+    stx_create_opts opts = {.layout = &stx_dict_layout,
                             .data_size = size, .undo_size = undo_size,
                             .format = "B", .itemsize = 1, .ndim = 1,
                             .shape = shape, .mode = 0600};

@@ -277,6 +277,10 @@ int stx_slot_ensure(stx_segment *seg);
 void stx_slot_release(stx_segment *seg);
 /* Clear the slots of dead processes; returns how many were cleared. */
 int stx_slots_reap(stx_segment *seg);
+/* 1 if the process a slot's pid word `seen` names holds its beacon: the
+ * reader for seen > 0, the reaper for a mark -pid; 0 for 0 and for
+ * INT32_MIN, which names no process. */
+int stx_slot_holder_alive(const stx_file *file, int32_t seen);
 /* Reap `slot` if `seen` (its pid as just read) is a dead owner, or the
  * mark of a dead reaper; 1 if this call freed it, 0 otherwise. */
 int stx_slot_reap(stx_segment *seg, stx_reader_slot *slot, int32_t seen);

@@ -44,11 +44,20 @@ free_own_slot(stx_reader_slot *slot, int32_t me)
 }
 
 int
+stx_slot_holder_alive(const stx_file *file, int32_t seen)
+{
+    if (seen == INT32_MIN) {
+        return 0; /* names no process (and -seen would overflow) */
+    }
+    return stx_pid_alive(file, seen > 0 ? seen : -seen);
+}
+
+int
 stx_slot_reap(stx_segment *seg, stx_reader_slot *slot, int32_t seen)
 {
     int32_t expected = seen;
     if (seen == 0 || seen == -stx_self_pid
-        || stx_pid_alive(seg->file, seen > 0 ? seen : -seen)
+        || stx_slot_holder_alive(seg->file, seen)
         || !atomic_compare_exchange_strong(&slot->pid, &expected,
                                            -stx_self_pid)) {
         return 0; /* alive, free, ours, or someone else got there first */
