@@ -14,16 +14,12 @@ from __future__ import annotations
 import os
 
 from . import _core
-from .errors import Error, SegmentNotFoundError
+from .errors import Error, SegmentInUseError, SegmentNotFoundError
 
 __all__ = ["SHM_DIR", "list_segments", "segment_info", "check", "remove",
            "gc", "SegmentInUseError"]
 
 SHM_DIR = "/dev/shm"
-
-
-class SegmentInUseError(Error, OSError):
-    """rm refused: live processes have the segment attached."""
 
 
 def _disk_usage(name: str) -> dict:

@@ -22,6 +22,8 @@ __all__ = [
     "NestedTransactionError",
     "SegmentClosedError",
     "BufferExportsError",
+    "TransactionsOpenError",
+    "SegmentInUseError",
 ]
 
 
@@ -79,3 +81,12 @@ class SegmentClosedError(Error, ValueError):
 
 class BufferExportsError(Error, BufferError):
     """close() while views of the segment's memory are still alive."""
+
+
+class TransactionsOpenError(Error):
+    """close() while transactions are open on the handle's segment in this
+    process (leave their with-blocks first)."""
+
+
+class SegmentInUseError(Error, OSError):
+    """rm refused: live processes have the segment attached."""

@@ -1,6 +1,41 @@
 /*
- * binding.h -- what the binding files (module.c, errors.c, items.c,
- * py_memory.c, py_txn.c) share.  Only the binding includes Python.h.
+ * binding.h -- what the binding files share.  Only the binding includes
+ * Python.h.  The files stand on floors, and a file calls only into files
+ * on floors below its own (and the engine): no two files call each other.
+ * tests/test_binding.py checks that the files listed here are exactly the
+ * files in binding/, and, on a built tree, that the calls go down.
+ *
+ * module:
+ *   module.c       -- the shmtxn._core module: multi-phase init, the
+ *                     module state, module-level functions (probe, repair)
+ * handle types:
+ *   py_memory.c    -- Memory, a handle on a slots segment (shr[i], txn())
+ *   py_dict.c      -- Dict, a handle on a dict segment (d[k], txn())
+ * txn types:
+ *   py_txn.c       -- Txn, the slots transaction (t[i], t.buf, t.ndarray)
+ *   py_dict_txn.c  -- DictTxn, the dict transaction (t[k], t.clear())
+ * operations:
+ *   slots.c        -- slot reads and writes: items, slices, views; auto-
+ *                     committed or inside a txn
+ *   dict_ops.c     -- dict lookups and writes: lock-free, auto-committed
+ *                     or inside a txn
+ * driver:
+ *   txn.c          -- opening (the wait loop), ending and dropping txns;
+ *                     TxnBase, what both txn types extend; the one txn()
+ *                     argument parser
+ * handle:
+ *   py_segment.c   -- Segment, the base of Memory and Dict: open, close,
+ *                     unlink, and the checks every operation makes
+ * views:
+ *   py_view.c      -- View, a typed zero-copy export of a segment
+ * leaves:
+ *   items.c        -- slot item formats: pack and unpack
+ *   codec.c        -- SharedDict keys and values as bytes
+ *   info.c         -- a segment's state as Python data
+ * errors:
+ *   errors.c       -- the exception table (in the module state), raising
+ *
+ * (and binding.h, this file)
  */
 #ifndef STX_BINDING_H
 #define STX_BINDING_H
@@ -63,28 +98,65 @@ PyObject *value_decode(uint8_t tag, const uint8_t *p, uint64_t n,
 /* pickle.loads(raw). */
 PyObject *value_unpickle(PyObject *raw);
 
+/* ---- module state (module.c fills it; everything reads it) ---- */
+
+/* Exception table indices: engine code `c` (negative) is at -c; the
+ * binding's own situations take codes past the engine's. */
+#define ENGINE_CODES 64
+enum binding_code {
+    ERR_SEGMENT_CLOSED = -ENGINE_CODES,     /* SegmentClosedError */
+    ERR_BUFFER_EXPORTS = -ENGINE_CODES - 1, /* BufferExportsError */
+    ERR_TXNS_OPEN = -ENGINE_CODES - 2,      /* TransactionsOpenError */
+};
+#define ERROR_TABLE_SIZE (ENGINE_CODES + 3)
+
+/*
+ * binding_state -- the state of one shmtxn._core module object: its
+ * exception classes, resolved once at import, and its heap types.  Every
+ * handle keeps a pointer to it (HandleObject.st), so no hot path looks
+ * the module up.
+ */
+typedef struct binding_state {
+    PyObject *errors[ERROR_TABLE_SIZE]; /* class per -code, or NULL */
+    PyTypeObject *Segment_Type;
+    PyTypeObject *Memory_Type;
+    PyTypeObject *Dict_Type;
+    PyTypeObject *Txn_Type;
+    PyTypeObject *DictTxn_Type;
+    PyTypeObject *View_Type;
+    PyTypeObject *ThreadGuard_Type;
+    PyTypeObject *dict_txn_class; /* what d.txn() makes (see dict.py) */
+    PyObject *numpy_asarray;      /* numpy.asarray once ndarray() ran */
+    PyObject *str_write;          /* "write" and "timeout", interned: */
+    PyObject *str_timeout;        /* txn()'s keywords, compared by address */
+} binding_state;
+
 /* ---- errors (errors.c) ---- */
 
-/* Fetch the exception classes from shmtxn.errors; -1 on failure. */
-int errors_init(void);
-/* Raise the exception for engine code `code` about segment `name`. */
-void raise_engine_error(int code, const char *name);
+/* Fill st->errors from shmtxn.errors; -1 on failure. */
+int errors_init(binding_state *st);
+/* Raise the class of `code` (engine or binding code) with a message. */
+void raise_error(binding_state *st, int code, const char *fmt, ...);
+/* Raise the exception for engine code `code` about segment `name`, with
+ * the engine's detail and what to do about it. */
+void raise_engine_error(binding_state *st, int code, const char *name);
 /* Raise LockTimeout for a wait of `timeout` seconds on `name`. */
-void raise_lock_timeout(const char *name, double timeout, int write);
-/* Raise shmtxn.<class_name>(message). */
-void raise_named(const char *class_name, const char *fmt, ...);
-/* Raise shmtxn.<class_name>(message) from the exception being raised
- * (it becomes __cause__). */
-void raise_named_from_cause(const char *class_name, const char *fmt, ...);
+void raise_lock_timeout(binding_state *st, const char *name, double timeout,
+                        int write);
 /* Raise KeyError with `key` as its one argument, exactly as dict does. */
 void raise_key_error(PyObject *key);
+/* For code without a state at hand (codec.c): raise shmtxn.<class_name>
+ * (message), the class taken from the table of the imported module. */
+void raise_named(const char *class_name, const char *fmt, ...);
+/* raise_named, from the exception being raised (it becomes __cause__). */
+void raise_named_from_cause(const char *class_name, const char *fmt, ...);
 
 /* ---- segment state as Python data (info.c) ---- */
 
 /* A dict describing a mapped segment: geometry, lock, processes. */
 PyObject *segment_info(stx_segment *seg);
 
-/* ---- the two types ---- */
+/* ---- objects ---- */
 
 /*
  * HandleObject -- one open handle on one segment: the state of
@@ -97,6 +169,7 @@ PyObject *segment_info(stx_segment *seg);
  */
 typedef struct HandleObject {
     PyObject_HEAD
+    binding_state *st;      /* its module's state, set at allocation */
     stx_segment seg;
     const item_format *fmt;
     Py_ssize_t nitems;
@@ -134,19 +207,64 @@ typedef struct open_args {
 } open_args;
 
 /*
- * TxnObject -- shmtxn._core.Txn: the object `with shr.txn() as t` binds.
+ * DictObject -- shmtxn._core.Dict (py_dict.c), the base of SharedDict: a
+ * handle on a dict segment.  `hash_key` is the segment's SipHash key,
+ * copied from its (checksummed, immutable) header at open.
  */
-typedef struct TxnObject {
+typedef struct DictObject {
+    HandleObject h;
+    uint64_t hash_key[2];
+} DictObject;
+
+struct TxnBase;
+
+/* What a txn type adds to the shared life cycle (txn.c). */
+typedef struct txn_kind {
+    const char *what;   /* "segment" or "SharedDict", for messages */
+    /* Before the engine txn ends: settle what the type holds (views,
+     * freed blocks).  -1 with an exception if the txn was rolled back
+     * instead. */
+    int (*finish)(struct TxnBase *self, int commit);
+    /* The object is being freed (its txn may still be open): drop what
+     * the type holds, keeping any pending exception. */
+    void (*release)(struct TxnBase *self);
+} txn_kind;
+
+/*
+ * TxnBase -- the start of every txn object (txn.c): what `with x.txn() as
+ * t` binds whatever the segment holds -- the engine txn, its handle, and
+ * how it was asked for.  Enter, exit, commit, abort, repr and freeing are
+ * the base's (TXN_BASE_METHODS and friends below).
+ */
+typedef struct TxnBase {
     PyObject_HEAD
-    HandleObject *mem;
+    HandleObject *handle;
+    const txn_kind *kind;
     stx_txn txn;
     int write;
     int entered;
     double timeout;         /* seconds, < 0: wait forever */
+    stx_logged logged[STX_LOGGED_CACHE];
+} TxnBase;
+
+/*
+ * TxnObject -- shmtxn._core.Txn (py_txn.c): a txn on a slots segment.
+ */
+typedef struct TxnObject {
+    TxnBase base;
     PyObject *buf;          /* the memoryview t.buf handed out */
     PyObject *views;        /* list of the Views it made, or NULL */
-    stx_logged logged[STX_LOGGED_CACHE];
 } TxnObject;
+
+/*
+ * DictTxnObject -- shmtxn._core.DictTxn (py_dict_txn.c): the mapping that
+ * `with d.txn() as t` binds.  `dt` holds the blocks the txn freed until it
+ * commits (see stx_dict_txn).
+ */
+typedef struct DictTxnObject {
+    TxnBase base;
+    stx_dict_txn dt;
+} DictTxnObject;
 
 /*
  * ViewObject -- shmtxn._core.View (py_view.c): one typed zero-copy export
@@ -167,112 +285,160 @@ typedef struct ViewObject {
     Py_ssize_t exports;
 } ViewObject;
 
-/*
- * DictObject -- shmtxn._core.Dict (py_dict.c), the base of SharedDict: a
- * handle on a dict segment.  `hash_key` is the segment's SipHash key,
- * copied from its (checksummed, immutable) header at open.
- */
-typedef struct DictObject {
-    HandleObject h;
-    uint64_t hash_key[2];
-} DictObject;
+/* ---- type specs (module.c makes the types from them) ---- */
 
-/*
- * DictTxnObject -- shmtxn._core.DictTxn (py_dict_txn.c): the mapping that
- * `with d.txn() as t` binds.  `dt` holds the blocks the txn freed until it
- * commits (see stx_dict_txn).
- */
-typedef struct DictTxnObject {
-    PyObject_HEAD
-    DictObject *dict;
-    stx_txn txn;
-    stx_dict_txn dt;
-    int write;
-    int entered;
-    double timeout;         /* seconds, < 0: wait forever */
-    stx_logged logged[STX_LOGGED_CACHE];
-} DictTxnObject;
+extern PyType_Spec Segment_spec;     /* py_segment.c */
+extern PyType_Spec View_spec;        /* py_view.c */
+extern PyType_Spec ThreadGuard_spec; /* txn.c */
+extern PyType_Spec Txn_spec;         /* py_txn.c */
+extern PyType_Spec DictTxn_spec;     /* py_dict_txn.c */
+extern PyType_Spec Memory_spec;      /* py_memory.c */
+extern PyType_Spec Dict_spec;        /* py_dict.c */
 
-extern PyTypeObject Segment_Type;
-extern PyTypeObject Dict_Type;
-extern PyTypeObject DictTxn_Type;
-extern PyTypeObject Memory_Type;
-extern PyTypeObject Txn_Type;
-extern PyTypeObject View_Type;
-extern PyTypeObject ThreadGuard_Type;
+/* ---- views (py_view.c) ---- */
 
-/* py_view.c: a new C-ordered View of `shape` items at `ptr`. */
+/* A new C-ordered View of `shape` items at `ptr`. */
 PyObject *view_new(HandleObject *mem, char *ptr, char format, int itemsize,
                    int ndim, const Py_ssize_t *shape, int readonly);
-/* py_view.c: the buffer protocol of a View (also behind np.asarray(t)). */
+/* The buffer protocol of a View (also behind np.asarray(t)). */
 int view_getbuffer(ViewObject *v, Py_buffer *view, int flags);
-/* py_view.c: invalidate `v` unless exported; 1 if still exported. */
+/* Invalidate `v` unless exported; 1 if still exported. */
 int view_end(ViewObject *v);
-/* py_view.c: numpy.asarray(obj), with a clear ImportError sans numpy. */
-PyObject *view_to_ndarray(PyObject *obj);
+/* numpy.asarray(obj), with a clear ImportError sans numpy. */
+PyObject *view_to_ndarray(binding_state *st, PyObject *obj);
 
-/* py_segment.c: keep a View that is still referenced after its txn
- * ended, so close() refuses while it is; -1 on error. */
+/* ---- handles (py_segment.c) ---- */
+
+/* tp_new of Memory and Dict: a closed handle that knows its state. */
+PyObject *handle_new(PyTypeObject *type, PyObject *args, PyObject *kwds);
+/* Keep a View that is still referenced after its txn ended, so close()
+ * refuses while it is; -1 on error. */
 int handle_escape_view(HandleObject *h, PyObject *view);
-/* py_segment.c: -1 with an exception if `h` is closed. */
+/* -1 with SegmentClosedError if `h` is closed. */
 int handle_check_open(HandleObject *h);
-/* py_segment.c: seconds from a timeout argument; None means `fallback`. */
+/* Raise for engine code `code` on `h`'s segment; returns -1. */
+int handle_error(HandleObject *h, int code);
+/* Seconds from a timeout argument: None means `fallback`; otherwise a
+ * real number, finite and >= 0 (TypeError/ValueError if not). */
 int handle_parse_timeout(PyObject *arg, double fallback, double *out);
-/* py_segment.c: check a.size and normalise a.name ("/x" is "x"); -1 if
- * either is bad. */
+/* Check a.size and normalise a.name ("/x" is "x"); -1 if either is bad. */
 int handle_check_args(open_args *a);
-/* py_segment.c: create a segment as `opts` says (under a.name, or a fresh
- * random one) or attach to a.name, which must hold `opts->layout_kind`;
- * then adopt its name and identity.  -1 with an exception. */
+/* Create a segment as `opts` says (under a.name, or a fresh random one)
+ * or attach to a.name, which must hold `opts->layout_kind`; then adopt
+ * its name and identity.  -1 with an exception. */
 int handle_open(HandleObject *h, open_args *a, const stx_create_opts *opts);
-/* py_segment.c: close `h` (Segment.close()); -1 with an exception. */
+/* Close `h` (Segment.close()); -1 with an exception. */
 int handle_close(HandleObject *h);
-/* py_memory.c: normalise index `key` (int) into [0, n); -1 on error. */
-int memory_index(HandleObject *mem, PyObject *key, Py_ssize_t *index);
-/* py_memory.c: read items [start:stop:step] via `read` into a list. */
-PyObject *memory_read_slice(HandleObject *mem, PyObject *slice,
-                            stx_txn *txn);
-/* py_memory.c: write an iterable over the items `slice` names. */
-int memory_write_slice(HandleObject *mem, PyObject *slice, PyObject *value,
-                       stx_txn *txn);
 
-/* py_txn.c: open `txn` on `mem`, releasing the GIL around each wait;
- * -1 with an exception (LockTimeout, KeyboardInterrupt, ...). */
-int txn_open(HandleObject *mem, stx_txn *txn, int write, double timeout);
-/* py_txn.c: step an initialised `txn` until it is open, the GIL released
- * around each slice; -1 (txn cancelled) on timeout, Ctrl-C or error. */
-int txn_wait(const char *name, stx_txn *txn, double timeout);
-/* py_txn.c: end `txn`; -1 with an exception if ending failed. */
-int txn_close(HandleObject *mem, stx_txn *txn, int commit);
-/* py_txn.c: end the txn of a txn object being freed (any thread): a read
- * txn is released, a write txn rolled back -- or, if another thread opened
- * it, kept until that thread ends and rolls it back. */
-void txn_drop(HandleObject *mem, stx_txn *txn);
-/* py_txn.c: new Txn object for mem.txn(). */
-PyObject *txn_new(HandleObject *mem, int write, double timeout);
-/* py_txn.c: raise for a failed write inside a txn, rolling it back if the
- * undo log overflowed.  Always returns -1. */
-int txn_write_failed(HandleObject *mem, stx_txn *txn, int code);
+/* ---- the txn driver and base (txn.c) ---- */
 
-/* py_dict.c: encode `key` into `kb` and fill `k` (bytes and hash). */
-int dict_key(DictObject *d, PyObject *key, key_buf *kb, stx_key *k);
-/* py_dict.c: the value of `k` read inside an open txn; NULL with *missing
- * set (no exception) if absent, NULL with an exception on error. */
-PyObject *dict_read(DictObject *d, const stx_key *k, int *missing);
-/* py_dict.c: a list of the keys (what=0), values (1) or (key, value)
- * pairs (2), in insertion order, read inside an open txn. */
-PyObject *dict_snapshot(DictObject *d, int what);
-/* py_dict.c: the number of keys, read inside an open txn; -1 on error. */
-Py_ssize_t dict_count(DictObject *d);
-/* py_dict.c: raise for a failed engine write in `dt`'s txn, rolling the
- * whole txn back unless the error changed nothing.  Returns -1. */
-int dict_write_failed(DictObject *d, stx_dict_txn *dt, int code);
-/* py_dict.c: commit (after putting freed blocks on the free lists) or
- * roll back `dt`'s txn; -1 with an exception. */
-int dict_txn_close(DictObject *d, stx_dict_txn *dt, int commit);
-/* py_dict_txn.c: _core.set_dict_txn_class(cls): the DictTxn subclass
- * d.txn() returns (shmtxn.dict adds the MutableMapping methods). */
-PyObject *set_dict_txn_class(PyObject *module, PyObject *cls);
+/* Step an initialised `txn` until it is open, the GIL released around
+ * each slice; -1 (txn cancelled) on timeout, Ctrl-C or error. */
+int txn_wait(binding_state *st, const char *name, stx_txn *txn,
+             double timeout);
+/* Open `txn` on `h`, releasing the GIL around each wait; -1 with an
+ * exception (LockTimeout, KeyboardInterrupt, ...). */
+int txn_open(HandleObject *h, stx_txn *txn, int write, double timeout);
+/* End `txn`; -1 with an exception if ending failed. */
+int txn_close(HandleObject *h, stx_txn *txn, int commit);
+/* Raise for a failed write inside a txn, rolling it back unless the error
+ * changed nothing (a bad index, a read txn).  Always returns -1. */
+int txn_write_failed(HandleObject *h, stx_txn *txn, int code);
+/* -1 with ReadOnlyError if `txn` (open on `h`) is a read txn. */
+int txn_check_write(HandleObject *h, const stx_txn *txn);
+/* txn(write=None, timeout=None) of Memory and Dict: the one parser.
+ * Rejects an argument given twice, a `write` that is not a bool or None,
+ * a bad timeout, and write=True on a read-only handle. */
+int txn_parse_args(HandleObject *h, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames, int *write, double *timeout);
+/* Set up a new txn object of `kind` on `h` (not yet entered). */
+void txn_base_init(TxnBase *t, HandleObject *h, int write, double timeout,
+                   const txn_kind *kind);
+/* -1 with TransactionClosedError (or the fork/thread error) if `t`
+ * cannot be used now. */
+int txn_check_usable(TxnBase *t);
+/* A txn object's dealloc, up to freeing its memory: end or hand over its
+ * engine txn (see txn_drop in txn.c) and drop its handle. */
+void txn_base_clear(TxnBase *t);
+/* Visit what the base holds (the type and the handle). */
+int txn_base_traverse(TxnBase *t, visitproc visit, void *arg);
+/* __enter__: open the txn (once), waiting as long as `timeout` says. */
+PyObject *TxnBase_enter(TxnBase *t, PyObject *unused);
+/* __exit__: commit, or roll back on an exception; never swallows it. */
+PyObject *TxnBase_exit(TxnBase *t, PyObject *const *args, Py_ssize_t nargs);
+/* commit(): end the txn, keeping its changes. */
+PyObject *TxnBase_commit(TxnBase *t, PyObject *unused);
+/* abort(): end the txn, rolling its changes back. */
+PyObject *TxnBase_abort(TxnBase *t, PyObject *unused);
+/* t.write */
+PyObject *TxnBase_get_write(TxnBase *t, void *closure);
+/* t.active */
+PyObject *TxnBase_get_active(TxnBase *t, void *closure);
+/* repr(t): kind, segment and state. */
+PyObject *TxnBase_repr(TxnBase *t);
+
+/* The base's entries of a txn type's method and getset tables. */
+#define TXN_BASE_METHODS \
+    {"__enter__", (PyCFunction)TxnBase_enter, METH_NOARGS, NULL}, \
+    {"__exit__", (PyCFunction)(void (*)(void))TxnBase_exit, METH_FASTCALL, \
+     NULL}, \
+    {"commit", (PyCFunction)TxnBase_commit, METH_NOARGS, \
+     "Commit now; the transaction cannot be used afterwards."}, \
+    {"abort", (PyCFunction)TxnBase_abort, METH_NOARGS, \
+     "Roll back every change of this transaction and end it."}
+#define TXN_BASE_GETSET \
+    {"write", (getter)TxnBase_get_write, NULL, "True for a write txn", \
+     NULL}, \
+    {"active", (getter)TxnBase_get_active, NULL, \
+     "True while the transaction is open and usable here", NULL}
+
+/* ---- slot operations (slots.c) ---- */
+
+/* Normalise index `key` (int) into [0, nitems); -1 on error. */
+int slots_index(HandleObject *h, PyObject *key, Py_ssize_t *index);
+/* h[key] for an int or a slice: inside `txn`, or (txn NULL) lock-free or
+ * in a read txn of its own. */
+PyObject *slots_get(HandleObject *h, PyObject *key, stx_txn *txn);
+/* h[key] = value for an int or a slice: inside `txn`, or (txn NULL) in a
+ * write txn of its own.  value NULL (del) is a TypeError. */
+int slots_set(HandleObject *h, PyObject *key, PyObject *value,
+              stx_txn *txn);
+/* Every item, as a list (inside `txn` or, NULL, consistently). */
+PyObject *slots_values(HandleObject *h, stx_txn *txn);
+/* Every (index, item) pair, as a list, inside `txn`. */
+PyObject *slots_items(HandleObject *h, stx_txn *txn);
+/* A new View of `count` rows from row `start` of the first dimension
+ * (as bytes when `as_bytes`) inside `txn`; in a write txn the range is
+ * logged first, so writes through the view roll back like any other. */
+PyObject *slots_view(HandleObject *h, stx_txn *txn, Py_ssize_t start,
+                     Py_ssize_t count, int as_bytes);
+
+/* ---- dict operations (dict_ops.c) ---- */
+
+/* The value of `key` (Py_True when !want_value) inside `txn` or, txn
+ * NULL, lock-free or in a read txn of its own.  NULL with *missing set
+ * (no exception) if absent, NULL with an exception on error. */
+PyObject *dict_get(DictObject *d, PyObject *key, stx_txn *txn,
+                   int want_value, int *missing);
+/* d[key] = value, or del d[key] (value NULL; KeyError if absent), inside
+ * `dt` or, dt NULL, auto-committed. */
+int dict_set(DictObject *d, PyObject *key, PyObject *value,
+             stx_dict_txn *dt);
+/* Delete every key, inside `dt` or (NULL) auto-committed. */
+int dict_clear(DictObject *d, stx_dict_txn *dt);
+/* The number of keys, inside `txn` or (NULL) lock-free; -1 on error. */
+Py_ssize_t dict_len(DictObject *d, stx_txn *txn);
+/* A list of the keys (what=0), values (1) or (key, value) pairs (2), in
+ * insertion order, inside `txn` or (NULL) in a read txn of its own. */
+PyObject *dict_snapshot(DictObject *d, int what, stx_txn *txn);
+/* Before `dt`'s txn ends: put freed blocks on the free lists (commit) or
+ * forget them.  -1 with an exception if that failed (txn rolled back). */
+int dict_txn_finish(DictObject *d, stx_dict_txn *dt, int commit);
+
+/* ---- constructors across the types ---- */
+
+/* py_txn.c: a new Txn for shr.txn(). */
+PyObject *txn_new(HandleObject *h, int write, double timeout);
 /* py_dict_txn.c: a new txn object for d.txn(). */
 PyObject *dict_txn_new(DictObject *d, int write, double timeout);
 

@@ -1,153 +1,155 @@
 /*
- * errors.c -- the one table that maps engine codes to shmtxn exceptions,
- * and the advice each message ends with.  The classes themselves are
- * defined in Python (shmtxn/errors.py) and fetched once at import.
+ * errors.c -- the one table that maps engine codes (and the binding's own
+ * situations) to shmtxn exceptions, and the advice each message ends
+ * with.  The classes are defined in Python (shmtxn/errors.py) and resolved
+ * once at import into the module state, indexed by -code.
  */
 #include <stdarg.h>
 
 #include "binding.h"
 
-static PyObject *errors_module;
-
-/* What each engine code raises and what to tell the user to do. */
+/* What each code raises and what to tell the user to do. */
 typedef struct error_entry {
-    int code;
-    const char *class_name; /* in shmtxn.errors, or a builtin */
+    const char *class_name; /* in shmtxn.errors; NULL: `builtin` */
+    PyObject **builtin;     /* a builtin class for plain misuse */
     const char *advice;
 } error_entry;
 
-static const error_entry table[] = {
-    {STX_EEXIST, "SegmentExistsError",
-     "attach to it with create=False, or choose another name"},
-    {STX_ENOENT, "SegmentNotFoundError",
-     "create it with create=True, or see which exist with `shmtxn ls`"},
-    {STX_EACCES, "AccessDeniedError",
-     "the segment belongs to another user; check its mode in /dev/shm"},
-    {STX_EFULL, "SegmentFullError",
-     "free space in /dev/shm (`shmtxn gc` removes leftovers) or ask for "
-     "less"},
-    {STX_EHEAPFULL, "SegmentFullError",
-     "create the SharedDict with a larger size=, or delete keys"},
-    {STX_ECORRUPT, "CorruptSegmentError",
-     "the segment cannot be used; remove it with `shmtxn rm` and create "
-     "it again"},
-    {STX_EINCOMPAT, "IncompatibleSegmentError",
-     "open it from a matching shmtxn version, machine and pid namespace"},
-    {STX_ETOOLARGE, "TransactionTooLarge",
-     "the transaction was rolled back; create the segment with a larger "
-     "undo_size=, or split the work into smaller transactions"},
-    {STX_ENESTED, "NestedTransactionError",
-     "this thread already has a transaction open on this segment: use "
-     "that transaction object instead of opening another"},
-    {STX_ECLOSED, "TransactionClosedError",
-     "open a new transaction with .txn()"},
-    {STX_EFORKED, "TransactionClosedError",
-     "this transaction was opened before fork() by the parent process; "
-     "open a new one in the child"},
-    {STX_ESLOTS, "SegmentFullError",
-     "close handles in other processes, or create the segment with a "
-     "larger max_processes="},
-    {STX_EREADONLY, "ReadOnlyError",
-     "open the segment with read_only=False and write inside a write "
-     "transaction"},
-    {STX_EAGAIN, "LockTimeout", "try again, or raise timeout="},
+static const error_entry table[ERROR_TABLE_SIZE] = {
+    [-STX_EEXIST] = {"SegmentExistsError", NULL,
+                     "attach to it with create=False, or choose another "
+                     "name"},
+    [-STX_ENOENT] = {"SegmentNotFoundError", NULL,
+                     "create it with create=True, or see which exist with "
+                     "`shmtxn ls`"},
+    [-STX_EACCES] = {"AccessDeniedError", NULL,
+                     "the segment belongs to another user; check its mode "
+                     "in /dev/shm"},
+    [-STX_EFULL] = {"SegmentFullError", NULL,
+                    "free space in /dev/shm (`shmtxn gc` removes "
+                    "leftovers) or ask for less"},
+    [-STX_EHEAPFULL] = {"SegmentFullError", NULL,
+                        "create the SharedDict with a larger size=, or "
+                        "delete keys"},
+    [-STX_ECORRUPT] = {"CorruptSegmentError", NULL,
+                       "the segment cannot be used; remove it with `shmtxn "
+                       "rm` and create it again"},
+    [-STX_EINCOMPAT] = {"IncompatibleSegmentError", NULL,
+                        "open it from a matching shmtxn version, machine "
+                        "and pid namespace"},
+    [-STX_ETOOLARGE] = {"TransactionTooLarge", NULL,
+                        "the transaction was rolled back; create the "
+                        "segment with a larger undo_size=, or split the "
+                        "work into smaller transactions"},
+    [-STX_ENESTED] = {"NestedTransactionError", NULL,
+                      "this thread already has a transaction open on this "
+                      "segment: use that transaction object instead of "
+                      "opening another"},
+    [-STX_ECLOSED] = {"TransactionClosedError", NULL,
+                      "open a new transaction with .txn()"},
+    [-STX_EFORKED] = {"TransactionClosedError", NULL,
+                      "this transaction was opened before fork() by the "
+                      "parent process; open a new one in the child"},
+    [-STX_ESLOTS] = {"SegmentFullError", NULL,
+                     "close handles in other processes, or create the "
+                     "segment with a larger max_processes="},
+    [-STX_EREADONLY] = {"ReadOnlyError", NULL,
+                        "open the segment with read_only=False and write "
+                        "inside a write transaction"},
+    [-STX_EAGAIN] = {"LockTimeout", NULL, "try again, or raise timeout="},
+    [-STX_EINVAL] = {NULL, &PyExc_ValueError, NULL},
+    [-STX_ERANGE] = {NULL, &PyExc_IndexError, NULL},
+    [-STX_ENOMEM] = {NULL, &PyExc_MemoryError, NULL},
+    [-STX_ESYS] = {NULL, &PyExc_OSError, NULL},
+    [-ERR_SEGMENT_CLOSED] = {"SegmentClosedError", NULL, NULL},
+    [-ERR_BUFFER_EXPORTS] = {"BufferExportsError", NULL, NULL},
+    [-ERR_TXNS_OPEN] = {"TransactionsOpenError", NULL, NULL},
 };
 
 int
-errors_init(void)
+errors_init(binding_state *st)
 {
-    errors_module = PyImport_ImportModule("shmtxn.errors");
-    return errors_module == NULL ? -1 : 0;
-}
-
-static PyObject *
-error_class(const char *class_name)
-{
-    PyObject *cls = PyObject_GetAttrString(errors_module, class_name);
-    if (cls == NULL) {
-        PyErr_Clear();
-        cls = Py_NewRef(PyExc_RuntimeError);
+    PyObject *module = PyImport_ImportModule("shmtxn.errors");
+    if (module == NULL) {
+        return -1;
     }
-    return cls;
-}
-
-void
-raise_named(const char *class_name, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
-    va_end(ap);
-    if (msg == NULL) {
-        return;
-    }
-    PyObject *cls = error_class(class_name);
-    PyErr_SetObject(cls, msg);
-    Py_DECREF(cls);
-    Py_DECREF(msg);
-}
-
-/* Builtin exceptions for the codes that mean plain misuse. */
-static PyObject *
-builtin_for(int code)
-{
-    switch (code) {
-    case STX_EINVAL: return PyExc_ValueError;
-    case STX_ERANGE: return PyExc_IndexError;
-    case STX_ENOMEM: return PyExc_MemoryError;
-    case STX_ESYS: return PyExc_OSError;
-    }
-    return NULL;
-}
-
-void
-raise_engine_error(int code, const char *name)
-{
-    const char *detail = stx_detail();
-    PyObject *builtin = builtin_for(code);
-    if (builtin != NULL) {
-        PyErr_Format(builtin, "%s", detail[0] ? detail : "engine error");
-        return;
-    }
-    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
-        if (table[i].code == code) {
-            if (detail[0] == '\0' || code == STX_EREADONLY
-                || code == STX_ENESTED || code == STX_EFORKED) {
-                raise_named(table[i].class_name, "segment '%s': %s", name,
-                            table[i].advice);
-            }
-            else {
-                raise_named(table[i].class_name, "%s; %s", detail,
-                            table[i].advice);
-            }
-            return;
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < ERROR_TABLE_SIZE; i++) {
+        if (table[i].class_name != NULL) {
+            st->errors[i] = PyObject_GetAttrString(module,
+                                                   table[i].class_name);
+            rc = st->errors[i] == NULL ? -1 : 0;
+        }
+        else if (table[i].builtin != NULL) {
+            st->errors[i] = Py_NewRef(*table[i].builtin);
         }
     }
-    PyErr_Format(PyExc_RuntimeError, "shmtxn engine error %d on '%s': %s",
-                 code, name, detail);
+    Py_DECREF(module);
+    return rc;
+}
+
+/* The class `code` raises (borrowed): RuntimeError for unknown codes. */
+static PyObject *
+error_class(binding_state *st, int code)
+{
+    if (st != NULL && code < 0 && -code < ERROR_TABLE_SIZE
+        && st->errors[-code] != NULL) {
+        return st->errors[-code];
+    }
+    return PyExc_RuntimeError;
+}
+
+/* Raise the class of `code` with a message from `fmt` and `ap`. */
+static void
+raise_v(binding_state *st, int code, const char *fmt, va_list ap)
+{
+    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    if (msg != NULL) {
+        PyErr_SetObject(error_class(st, code), msg);
+        Py_DECREF(msg);
+    }
 }
 
 void
-raise_named_from_cause(const char *class_name, const char *fmt, ...)
+raise_error(binding_state *st, int code, const char *fmt, ...)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
     va_list ap;
     va_start(ap, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    raise_v(st, code, fmt, ap);
     va_end(ap);
-    PyObject *cls = msg ? error_class(class_name) : NULL;
-    if (cls == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-        Py_XDECREF(msg);
-        return;
+}
+
+void
+raise_engine_error(binding_state *st, int code, const char *name)
+{
+    const char *detail = stx_detail();
+    if (code >= 0 || -code >= ENGINE_CODES
+        || (table[-code].class_name == NULL && table[-code].builtin == NULL)) {
+        PyErr_Format(PyExc_RuntimeError, "shmtxn engine error %d on '%s': "
+                     "%s", code, name, detail);
     }
-    PyErr_Restore(type, value, tb);
-    _PyErr_FormatFromCause(cls, "%U", msg);
-    Py_DECREF(cls);
-    Py_DECREF(msg);
+    else if (table[-code].advice == NULL) {
+        raise_error(st, code, "%s", detail[0] ? detail : "engine error");
+    }
+    else if (detail[0] == '\0' || code == STX_EREADONLY
+             || code == STX_ENESTED || code == STX_EFORKED) {
+        raise_error(st, code, "segment '%s': %s", name, table[-code].advice);
+    }
+    else {
+        raise_error(st, code, "%s; %s", detail, table[-code].advice);
+    }
+}
+
+void
+raise_lock_timeout(binding_state *st, const char *name, double timeout,
+                   int write)
+{
+    char seconds[32];
+    snprintf(seconds, sizeof(seconds), "%g", timeout);
+    raise_error(st, STX_EAGAIN, "timed out after %s s waiting to open a %s "
+                "transaction on segment '%s': another transaction holds it "
+                "(see `shmtxn ls`); raise timeout= or try again", seconds,
+                write ? "write" : "read", name);
 }
 
 void
@@ -163,13 +165,59 @@ raise_key_error(PyObject *key)
     }
 }
 
-void
-raise_lock_timeout(const char *name, double timeout, int write)
+/* The code whose class is shmtxn.<class_name>, and in *st the state of
+ * the imported shmtxn._core (NULL if none: the class is RuntimeError).
+ * Only error paths come here: the lookup is not worth caching. */
+static int
+named_code(const char *class_name, binding_state **st)
 {
-    char seconds[32];
-    snprintf(seconds, sizeof(seconds), "%g", timeout);
-    raise_named("LockTimeout", "timed out after %s s waiting to open a %s "
-                "transaction on segment '%s': another transaction holds it "
-                "(see `shmtxn ls`); raise timeout= or try again", seconds,
-                write ? "write" : "read", name);
+    *st = NULL;
+    PyObject *name = PyUnicode_FromString("shmtxn._core");
+    PyObject *module = name ? PyImport_GetModule(name) : NULL;
+    Py_XDECREF(name);
+    if (module != NULL) {
+        *st = PyModule_GetState(module); /* sys.modules keeps it alive */
+        Py_DECREF(module);
+    }
+    PyErr_Clear();
+    for (int i = 0; i < ERROR_TABLE_SIZE; i++) {
+        if (table[i].class_name != NULL
+            && strcmp(table[i].class_name, class_name) == 0) {
+            return -i;
+        }
+    }
+    return 0;
+}
+
+void
+raise_named(const char *class_name, const char *fmt, ...)
+{
+    binding_state *st;
+    int code = named_code(class_name, &st);
+    va_list ap;
+    va_start(ap, fmt);
+    raise_v(st, code, fmt, ap);
+    va_end(ap);
+}
+
+void
+raise_named_from_cause(const char *class_name, const char *fmt, ...)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    binding_state *st;
+    int code = named_code(class_name, &st);
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (msg == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return;
+    }
+    PyErr_Restore(type, value, tb);
+    _PyErr_FormatFromCause(error_class(st, code), "%U", msg);
+    Py_DECREF(msg);
 }

@@ -1,6 +1,8 @@
 /*
- * module.c -- the shmtxn._core extension module: types, the engine's
- * one-time set-up, and small module-level functions for the CLI and tests.
+ * module.c -- the shmtxn._core extension module, initialised in phases
+ * (PEP 489): its state holds the exception table and the heap types made
+ * from the other files' specs; plus the engine's one-time set-up and small
+ * module-level functions for the CLI and tests.
  */
 #include <stdlib.h>
 
@@ -18,7 +20,7 @@ core_unlink(PyObject *module, PyObject *arg)
     }
     int rc = stx_unlink(name, 0, 0);
     if (rc != 0) {
-        raise_engine_error(rc, name);
+        raise_engine_error(PyModule_GetState(module), rc, name);
         return NULL;
     }
     Py_RETURN_NONE;
@@ -52,7 +54,7 @@ core_probe(PyObject *module, PyObject *arg)
     rc = stx_probe(&seg, name, &state);
     Py_END_ALLOW_THREADS
     if (rc != 0) {
-        raise_engine_error(rc, name);
+        raise_engine_error(PyModule_GetState(module), rc, name);
         return NULL;
     }
     if (state != STX_PROBE_READY) {
@@ -88,9 +90,12 @@ count_dead_slots(stx_segment *seg)
 static PyObject *
 core_repair(PyObject *module, PyObject *args)
 {
+    binding_state *st = PyModule_GetState(module);
     const char *name;
-    double timeout = 5.0;
-    if (!PyArg_ParseTuple(args, "s|d:repair", &name, &timeout)) {
+    PyObject *timeout_arg = NULL;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "s|O:repair", &name, &timeout_arg)
+        || handle_parse_timeout(timeout_arg, 5.0, &timeout) < 0) {
         return NULL;
     }
     stx_segment seg;
@@ -99,7 +104,7 @@ core_repair(PyObject *module, PyObject *args)
     rc = stx_attach(&seg, name, 0, 0, (uint64_t)(timeout * 1e9));
     Py_END_ALLOW_THREADS
     if (rc != 0) {
-        raise_engine_error(rc, name);
+        raise_engine_error(st, rc, name);
         return NULL;
     }
     uint64_t before = atomic_load(&seg.hdr->recoveries);
@@ -107,9 +112,9 @@ core_repair(PyObject *module, PyObject *args)
     stx_txn txn = {0};
     rc = stx_txn_init(&txn, &seg, 1);
     if (rc != 0) {
-        raise_engine_error(rc, name);
+        raise_engine_error(st, rc, name);
     }
-    else if (txn_wait(name, &txn, timeout) == 0) {
+    else if (txn_wait(st, name, &txn, timeout) == 0) {
         stx_slots_reap(&seg);
         int cleared = dead_before - count_dead_slots(&seg);
         stx_txn_end(&txn, 1);
@@ -145,8 +150,23 @@ core_siphash(PyObject *self, PyObject *args)
     return PyLong_FromUnsignedLongLong(h);
 }
 
+/* set_dict_txn_class(cls): the DictTxn subclass d.txn() makes (dict.py
+ * adds the MutableMapping methods). */
+static PyObject *
+core_set_dict_txn_class(PyObject *module, PyObject *cls)
+{
+    binding_state *st = PyModule_GetState(module);
+    if (!PyType_Check(cls)
+        || !PyType_IsSubtype((PyTypeObject *)cls, st->DictTxn_Type)) {
+        PyErr_SetString(PyExc_TypeError, "expected a subclass of DictTxn");
+        return NULL;
+    }
+    Py_SETREF(st->dict_txn_class, (PyTypeObject *)Py_NewRef(cls));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
-    {"set_dict_txn_class", set_dict_txn_class, METH_O,
+    {"set_dict_txn_class", core_set_dict_txn_class, METH_O,
      "set_dict_txn_class(cls): the DictTxn subclass SharedDict.txn() makes"},
     {"_siphash", core_siphash, METH_VARARGS,
      "_siphash(k0, k1, data) -> SipHash-1-3 of data (test hook)"},
@@ -161,45 +181,123 @@ static PyMethodDef core_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* Make the type of `spec` (subclassing `base`, if not NULL), keep it in
+ * *slot and, if `public`, as a module attribute; -1 on error. */
+static int
+add_type(PyObject *m, PyTypeObject **slot, PyType_Spec *spec,
+         PyTypeObject *base, int public)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(m, spec,
+                                                      (PyObject *)base);
+    if (*slot == NULL) {
+        return -1;
+    }
+    return public ? PyModule_AddType(m, *slot) : 0;
+}
+
+/* Py_mod_exec: set the engine up, resolve the exception classes, make
+ * the types. */
+static int
+core_exec(PyObject *m)
+{
+    binding_state *st = PyModule_GetState(m);
+    if (stx_engine_init() != 0) {
+        PyErr_SetString(PyExc_OSError, stx_detail());
+        return -1;
+    }
+    /* Test hook: SHMTXN_CRASH_AT=<point> SIGKILLs the process there. */
+    stx_set_crash_point(getenv("SHMTXN_CRASH_AT"));
+    if (errors_init(st) < 0
+        || add_type(m, &st->Segment_Type, &Segment_spec, NULL, 1) < 0
+        || add_type(m, &st->Memory_Type, &Memory_spec, st->Segment_Type,
+                    1) < 0
+        || add_type(m, &st->Dict_Type, &Dict_spec, st->Segment_Type, 1) < 0
+        || add_type(m, &st->Txn_Type, &Txn_spec, NULL, 1) < 0
+        || add_type(m, &st->DictTxn_Type, &DictTxn_spec, NULL, 1) < 0
+        || add_type(m, &st->View_Type, &View_spec, NULL, 1) < 0
+        || add_type(m, &st->ThreadGuard_Type, &ThreadGuard_spec, NULL,
+                    0) < 0) {
+        return -1;
+    }
+    st->dict_txn_class = (PyTypeObject *)Py_NewRef(st->DictTxn_Type);
+    st->str_write = PyUnicode_InternFromString("write");
+    st->str_timeout = PyUnicode_InternFromString("timeout");
+    if (st->str_write == NULL || st->str_timeout == NULL) {
+        return -1;
+    }
+    if (PyModule_AddIntConstant(m, "FORMAT_VERSION", STX_FORMAT_VERSION) < 0
+        || PyModule_AddIntConstant(m, "NAME_MAX", STX_NAME_MAX) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Every reference the state holds, for the collector and for freeing. */
+#define STATE_OBJECTS(st) \
+    (PyObject **)&(st)->Segment_Type, (PyObject **)&(st)->Memory_Type, \
+    (PyObject **)&(st)->Dict_Type, (PyObject **)&(st)->Txn_Type, \
+    (PyObject **)&(st)->DictTxn_Type, (PyObject **)&(st)->View_Type, \
+    (PyObject **)&(st)->ThreadGuard_Type, \
+    (PyObject **)&(st)->dict_txn_class, &(st)->numpy_asarray, \
+    &(st)->str_write, &(st)->str_timeout
+
+static int
+core_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    binding_state *st = PyModule_GetState(m);
+    PyObject **objects[] = {STATE_OBJECTS(st)};
+    for (size_t i = 0; i < sizeof(objects) / sizeof(objects[0]); i++) {
+        Py_VISIT(*objects[i]);
+    }
+    for (int i = 0; i < ERROR_TABLE_SIZE; i++) {
+        Py_VISIT(st->errors[i]);
+    }
+    return 0;
+}
+
+static int
+core_clear(PyObject *m)
+{
+    binding_state *st = PyModule_GetState(m);
+    PyObject **objects[] = {STATE_OBJECTS(st)};
+    for (size_t i = 0; i < sizeof(objects) / sizeof(objects[0]); i++) {
+        Py_CLEAR(*objects[i]);
+    }
+    for (int i = 0; i < ERROR_TABLE_SIZE; i++) {
+        Py_CLEAR(st->errors[i]);
+    }
+    return 0;
+}
+
+static void
+core_free(void *m)
+{
+    core_clear((PyObject *)m);
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, core_exec},
+#ifdef Py_mod_multiple_interpreters
+    /* the engine keeps per-process state (open files, orphaned txns) */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "shmtxn._core",
     .m_doc = "The C engine of shmtxn.",
-    .m_size = -1,
+    .m_size = sizeof(binding_state),
     .m_methods = core_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
 };
 
 PyMODINIT_FUNC
 PyInit__core(void)
 {
-    if (stx_engine_init() != 0) {
-        PyErr_SetString(PyExc_OSError, stx_detail());
-        return NULL;
-    }
-    /* Test hook: SHMTXN_CRASH_AT=<point> SIGKILLs the process there. */
-    stx_set_crash_point(getenv("SHMTXN_CRASH_AT"));
-    if (errors_init() < 0 || PyType_Ready(&Segment_Type) < 0
-        || PyType_Ready(&Memory_Type) < 0 || PyType_Ready(&Dict_Type) < 0
-        || PyType_Ready(&DictTxn_Type) < 0
-        || PyType_Ready(&Txn_Type) < 0 || PyType_Ready(&View_Type) < 0
-        || PyType_Ready(&ThreadGuard_Type) < 0) {
-        return NULL;
-    }
-    PyObject *m = PyModule_Create(&core_module);
-    if (m == NULL) {
-        return NULL;
-    }
-    if (PyModule_AddObjectRef(m, "Segment", (PyObject *)&Segment_Type) < 0
-        || PyModule_AddObjectRef(m, "Memory", (PyObject *)&Memory_Type) < 0
-        || PyModule_AddObjectRef(m, "Dict", (PyObject *)&Dict_Type) < 0
-        || PyModule_AddObjectRef(m, "DictTxn", (PyObject *)&DictTxn_Type) < 0
-        || PyModule_AddObjectRef(m, "Txn", (PyObject *)&Txn_Type) < 0
-        || PyModule_AddObjectRef(m, "View", (PyObject *)&View_Type) < 0
-        || PyModule_AddIntConstant(m, "FORMAT_VERSION",
-                                   STX_FORMAT_VERSION) < 0
-        || PyModule_AddIntConstant(m, "NAME_MAX", STX_NAME_MAX) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
-    return m;
+    return PyModuleDef_Init(&core_module);
 }

@@ -5,41 +5,9 @@
  * the hot paths (indexing, txn()) stay here in C.
  */
 #include "binding.h"
-#include "seqlock.h"
 
 /* Longest attach wait for a creator still initialising (seconds). */
 #define ATTACH_WAIT_DEFAULT 5.0
-/* Slice reads up to this many bytes use a stack buffer. */
-#define STACK_BYTES 512
-
-int
-memory_index(HandleObject *mem, PyObject *key, Py_ssize_t *index)
-{
-    if (handle_check_open(mem) < 0) {
-        return -1;
-    }
-    Py_ssize_t i = PyLong_CheckExact(key) ? PyLong_AsSsize_t(key)
-                                          : PyNumber_AsSsize_t(key, NULL);
-    if (i == -1 && PyErr_ExceptionMatches(PyExc_OverflowError)) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_IndexError, "index %R out of range for %zd "
-                     "slots", key, mem->nitems);
-        return -1;
-    }
-    if (i == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    if (i < 0) {
-        i += mem->nitems;
-    }
-    if (i < 0 || i >= mem->nitems) {
-        PyErr_Format(PyExc_IndexError, "index %R out of range for %zd "
-                     "slots", key, mem->nitems);
-        return -1;
-    }
-    *index = i;
-    return 0;
-}
 
 /* ------------------------------------------------------------------ */
 /* creation and attachment                                             */
@@ -129,7 +97,7 @@ check_shape(HandleObject *self, const open_args *a)
         same = a->shape[i] == hdr->shape[i];
     }
     if (!same) {
-        raise_named("IncompatibleSegmentError", "segment '%s' has another "
+        raise_error(self->st, STX_EINCOMPAT, "segment '%s' has another "
                     "shape; omit shape= to use the stored one",
                     self->seg.name);
         return -1;
@@ -145,18 +113,18 @@ check_attached(HandleObject *self, const open_args *a)
     const item_format *stored = item_format_find(hdr->format);
     if (stored == NULL || stored->size != hdr->itemsize) {
         PyErr_Clear();
-        raise_named("CorruptSegmentError", "segment '%s' has an unknown "
+        raise_error(self->st, STX_ECORRUPT, "segment '%s' has an unknown "
                     "item format", self->seg.name);
         return -1;
     }
     if (a->format != NULL && self->fmt->code != stored->code) {
-        raise_named("IncompatibleSegmentError", "segment '%s' stores format"
-                    " '%c', not '%c'; omit format= to use the stored one",
+        raise_error(self->st, STX_EINCOMPAT, "segment '%s' stores format "
+                    "'%c', not '%c'; omit format= to use the stored one",
                     self->seg.name, stored->code, self->fmt->code);
         return -1;
     }
     if (a->size != 0 && (uint64_t)a->size != hdr->data_size) {
-        raise_named("IncompatibleSegmentError", "segment '%s' holds %llu "
+        raise_error(self->st, STX_EINCOMPAT, "segment '%s' holds %llu "
                     "bytes, not %zd; pass size=0 to accept its size",
                     self->seg.name, (unsigned long long)hdr->data_size,
                     a->size);
@@ -272,293 +240,18 @@ Memory_init(HandleObject *self, PyObject *args, PyObject *kwds)
 }
 
 /* ------------------------------------------------------------------ */
-/* items                                                               */
-
-/* Read one item under a read txn (the seqlock saw a writer). */
-static PyObject *
-locked_get(HandleObject *self, uint64_t offset)
-{
-    stx_txn txn = {0};
-    uint64_t raw = 0;
-    if (txn_open(self, &txn, 0, -1) < 0) {
-        return NULL;
-    }
-    stx_read(&txn, offset, &raw, self->fmt->size);
-    if (txn_close(self, &txn, 1) < 0) {
-        return NULL;
-    }
-    return item_unpack(self->fmt, &raw);
-}
-
-static PyObject *
-get_item(HandleObject *self, PyObject *key)
-{
-    Py_ssize_t i;
-    if (memory_index(self, key, &i) < 0) {
-        return NULL;
-    }
-    uint64_t offset = (uint64_t)i * self->fmt->size;
-    uint64_t raw = 0;
-    if (self->seg.file->ntxn == 0
-        && stx_seqlock_read(&self->seg, offset, &raw, self->fmt->size) == 0) {
-        return item_unpack(self->fmt, &raw);
-    }
-    return locked_get(self, offset);
-}
-
-static int
-set_item(HandleObject *self, PyObject *key, PyObject *value)
-{
-    Py_ssize_t i;
-    uint64_t raw = 0;
-    if (memory_index(self, key, &i) < 0
-        || item_pack(self->fmt, value, &raw) < 0) {
-        return -1;
-    }
-    stx_txn txn = {0};
-    if (txn_open(self, &txn, 1, -1) < 0) {
-        return -1;
-    }
-    int rc = stx_write(&txn, (uint64_t)i * self->fmt->size, &raw,
-                       self->fmt->size);
-    if (rc != 0) {
-        return txn_write_failed(self, &txn, rc);
-    }
-    return txn_close(self, &txn, 1);
-}
-
-typedef struct slice_span {
-    Py_ssize_t start, stop, step, count;
-} slice_span;
-
-static int
-unpack_slice(HandleObject *mem, PyObject *slice, slice_span *s)
-{
-    if (PySlice_Unpack(slice, &s->start, &s->stop, &s->step) < 0) {
-        return -1;
-    }
-    s->count = PySlice_AdjustIndices(mem->nitems, &s->start, &s->stop,
-                                     s->step);
-    return 0;
-}
-
-/* Items of `s` as a list, from `base` (the data region or a copy of the
- * contiguous run starting at s->start). */
-static PyObject *
-list_from(HandleObject *mem, const slice_span *s, const uint8_t *base,
-          Py_ssize_t base_index)
-{
-    PyObject *list = PyList_New(s->count);
-    int size = mem->fmt->size;
-    for (Py_ssize_t k = 0; list != NULL && k < s->count; k++) {
-        Py_ssize_t i = s->start + k * s->step - base_index;
-        PyObject *item = item_unpack(mem->fmt, base + i * size);
-        if (item == NULL) {
-            Py_CLEAR(list);
-            break;
-        }
-        PyList_SET_ITEM(list, k, item);
-    }
-    return list;
-}
-
-/* A contiguous slice read lock-free; NULL without error to fall back. */
-static PyObject *
-seqlock_slice(HandleObject *mem, const slice_span *s)
-{
-    uint64_t bytes = (uint64_t)s->count * mem->fmt->size;
-    uint8_t stack[STACK_BYTES];
-    uint8_t *copy = bytes <= STACK_BYTES ? stack : PyMem_Malloc(bytes);
-    if (copy == NULL) {
-        return PyErr_NoMemory();
-    }
-    PyObject *list = NULL;
-    uint64_t offset = (uint64_t)s->start * mem->fmt->size;
-    if (stx_seqlock_read(&mem->seg, offset, copy, bytes) == 0) {
-        slice_span run = *s;
-        list = list_from(mem, &run, copy, s->start);
-    }
-    if (copy != stack) {
-        PyMem_Free(copy);
-    }
-    return list;
-}
-
-PyObject *
-memory_read_slice(HandleObject *mem, PyObject *slice, stx_txn *txn)
-{
-    slice_span s;
-    if (handle_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
-        return NULL;
-    }
-    if (s.count == 0) {
-        return PyList_New(0);
-    }
-    if (txn != NULL) {
-        return list_from(mem, &s, mem->seg.data, 0);
-    }
-    if (s.step == 1 && mem->seg.file->ntxn == 0) {
-        PyObject *list = seqlock_slice(mem, &s);
-        if (list != NULL || PyErr_Occurred()) {
-            return list;
-        }
-    }
-    stx_txn own = {0};
-    if (txn_open(mem, &own, 0, -1) < 0) {
-        return NULL;
-    }
-    PyObject *list = list_from(mem, &s, mem->seg.data, 0);
-    if (txn_close(mem, &own, 1) < 0) {
-        Py_CLEAR(list);
-    }
-    return list;
-}
-
-/* Convert every value first: a bad one raises before anything changes. */
-static uint8_t *
-pack_values(HandleObject *mem, PyObject *value, const slice_span *s)
-{
-    PyObject *seq = PySequence_Fast(value, "slice assignment needs an "
-                                    "iterable of values");
-    if (seq == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    uint8_t *packed = NULL;
-    if (n != s->count) {
-        PyErr_Format(PyExc_ValueError, "slice assignment: %zd values for %zd"
-                     " slots (a segment cannot change size)", n, s->count);
-    }
-    else if ((packed = PyMem_Malloc(n * mem->fmt->size + 1)) == NULL) {
-        PyErr_NoMemory();
-    }
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t k = 0; packed != NULL && k < n; k++) {
-        if (item_pack(mem->fmt, items[k], packed + k * mem->fmt->size) < 0) {
-            PyMem_Free(packed);
-            packed = NULL;
-        }
-    }
-    Py_DECREF(seq);
-    return packed;
-}
-
-static int
-write_packed(HandleObject *mem, stx_txn *txn, const slice_span *s,
-             const uint8_t *packed)
-{
-    int size = mem->fmt->size;
-    int rc = 0;
-    if (s->step == 1) {
-        rc = stx_write(txn, (uint64_t)s->start * size, packed,
-                       (uint64_t)s->count * size);
-    }
-    for (Py_ssize_t k = 0; s->step != 1 && rc == 0 && k < s->count; k++) {
-        rc = stx_write(txn, (uint64_t)(s->start + k * s->step) * size,
-                       packed + k * size, size);
-    }
-    return rc == 0 ? 0 : txn_write_failed(mem, txn, rc);
-}
-
-/* The item format a buffer declares, if it is one of ours in native
- * order; NULL (no error) otherwise. */
-static const item_format *
-buffer_item_format(const Py_buffer *view)
-{
-    const char *code = view->format ? view->format : "B";
-    if (code[0] == '=' || code[0] == '|'
-        || (code[0] == '<' && PY_LITTLE_ENDIAN)
-        || (code[0] == '>' && !PY_LITTLE_ENDIAN)) {
-        code++;
-    }
-    const item_format *fmt = item_format_find(code);
-    if (fmt == NULL) {
-        PyErr_Clear();
-    }
-    return fmt;
-}
-
-/* 1 (and `view` held) if `value` is a C-contiguous buffer of exactly
- * `count` items of the segment's kind and size -- a numpy array of the
- * same dtype, an array.array -- so it can be copied as bytes; 0 if not. */
-static int
-matching_buffer(HandleObject *mem, PyObject *value, Py_ssize_t count,
-                Py_buffer *view)
-{
-    if (!PyObject_CheckBuffer(value)) {
-        return 0;
-    }
-    if (PyObject_GetBuffer(value, view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
-        < 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    const item_format *fmt = buffer_item_format(view);
-    if (fmt != NULL && fmt->size == mem->fmt->size
-        && fmt->kind == mem->fmt->kind
-        && view->len == count * mem->fmt->size) {
-        return 1;
-    }
-    PyBuffer_Release(view);
-    return 0;
-}
-
-int
-memory_write_slice(HandleObject *mem, PyObject *slice, PyObject *value,
-                   stx_txn *txn)
-{
-    slice_span s;
-    if (handle_check_open(mem) < 0 || unpack_slice(mem, slice, &s) < 0) {
-        return -1;
-    }
-    Py_buffer view = {0};
-    uint8_t *packed = NULL;
-    const uint8_t *src;
-    if (matching_buffer(mem, value, s.count, &view)) {
-        src = view.buf;
-    }
-    else if ((src = packed = pack_values(mem, value, &s)) == NULL) {
-        return -1;
-    }
-    stx_txn own = {0};
-    int rc = 0;
-    if (txn == NULL) {
-        rc = txn_open(mem, &own, 1, -1);
-    }
-    if (rc == 0) {
-        rc = write_packed(mem, txn ? txn : &own, &s, src);
-    }
-    if (rc == 0 && txn == NULL) {
-        rc = txn_close(mem, &own, 1);
-    }
-    PyMem_Free(packed);
-    if (view.obj != NULL) {
-        PyBuffer_Release(&view);
-    }
-    return rc;
-}
+/* items (slots.c), txn(), buffers, attributes                         */
 
 static PyObject *
 Memory_subscript(HandleObject *self, PyObject *key)
 {
-    if (PySlice_Check(key)) {
-        return memory_read_slice(self, key, NULL);
-    }
-    return get_item(self, key);
+    return slots_get(self, key, NULL);
 }
 
 static int
 Memory_ass_subscript(HandleObject *self, PyObject *key, PyObject *value)
 {
-    if (value == NULL) {
-        PyErr_SetString(PyExc_TypeError, "slots cannot be deleted; a "
-                        "segment has a fixed number of items");
-        return -1;
-    }
-    if (PySlice_Check(key)) {
-        return memory_write_slice(self, key, value, NULL);
-    }
-    return set_item(self, key, value);
+    return slots_set(self, key, value, NULL);
 }
 
 static Py_ssize_t
@@ -570,69 +263,20 @@ Memory_length(HandleObject *self)
 static PyObject *
 Memory_iter(HandleObject *self)
 {
-    PyObject *all = PySlice_New(NULL, NULL, NULL);
-    PyObject *list = all ? memory_read_slice(self, all, NULL) : NULL;
-    Py_XDECREF(all);
+    PyObject *list = slots_values(self, NULL);
     PyObject *it = list ? PyObject_GetIter(list) : NULL;
     Py_XDECREF(list);
     return it;
 }
 
-/* ------------------------------------------------------------------ */
-/* txn(), buffers, attributes                                          */
-
-/* txn(write=None, timeout=None), parsed by hand: it is on the hot path. */
-static int
-parse_txn_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-               PyObject **write_arg, PyObject **timeout_arg)
-{
-    if (nargs > 2) {
-        PyErr_SetString(PyExc_TypeError, "txn() takes at most 2 arguments");
-        return -1;
-    }
-    if (nargs > 0) {
-        *write_arg = args[0];
-    }
-    if (nargs > 1) {
-        *timeout_arg = args[1];
-    }
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-        if (PyUnicode_CompareWithASCIIString(key, "write") == 0) {
-            *write_arg = args[nargs + k];
-        }
-        else if (PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
-            *timeout_arg = args[nargs + k];
-        }
-        else {
-            PyErr_Format(PyExc_TypeError, "txn() got an unexpected keyword "
-                         "argument %R", key);
-            return -1;
-        }
-    }
-    return 0;
-}
-
+/* shr.txn(write=None, timeout=None): a new Txn, not yet entered. */
 static PyObject *
 Memory_txn(HandleObject *self, PyObject *const *args, Py_ssize_t nargs,
            PyObject *kwnames)
 {
-    PyObject *write_arg = Py_None, *timeout_arg = Py_None;
-    if (parse_txn_args(args, nargs, kwnames, &write_arg, &timeout_arg) < 0) {
-        return NULL;
-    }
+    int write;
     double timeout;
-    if (handle_check_open(self) < 0
-        || handle_parse_timeout(timeout_arg, -1.0, &timeout) < 0) {
-        return NULL;
-    }
-    int write = !self->seg.read_only;
-    if (write_arg != Py_None && (write = PyObject_IsTrue(write_arg)) < 0) {
-        return NULL;
-    }
-    if (write && self->seg.read_only) {
-        raise_engine_error(STX_EREADONLY, self->seg.name);
+    if (txn_parse_args(self, args, nargs, kwnames, &write, &timeout) < 0) {
         return NULL;
     }
     return txn_new(self, write, timeout);
@@ -717,7 +361,7 @@ Memory_ndarray(HandleObject *self, PyObject *args, PyObject *kwds)
     }
     PyObject *view = view_new(self, (char *)self->seg.data, self->fmt->code,
                               self->fmt->size, self->ndim, self->shape, 1);
-    PyObject *array = view ? view_to_ndarray(view) : NULL;
+    PyObject *array = view ? view_to_ndarray(self->st, view) : NULL;
     Py_XDECREF(view);
     if (array == NULL || !copy) {
         return array;
@@ -760,29 +404,25 @@ static PyGetSetDef Memory_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMappingMethods Memory_as_mapping = {
-    .mp_length = (lenfunc)Memory_length,
-    .mp_subscript = (binaryfunc)Memory_subscript,
-    .mp_ass_subscript = (objobjargproc)Memory_ass_subscript,
+static PyType_Slot Memory_slots[] = {
+    {Py_tp_doc, "A handle on a shared-memory segment of typed slots."},
+    {Py_tp_new, handle_new},
+    {Py_tp_init, Memory_init},
+    {Py_mp_length, Memory_length},
+    {Py_mp_subscript, Memory_subscript},
+    {Py_mp_ass_subscript, Memory_ass_subscript},
+    {Py_bf_getbuffer, Memory_getbuffer},
+    {Py_bf_releasebuffer, Memory_releasebuffer},
+    {Py_tp_iter, Memory_iter},
+    {Py_tp_methods, Memory_methods},
+    {Py_tp_getset, Memory_getset},
+    {0, NULL},
 };
 
-static PyBufferProcs Memory_as_buffer = {
-    .bf_getbuffer = (getbufferproc)Memory_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)Memory_releasebuffer,
-};
-
-PyTypeObject Memory_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmtxn._core.Memory",
-    .tp_basicsize = sizeof(HandleObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "A handle on a shared-memory segment of typed slots.",
-    .tp_base = &Segment_Type,
-    .tp_new = PyType_GenericNew,
-    .tp_init = (initproc)Memory_init,
-    .tp_as_mapping = &Memory_as_mapping,
-    .tp_as_buffer = &Memory_as_buffer,
-    .tp_iter = (getiterfunc)Memory_iter,
-    .tp_methods = Memory_methods,
-    .tp_getset = Memory_getset,
+/* A subclass of Segment (module.c passes the base). */
+PyType_Spec Memory_spec = {
+    .name = "shmtxn._core.Memory",
+    .basicsize = sizeof(HandleObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = Memory_slots,
 };

@@ -9,17 +9,57 @@
 #include <unistd.h>
 
 #include "binding.h"
+#include "structmember.h"
+
+/* The longest timeout accepted, in seconds (about 31 years): anything
+ * longer is None, "wait forever", and nanoseconds of it fit 64 bits. */
+#define TIMEOUT_MAX 1e9
+
+/* The state of the module that made `type` (a handle type or a Python
+ * subclass of one): the first of its bases made by our handle_new's
+ * module.  NULL with TypeError if there is none. */
+static binding_state *
+state_of_type(PyTypeObject *type)
+{
+    for (PyTypeObject *t = type; t != NULL; t = t->tp_base) {
+        if ((t->tp_flags & Py_TPFLAGS_HEAPTYPE) && t->tp_new == handle_new
+            && ((PyHeapTypeObject *)t)->ht_module != NULL) {
+            return PyModule_GetState(((PyHeapTypeObject *)t)->ht_module);
+        }
+    }
+    PyErr_Format(PyExc_TypeError, "%s is not a shmtxn handle type",
+                 type->tp_name);
+    return NULL;
+}
+
+PyObject *
+handle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    binding_state *st = state_of_type(type);
+    HandleObject *self = st ? (HandleObject *)type->tp_alloc(type, 0) : NULL;
+    if (self != NULL) {
+        self->st = st;
+    }
+    return (PyObject *)self;
+}
 
 int
 handle_check_open(HandleObject *h)
 {
     if (h->seg.file == NULL || h->soft_closed) {
-        raise_named("SegmentClosedError", "segment %R is closed; open it "
-                    "again with %s(name)", h->name ? h->name : Py_None,
+        raise_error(h->st, ERR_SEGMENT_CLOSED, "segment %R is closed; open "
+                    "it again with %s(name)", h->name ? h->name : Py_None,
                     _PyType_Name(Py_TYPE(h)));
         return -1;
     }
     return 0;
+}
+
+int
+handle_error(HandleObject *h, int code)
+{
+    raise_engine_error(h->st, code, h->seg.name);
+    return -1;
 }
 
 int
@@ -29,13 +69,21 @@ handle_parse_timeout(PyObject *arg, double fallback, double *out)
         *out = fallback;
         return 0;
     }
-    double t = PyFloat_AsDouble(arg);
+    double t = PyBool_Check(arg) ? -1.0 : PyFloat_AsDouble(arg);
+    if (PyBool_Check(arg) || (t == -1.0 && PyErr_Occurred()
+                              && PyErr_ExceptionMatches(PyExc_TypeError))) {
+        PyErr_Clear(); /* a bool is a number, but not of seconds */
+        PyErr_Format(PyExc_TypeError, "timeout must be None or a number "
+                     "of seconds, not %.100s", Py_TYPE(arg)->tp_name);
+        return -1;
+    }
     if (t == -1.0 && PyErr_Occurred()) {
         return -1;
     }
-    if (t < 0 || t != t) {
-        PyErr_SetString(PyExc_ValueError, "timeout must be None or a "
-                        "number of seconds >= 0");
+    if (!(t >= 0 && t <= TIMEOUT_MAX)) { /* NaN fails both */
+        PyErr_Format(PyExc_ValueError, "timeout must be None (wait "
+                     "forever) or a number of seconds from 0 to %g, not %R",
+                     TIMEOUT_MAX, arg);
         return -1;
     }
     *out = t;
@@ -124,14 +172,14 @@ create_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
             continue;
         }
         if (rc != 0) {
-            raise_engine_error(rc, use);
+            raise_engine_error(self->st, rc, use);
             return -1;
         }
         self->created = 1;
         self->creator_pid = (long)getpid();
         return 0;
     }
-    raise_engine_error(STX_EEXIST, "(generated)");
+    raise_engine_error(self->st, STX_EEXIST, "(generated)");
     return -1;
 }
 
@@ -155,19 +203,18 @@ attach_segment(HandleObject *self, open_args *a, uint32_t kind)
     rc = stx_attach(&self->seg, a->name, a->read_only, a->populate, wait_ns);
     Py_END_ALLOW_THREADS
     if (rc == STX_EAGAIN) {
-        raise_lock_timeout(a->name, a->timeout, 0);
+        raise_lock_timeout(self->st, a->name, a->timeout, 0);
         return -1;
     }
     if (rc != 0) {
-        raise_engine_error(rc, a->name);
+        raise_engine_error(self->st, rc, a->name);
         return -1;
     }
     uint32_t stored = self->seg.hdr->layout_kind;
     if (stored != kind) {
-        raise_named("IncompatibleSegmentError", "segment '%s' holds a %s, "
-                    "not a %s; open it with %s", a->name,
-                    layout_class(stored), layout_class(kind),
-                    layout_class(stored));
+        raise_error(self->st, STX_EINCOMPAT, "segment '%s' holds a %s, not "
+                    "a %s; open it with %s", a->name, layout_class(stored),
+                    layout_class(kind), layout_class(stored));
         stx_close(&self->seg);
         return -1;
     }
@@ -294,10 +341,10 @@ release_buf(HandleObject *self)
 static int
 refuse_close(HandleObject *self, Py_ssize_t n)
 {
-    raise_named("BufferExportsError", "cannot close segment '%s': %zd "
-                "view(s) of its memory are still alive (memoryview slices "
-                "of .buf or txn .buf, numpy arrays made from them or from "
-                "ndarray()); delete them (del, or .release() on "
+    raise_error(self->st, ERR_BUFFER_EXPORTS, "cannot close segment '%s': "
+                "%zd view(s) of its memory are still alive (memoryview "
+                "slices of .buf or txn .buf, numpy arrays made from them or "
+                "from ndarray()); delete them (del, or .release() on "
                 "memoryviews) first", self->seg.name, n);
     return -1;
 }
@@ -310,9 +357,9 @@ handle_close(HandleObject *self)
     }
     int open_txns = stx_segment_open_txns(&self->seg);
     if (open_txns > 0) {
-        raise_named("Error", "cannot close segment '%s': %d transaction(s) "
-                    "are open on it; leave their with-blocks first",
-                    self->seg.name, open_txns);
+        raise_error(self->st, ERR_TXNS_OPEN, "cannot close segment '%s': "
+                    "%d transaction(s) are open on it; leave their "
+                    "with-blocks first", self->seg.name, open_txns);
         return -1;
     }
     Py_ssize_t arrays = buf_view_holders(self) + escaped_views_alive(self);
@@ -352,7 +399,7 @@ Segment_unlink(HandleObject *self, PyObject *unused)
     const char *name = PyUnicode_AsUTF8(self->name);
     int rc = stx_unlink(name, self->dev, self->ino);
     if (rc != 0 && rc != STX_ENOENT) {
-        raise_engine_error(rc, name);
+        raise_engine_error(self->st, rc, name);
         return NULL;
     }
     Py_RETURN_NONE;
@@ -398,12 +445,15 @@ Segment_dealloc(HandleObject *self)
         stx_close(&self->seg);
     }
     Py_CLEAR(self->name);
-    Py_TYPE(self)->tp_free((PyObject *)self);
+    PyTypeObject *type = Py_TYPE(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
 }
 
 static int
 Segment_traverse(HandleObject *self, visitproc visit, void *arg)
 {
+    Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->buf);
     Py_VISIT(self->buf_view);
     Py_VISIT(self->escaped);
@@ -477,15 +527,26 @@ static PyGetSetDef Segment_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-PyTypeObject Segment_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmtxn._core.Segment",
-    .tp_basicsize = sizeof(HandleObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "A handle on a shmtxn segment (base of Memory and Dict).",
-    .tp_dealloc = (destructor)Segment_dealloc,
-    .tp_traverse = (traverseproc)Segment_traverse,
-    .tp_weaklistoffset = offsetof(HandleObject, weakrefs),
-    .tp_methods = Segment_methods,
-    .tp_getset = Segment_getset,
+static PyMemberDef Segment_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(HandleObject, weakrefs),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot Segment_slots[] = {
+    {Py_tp_doc, "A handle on a shmtxn segment (base of Memory and Dict)."},
+    {Py_tp_dealloc, Segment_dealloc},
+    {Py_tp_traverse, Segment_traverse},
+    {Py_tp_methods, Segment_methods},
+    {Py_tp_getset, Segment_getset},
+    {Py_tp_members, Segment_members},
+    {0, NULL},
+};
+
+PyType_Spec Segment_spec = {
+    .name = "shmtxn._core.Segment",
+    .basicsize = sizeof(HandleObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Segment_slots,
 };

@@ -1,275 +1,16 @@
 /*
- * py_txn.c -- shmtxn._core.Txn, the object `with shr.txn() as t` binds,
- * and the waiting loop every transaction (explicit or auto-committed)
- * opens through.
+ * py_txn.c -- shmtxn._core.Txn, the object `with shr.txn() as t` binds: a
+ * TxnBase (txn.c) over a slots segment, indexed like the handle (slots.c)
+ * and handing out t.buf, t.ndarray() and np.asarray(t) -- Views that the
+ * end of the txn invalidates.
  */
-#include <time.h>
-#include <unistd.h>
-
 #include "binding.h"
 
-/* Longest wait with the GIL released before checking Ctrl-C and the
- * deadline again. */
-#define WAIT_SLICE_NS 20000000ull
-
-static double
-monotonic_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-int
-txn_wait(const char *name, stx_txn *txn, double timeout)
-{
-    int rc = stx_txn_step(txn, 0);
-    double start = rc == STX_EAGAIN ? monotonic_s() : 0; /* fast path: none */
-    while (rc == STX_EAGAIN) {
-        if (PyErr_CheckSignals() < 0) {
-            stx_txn_cancel(txn);
-            return -1;
-        }
-        uint64_t slice = WAIT_SLICE_NS;
-        if (timeout >= 0) {
-            double left = timeout - (monotonic_s() - start);
-            if (left <= 0) {
-                stx_txn_cancel(txn);
-                raise_lock_timeout(name, timeout, txn->write);
-                return -1;
-            }
-            if (left * 1e9 < (double)slice) {
-                slice = (uint64_t)(left * 1e9) + 1;
-            }
-        }
-        Py_BEGIN_ALLOW_THREADS
-        rc = stx_txn_step(txn, slice);
-        Py_END_ALLOW_THREADS
-    }
-    if (rc != 0) {
-        raise_engine_error(rc, name); /* the step cancelled the txn */
-        return -1;
-    }
-    return 0;
-}
-
-/*
- * ThreadGuard -- one per thread that opened a txn object, kept in the
- * thread state's dict.  CPython clears that dict when the thread ends
- * (before join() returns), and the guard's destructor then ends whatever
- * txns the thread left open: read txns stop counting, write txns roll
- * back.  Nothing is left for a later thread to trip over.
- */
-/*
- * Orphans: write txns whose object was dropped by another thread than the
- * one that opened it.  Only that thread may unlock the writer mutex, so
- * the txn is moved here, with a reference to its handle (close() refuses
- * while it is open, and the mapping stays), until the thread ends and
- * its guard rolls it back.
- */
-typedef struct orphan {
-    struct orphan *next;
-    HandleObject *mem;
-    stx_txn txn;
-} orphan;
-
-static orphan *orphans;
-
-/* Keep `txn` in an orphan until its thread ends it (see above). */
-static void
-txn_orphan(HandleObject *mem, stx_txn *txn)
-{
-    orphan *o = PyMem_Malloc(sizeof(*o));
-    if (o == NULL) {
-        return; /* left listed in freed memory: never; out of memory */
-    }
-    stx_txn_move(&o->txn, txn);
-    o->mem = (HandleObject *)Py_NewRef(mem);
-    o->next = orphans;
-    orphans = o;
-}
-
-/* Free the orphans whose thread has ended them. */
-static void
-reap_orphans(void)
-{
-    for (orphan **p = &orphans; *p != NULL;) {
-        orphan *o = *p;
-        if (o->txn.state == STX_TXN_OPEN && o->txn.fork_gen == stx_fork_gen) {
-            p = &o->next;
-            continue;
-        }
-        *p = o->next;
-        Py_DECREF(o->mem);
-        PyMem_Free(o);
-    }
-}
-
-void
-txn_drop(HandleObject *mem, stx_txn *txn)
-{
-    if ((txn->state != STX_TXN_IDLE || txn->listed)
-        && stx_txn_abandon(txn) == 1) {
-        txn_orphan(mem, txn); /* only its own thread may unlock it */
-    }
-}
-
-static void
-ThreadGuard_dealloc(PyObject *self)
-{
-    stx_thread_exit();
-    reap_orphans();
-    PyObject_Free(self);
-}
-
-PyTypeObject ThreadGuard_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmtxn._core.ThreadGuard",
-    .tp_basicsize = sizeof(PyObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Ends the transactions a thread leaves open when it ends.",
-    .tp_dealloc = ThreadGuard_dealloc,
-};
-
-#define GUARD_KEY "shmtxn.thread_guard"
-
-/* Make sure the calling thread has a ThreadGuard; -1 on error. */
-static int
-ensure_thread_guard(void)
-{
-    static _Thread_local PyThreadState *guarded;
-    PyThreadState *ts = PyThreadState_Get();
-    if (guarded == ts) {
-        return 0;
-    }
-    PyObject *dict = PyThreadState_GetDict(); /* borrowed */
-    if (dict == NULL) {
-        return 0; /* no thread state dict: nothing to hook */
-    }
-    PyObject *key = PyUnicode_InternFromString(GUARD_KEY);
-    int has = key ? PyDict_Contains(dict, key) : -1;
-    if (has == 0) {
-        PyObject *guard = PyObject_New(PyObject, &ThreadGuard_Type);
-        has = guard ? PyDict_SetItem(dict, key, guard) : -1;
-        Py_XDECREF(guard);
-    }
-    Py_XDECREF(key);
-    if (has < 0) {
-        return -1;
-    }
-    guarded = ts;
-    return 0;
-}
-
-int
-txn_open(HandleObject *mem, stx_txn *txn, int write, double timeout)
-{
-    if (handle_check_open(mem) < 0
-        || (txn->tracked && ensure_thread_guard() < 0)) {
-        return -1;
-    }
-    int rc = stx_txn_init(txn, &mem->seg, write);
-    if (rc != 0) {
-        raise_engine_error(rc, mem->seg.name);
-        return -1;
-    }
-    return txn_wait(mem->seg.name, txn, timeout);
-}
-
-int
-txn_close(HandleObject *mem, stx_txn *txn, int commit)
-{
-    int rc = stx_txn_end(txn, commit);
-    if (rc == STX_EFORKED) {
-        stx_txn_abandon(txn); /* the parent's: nothing of it is ours */
-    }
-    if (rc != 0) {
-        raise_engine_error(rc, mem->seg.name);
-        return -1;
-    }
-    return 0;
-}
-
-int
-txn_write_failed(HandleObject *mem, stx_txn *txn, int code)
-{
-    int user_error = code == STX_ERANGE || code == STX_EREADONLY
-                     || code == STX_EINVAL;
-    if (!user_error && txn->state == STX_TXN_OPEN) {
-        stx_txn_end(txn, 0); /* roll the whole txn back */
-    }
-    raise_engine_error(code, mem->seg.name);
-    return -1;
-}
-
-/*
- * A few ended Txn objects are kept for reuse: a txn per loop iteration is
- * the common pattern, and a reused object's logged-range cache needs no
- * clearing (stx_txn_init gives each use a new serial).
- */
-#define TXN_FREELIST 4
-static TxnObject *txn_freelist[TXN_FREELIST];
-static int txn_free_count;
-
-static TxnObject *
-txn_alloc(void)
-{
-    if (txn_free_count > 0) {
-        TxnObject *self = txn_freelist[--txn_free_count];
-        _Py_NewReference((PyObject *)self);
-        return self;
-    }
-    TxnObject *self = PyObject_GC_New(TxnObject, &Txn_Type);
-    if (self != NULL) {
-        memset(&self->txn, 0, sizeof(self->txn));
-        memset(self->logged, 0, sizeof(self->logged));
-    }
-    return self;
-}
-
-PyObject *
-txn_new(HandleObject *mem, int write, double timeout)
-{
-    TxnObject *self = txn_alloc();
-    if (self == NULL) {
-        return NULL;
-    }
-    self->mem = (HandleObject *)Py_NewRef(mem);
-    self->txn.state = STX_TXN_IDLE;
-    self->txn.tracked = 1;
-    self->txn.listed = 0;
-    self->txn.logged = self->logged;
-    self->write = write;
-    self->entered = 0;
-    self->timeout = timeout;
-    self->buf = NULL;
-    self->views = NULL;
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
-}
+#define TXN(self) (&(self)->base.txn)
+#define HANDLE(self) ((self)->base.handle)
 
 /* ------------------------------------------------------------------ */
-/* life cycle                                                          */
-
-/* -1 with TransactionClosedError (or the fork/thread error) if `self`
- * cannot be used now. */
-static int
-check_usable(TxnObject *self)
-{
-    int rc = stx_txn_usable(&self->txn);
-    if (rc == 0) {
-        return 0;
-    }
-    if (rc == STX_ECLOSED) {
-        raise_named("TransactionClosedError", "this transaction on segment"
-                    " '%s' has ended; open a new one with .txn()",
-                    self->mem->seg.name);
-    }
-    else {
-        raise_engine_error(rc, self->mem->seg.name);
-    }
-    return -1;
-}
+/* the views a txn made                                                */
 
 /* Release t.buf (names bound to it stop working).  Its View is handed to
  * the handle if still referenced beyond this txn's list: numpy's
@@ -289,7 +30,7 @@ end_buf(TxnObject *self)
     Py_XDECREF(r);
     Py_CLEAR(self->buf);
     int held = r != NULL && view != NULL && Py_REFCNT(view) > 2;
-    if (held && handle_escape_view(self->mem, view) < 0) {
+    if (held && handle_escape_view(HANDLE(self), view) < 0) {
         PyErr_Clear();
     }
     Py_XDECREF(view);
@@ -310,177 +51,154 @@ end_views(TxnObject *self)
     return alive;
 }
 
-/* End the views at the end of the txn; warn if any outlives it (what is
+/* Before the txn ends: end the views; warn if any outlives it (what is
  * written through it afterwards is not transactional). */
-static void
-release_view(TxnObject *self)
+static int
+Txn_finish(TxnBase *base, int commit)
 {
+    TxnObject *self = (TxnObject *)base;
     Py_ssize_t alive = end_views(self);
     if (alive > 0) {
         PyErr_WarnFormat(PyExc_ResourceWarning, 1, "%zd view(s) or array(s)"
                          " of segment '%s' outlive their transaction; what is"
                          " written through them now is not transactional",
-                         alive, self->mem->seg.name);
+                         alive, HANDLE(self)->seg.name);
     }
+    return 0;
 }
 
-static PyObject *
-end_txn(TxnObject *self, int commit)
+/* Being freed: end the views, keeping any pending exception. */
+static void
+Txn_release(TxnBase *base)
 {
-    if (check_usable(self) < 0) {
-        return NULL;
+    TxnObject *self = (TxnObject *)base;
+    if (self->buf == NULL && self->views == NULL) {
+        return; /* the common case: it made none */
     }
-    release_view(self);
-    if (txn_close(self->mem, &self->txn, commit) < 0) {
-        return NULL;
-    }
-    Py_RETURN_NONE;
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    end_views(self);
+    PyErr_Restore(type, value, traceback);
 }
 
+static const txn_kind slots_txn_kind = {
+    .what = "segment",
+    .finish = Txn_finish,
+    .release = Txn_release,
+};
+
+/* Keep `view` so the end of the txn can invalidate it. */
 static PyObject *
-Txn_enter(TxnObject *self, PyObject *unused)
+track_view(TxnObject *self, PyObject *view)
 {
-    if (self->entered) {
-        raise_named("TransactionClosedError", "a transaction object can be "
-                    "entered once; open a new one with .txn()");
+    if (view != NULL && self->views == NULL) {
+        self->views = PyList_New(0);
+    }
+    if (view == NULL || self->views == NULL
+        || PyList_Append(self->views, view) < 0) {
+        Py_XDECREF(view);
         return NULL;
     }
-    self->entered = 1;
-    if (txn_open(self->mem, &self->txn, self->write, self->timeout) < 0) {
+    return view;
+}
+
+/* ------------------------------------------------------------------ */
+/* life cycle                                                          */
+
+/*
+ * A few ended Txn objects are kept for reuse: a txn per loop iteration is
+ * the common pattern, and a reused object's logged-range cache needs no
+ * clearing (stx_txn_init gives each use a new serial).
+ */
+#define TXN_FREELIST 4
+static TxnObject *txn_freelist[TXN_FREELIST];
+static int txn_free_count;
+
+PyObject *
+txn_new(HandleObject *h, int write, double timeout)
+{
+    PyTypeObject *type = h->st->Txn_Type;
+    TxnObject *self;
+    if (txn_free_count > 0) {
+        self = txn_freelist[--txn_free_count];
+        PyObject_Init((PyObject *)self, type);
+    }
+    else if ((self = PyObject_GC_New(TxnObject, type)) != NULL) {
+        memset(&self->base.txn, 0, sizeof(self->base.txn));
+        memset(self->base.logged, 0, sizeof(self->base.logged));
+    }
+    else {
         return NULL;
     }
-    return Py_NewRef(self);
-}
-
-static PyObject *
-Txn_exit(TxnObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    PyObject *exc_type = nargs > 0 ? args[0] : Py_None;
-    if (self->txn.state != STX_TXN_OPEN) {
-        Py_RETURN_FALSE; /* committed, aborted or rolled back already */
-    }
-    PyObject *r = end_txn(self, exc_type == Py_None);
-    if (r == NULL) {
-        return NULL;
-    }
-    Py_DECREF(r);
-    Py_RETURN_FALSE;
-}
-
-static PyObject *
-Txn_commit(TxnObject *self, PyObject *unused)
-{
-    return end_txn(self, 1);
-}
-
-static PyObject *
-Txn_abort(TxnObject *self, PyObject *unused)
-{
-    return end_txn(self, 0);
+    txn_base_init(&self->base, h, write, timeout, &slots_txn_kind);
+    self->buf = NULL;
+    self->views = NULL;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
 }
 
 static void
 Txn_dealloc(TxnObject *self)
 {
-    PyObject_GC_UnTrack(self);
-    PyObject *type, *value, *traceback; /* keep any pending exception */
-    PyErr_Fetch(&type, &value, &traceback);
-    end_views(self);
-    PyErr_Restore(type, value, traceback);
-    txn_drop(self->mem, &self->txn);
-    Py_CLEAR(self->views);
-    Py_CLEAR(self->mem);
+    txn_base_clear(&self->base);
+    PyTypeObject *type = Py_TYPE(self);
     if (txn_free_count < TXN_FREELIST) {
         txn_freelist[txn_free_count++] = self;
-        return;
     }
-    PyObject_GC_Del(self);
+    else {
+        PyObject_GC_Del(self);
+    }
+    Py_DECREF(type);
 }
 
 static int
 Txn_traverse(TxnObject *self, visitproc visit, void *arg)
 {
-    Py_VISIT(self->mem);
     Py_VISIT(self->buf);
     Py_VISIT(self->views);
-    return 0;
+    return txn_base_traverse(&self->base, visit, arg);
 }
 
 /* ------------------------------------------------------------------ */
-/* items                                                               */
+/* items (slots.c)                                                     */
 
 static PyObject *
 Txn_subscript(TxnObject *self, PyObject *key)
 {
-    if (check_usable(self) < 0) {
+    if (txn_check_usable(&self->base) < 0) {
         return NULL;
     }
-    HandleObject *mem = self->mem;
-    if (PySlice_Check(key)) {
-        return memory_read_slice(mem, key, &self->txn);
-    }
-    Py_ssize_t i;
-    if (memory_index(mem, key, &i) < 0) {
-        return NULL;
-    }
-    return item_unpack(mem->fmt, mem->seg.data + i * mem->fmt->size);
+    return slots_get(HANDLE(self), key, TXN(self));
 }
 
 static int
 Txn_ass_subscript(TxnObject *self, PyObject *key, PyObject *value)
 {
-    HandleObject *mem = self->mem;
-    if (check_usable(self) < 0) {
+    if (txn_check_usable(&self->base) < 0) {
         return -1;
     }
-    if (value == NULL) {
-        PyErr_SetString(PyExc_TypeError, "slots cannot be deleted; a "
-                        "segment has a fixed number of items");
-        return -1;
-    }
-    if (!self->write) {
-        raise_named("ReadOnlyError", "this is a read transaction on segment"
-                    " '%s'; open a write transaction with .txn() to write",
-                    mem->seg.name);
-        return -1;
-    }
-    if (PySlice_Check(key)) {
-        return memory_write_slice(mem, key, value, &self->txn);
-    }
-    Py_ssize_t i;
-    uint64_t raw = 0;
-    if (memory_index(mem, key, &i) < 0
-        || item_pack(mem->fmt, value, &raw) < 0) {
-        return -1;
-    }
-    int rc = stx_write(&self->txn, (uint64_t)i * mem->fmt->size, &raw,
-                       mem->fmt->size);
-    return rc == 0 ? 0 : txn_write_failed(mem, &self->txn, rc);
+    return slots_set(HANDLE(self), key, value, TXN(self));
 }
 
 static Py_ssize_t
 Txn_length(TxnObject *self)
 {
-    return check_usable(self) < 0 ? -1 : self->mem->nitems;
+    return txn_check_usable(&self->base) < 0 ? -1 : HANDLE(self)->nitems;
 }
 
 static PyObject *
-all_values(TxnObject *self)
+Txn_values(TxnObject *self, PyObject *unused)
 {
-    if (check_usable(self) < 0) {
+    if (txn_check_usable(&self->base) < 0) {
         return NULL;
     }
-    PyObject *all = PySlice_New(NULL, NULL, NULL);
-    PyObject *list = all ? memory_read_slice(self->mem, all, &self->txn)
-                         : NULL;
-    Py_XDECREF(all);
-    return list;
+    return slots_values(HANDLE(self), TXN(self));
 }
 
 static PyObject *
 Txn_iter(TxnObject *self)
 {
-    PyObject *list = all_values(self);
+    PyObject *list = Txn_values(self, NULL);
     PyObject *it = list ? PyObject_GetIter(list) : NULL;
     Py_XDECREF(list);
     return it;
@@ -504,91 +222,43 @@ Txn_get(TxnObject *self, PyObject *args)
 static PyObject *
 Txn_keys(TxnObject *self, PyObject *unused)
 {
-    if (check_usable(self) < 0) {
+    if (txn_check_usable(&self->base) < 0) {
         return NULL;
     }
     return PyObject_CallFunction((PyObject *)&PyRange_Type, "n",
-                                 self->mem->nitems);
-}
-
-static PyObject *
-Txn_values(TxnObject *self, PyObject *unused)
-{
-    return all_values(self);
+                                 HANDLE(self)->nitems);
 }
 
 static PyObject *
 Txn_items(TxnObject *self, PyObject *unused)
 {
-    PyObject *values = all_values(self);
-    if (values == NULL) {
+    if (txn_check_usable(&self->base) < 0) {
         return NULL;
     }
-    Py_ssize_t n = PyList_GET_SIZE(values);
-    PyObject *items = PyList_New(n);
-    for (Py_ssize_t i = 0; items != NULL && i < n; i++) {
-        PyObject *pair = Py_BuildValue("(nO)", i,
-                                       PyList_GET_ITEM(values, i));
-        if (pair == NULL) {
-            Py_CLEAR(items);
-            break;
-        }
-        PyList_SET_ITEM(items, i, pair);
-    }
-    Py_DECREF(values);
-    return items;
+    return slots_items(HANDLE(self), TXN(self));
 }
 
 /* ------------------------------------------------------------------ */
-/* t.buf                                                               */
-
-/* In a write txn, log [offset, +length) before handing out a writable
- * view of it, so writes through the view roll back like any other. */
-static int
-prepare_view(TxnObject *self, uint64_t offset, uint64_t length)
-{
-    if (!self->write) {
-        return 0;
-    }
-    int rc = stx_undo_prepare(&self->txn, offset, length);
-    return rc == 0 ? 0 : txn_write_failed(self->mem, &self->txn, rc);
-}
-
-/* Keep `view` so the end of the txn can invalidate it. */
-static PyObject *
-track_view(TxnObject *self, PyObject *view)
-{
-    if (view != NULL && self->views == NULL) {
-        self->views = PyList_New(0);
-    }
-    if (view == NULL || self->views == NULL
-        || PyList_Append(self->views, view) < 0) {
-        Py_XDECREF(view);
-        return NULL;
-    }
-    return view;
-}
+/* views: np.asarray(t), t.buf, t.ndarray()                            */
 
 /* np.asarray(t): the whole segment, typed and shaped, through a View
  * the end of the txn invalidates like any other. */
 static int
 Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
 {
-    HandleObject *mem = self->mem;
+    HandleObject *h = HANDLE(self);
     view->obj = NULL;
-    if (check_usable(self) < 0
-        || prepare_view(self, 0, mem->seg.data_size) < 0) {
+    if (txn_check_usable(&self->base) < 0) {
+        return -1;
+    }
+    PyObject *v = track_view(self, slots_view(h, TXN(self), 0, h->shape[0],
+                                              0));
+    if (v == NULL) {
         return -1;
     }
     /* np.ndarray(buffer=t) keeps a pointer and this txn (hence the
      * handle) but no export: close() must then keep the mapping */
-    mem->exported_directly = 1;
-    PyObject *v = track_view(self, view_new(
-        mem, (char *)mem->seg.data, mem->fmt->code, mem->fmt->size,
-        mem->ndim, mem->shape, !self->write));
-    if (v == NULL) {
-        return -1;
-    }
+    h->exported_directly = 1;
     int rc = view_getbuffer((ViewObject *)v, view, flags);
     Py_DECREF(v); /* the txn's list and the buffer keep it */
     return rc;
@@ -598,18 +268,13 @@ Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
 static PyObject *
 Txn_get_buf(TxnObject *self, void *closure)
 {
-    HandleObject *mem = self->mem;
-    if (check_usable(self) < 0) {
+    HandleObject *h = HANDLE(self);
+    if (txn_check_usable(&self->base) < 0) {
         return NULL;
     }
     if (self->buf == NULL) {
-        Py_ssize_t len = (Py_ssize_t)mem->seg.data_size;
-        if (prepare_view(self, 0, mem->seg.data_size) < 0) {
-            return NULL;
-        }
-        PyObject *view = track_view(self, view_new(mem, (char *)mem->seg.data,
-                                                   'B', 1, 1, &len,
-                                                   !self->write));
+        PyObject *view = track_view(self, slots_view(h, TXN(self), 0,
+                                                     h->shape[0], 1));
         if (view == NULL) {
             return NULL;
         }
@@ -621,7 +286,7 @@ Txn_get_buf(TxnObject *self, void *closure)
 
 /* Rows [start, stop) of the first dimension, as slice bounds would be. */
 static int
-row_range(TxnObject *self, PyObject *start_arg, PyObject *stop_arg,
+row_range(HandleObject *h, PyObject *start_arg, PyObject *stop_arg,
           Py_ssize_t *start, Py_ssize_t *stop)
 {
     PyObject *slice = PySlice_New(start_arg, stop_arg, NULL);
@@ -632,7 +297,7 @@ row_range(TxnObject *self, PyObject *start_arg, PyObject *stop_arg,
     int rc = PySlice_Unpack(slice, start, stop, &step);
     Py_DECREF(slice);
     if (rc == 0) {
-        PySlice_AdjustIndices(self->mem->shape[0], start, stop, 1);
+        PySlice_AdjustIndices(h->shape[0], start, stop, 1);
         if (*stop < *start) {
             *stop = *start;
         }
@@ -650,59 +315,22 @@ Txn_ndarray(TxnObject *self, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"start", "stop", NULL};
     PyObject *start_arg = Py_None, *stop_arg = Py_None;
     Py_ssize_t start, stop;
+    HandleObject *h = HANDLE(self);
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:ndarray", kwlist,
                                      &start_arg, &stop_arg)
-        || check_usable(self) < 0
-        || row_range(self, start_arg, stop_arg, &start, &stop) < 0) {
+        || txn_check_usable(&self->base) < 0
+        || row_range(h, start_arg, stop_arg, &start, &stop) < 0) {
         return NULL;
     }
-    HandleObject *mem = self->mem;
-    Py_ssize_t row_bytes = mem->strides[0];
-    if (prepare_view(self, (uint64_t)(start * row_bytes),
-                     (uint64_t)((stop - start) * row_bytes)) < 0) {
-        return NULL;
-    }
-    Py_ssize_t shape[STX_MAX_NDIM];
-    memcpy(shape, mem->shape, sizeof(shape));
-    shape[0] = stop - start;
-    PyObject *view = track_view(self, view_new(
-        mem, (char *)mem->seg.data + start * row_bytes, mem->fmt->code,
-        mem->fmt->size, mem->ndim, shape, !self->write));
-    PyObject *array = view ? view_to_ndarray(view) : NULL;
+    PyObject *view = track_view(self, slots_view(h, TXN(self), start,
+                                                 stop - start, 0));
+    PyObject *array = view ? view_to_ndarray(h->st, view) : NULL;
     Py_XDECREF(view);
     return array;
 }
 
-static PyObject *
-Txn_get_write(TxnObject *self, void *closure)
-{
-    return PyBool_FromLong(self->write);
-}
-
-static PyObject *
-Txn_get_active(TxnObject *self, void *closure)
-{
-    return PyBool_FromLong(stx_txn_usable(&self->txn) == 0);
-}
-
-static PyObject *
-Txn_repr(TxnObject *self)
-{
-    const char *state = self->txn.state == STX_TXN_OPEN ? "open"
-                        : self->entered ? "ended" : "not entered";
-    return PyUnicode_FromFormat("<shmtxn %s txn on %R, %s>",
-                                self->write ? "write" : "read",
-                                self->mem->name, state);
-}
-
 static PyMethodDef Txn_methods[] = {
-    {"__enter__", (PyCFunction)Txn_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Txn_exit, METH_FASTCALL,
-     NULL},
-    {"commit", (PyCFunction)Txn_commit, METH_NOARGS,
-     "Commit now; the transaction cannot be used afterwards."},
-    {"abort", (PyCFunction)Txn_abort, METH_NOARGS,
-     "Roll back every change of this transaction and end it."},
+    TXN_BASE_METHODS,
     {"ndarray", (PyCFunction)(void (*)(void))Txn_ndarray,
      METH_VARARGS | METH_KEYWORDS,
      "ndarray(start=None, stop=None) -> zero-copy numpy array of rows "
@@ -717,36 +345,31 @@ static PyMethodDef Txn_methods[] = {
 };
 
 static PyGetSetDef Txn_getset[] = {
+    TXN_BASE_GETSET,
     {"buf", (getter)Txn_get_buf, NULL,
      "memoryview of the data region, valid inside the transaction", NULL},
-    {"write", (getter)Txn_get_write, NULL, "True for a write txn", NULL},
-    {"active", (getter)Txn_get_active, NULL,
-     "True while the transaction is open and usable here", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyMappingMethods Txn_as_mapping = {
-    .mp_length = (lenfunc)Txn_length,
-    .mp_subscript = (binaryfunc)Txn_subscript,
-    .mp_ass_subscript = (objobjargproc)Txn_ass_subscript,
+static PyType_Slot Txn_slots[] = {
+    {Py_tp_doc, "A transaction on a SharedMemory segment; use with `with`."},
+    {Py_tp_dealloc, Txn_dealloc},
+    {Py_tp_traverse, Txn_traverse},
+    {Py_tp_repr, TxnBase_repr},
+    {Py_mp_length, Txn_length},
+    {Py_mp_subscript, Txn_subscript},
+    {Py_mp_ass_subscript, Txn_ass_subscript},
+    {Py_bf_getbuffer, Txn_getbuffer},
+    {Py_tp_iter, Txn_iter},
+    {Py_tp_methods, Txn_methods},
+    {Py_tp_getset, Txn_getset},
+    {0, NULL},
 };
 
-static PyBufferProcs Txn_as_buffer = {
-    .bf_getbuffer = (getbufferproc)Txn_getbuffer,
-};
-
-PyTypeObject Txn_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmtxn._core.Txn",
-    .tp_basicsize = sizeof(TxnObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "A transaction on a SharedMemory segment; use with `with`.",
-    .tp_dealloc = (destructor)Txn_dealloc,
-    .tp_traverse = (traverseproc)Txn_traverse,
-    .tp_repr = (reprfunc)Txn_repr,
-    .tp_as_mapping = &Txn_as_mapping,
-    .tp_as_buffer = &Txn_as_buffer,
-    .tp_iter = (getiterfunc)Txn_iter,
-    .tp_methods = Txn_methods,
-    .tp_getset = Txn_getset,
+PyType_Spec Txn_spec = {
+    .name = "shmtxn._core.Txn",
+    .basicsize = sizeof(TxnObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Txn_slots,
 };

@@ -14,13 +14,11 @@
  */
 #include "binding.h"
 
-static PyObject *numpy_asarray;
-
 /* numpy.asarray(obj), importing numpy on first use. */
 PyObject *
-view_to_ndarray(PyObject *obj)
+view_to_ndarray(binding_state *st, PyObject *obj)
 {
-    if (numpy_asarray == NULL) {
+    if (st->numpy_asarray == NULL) {
         PyObject *numpy = PyImport_ImportModule("numpy");
         if (numpy == NULL) {
             PyErr_SetString(PyExc_ImportError, "ndarray() needs numpy (pip "
@@ -28,20 +26,20 @@ view_to_ndarray(PyObject *obj)
                             "memoryview of the same memory");
             return NULL;
         }
-        numpy_asarray = PyObject_GetAttrString(numpy, "asarray");
+        st->numpy_asarray = PyObject_GetAttrString(numpy, "asarray");
         Py_DECREF(numpy);
-        if (numpy_asarray == NULL) {
+        if (st->numpy_asarray == NULL) {
             return NULL;
         }
     }
-    return PyObject_CallOneArg(numpy_asarray, obj);
+    return PyObject_CallOneArg(st->numpy_asarray, obj);
 }
 
 PyObject *
 view_new(HandleObject *mem, char *ptr, char format, int itemsize, int ndim,
          const Py_ssize_t *shape, int readonly)
 {
-    ViewObject *v = PyObject_GC_New(ViewObject, &View_Type);
+    ViewObject *v = PyObject_GC_New(ViewObject, mem->st->View_Type);
     if (v == NULL) {
         return NULL;
     }
@@ -83,7 +81,7 @@ view_getbuffer(ViewObject *v, Py_buffer *view, int flags)
         v->valid = 0;
     }
     if (!v->valid) {
-        raise_named("TransactionClosedError", "this view's transaction has "
+        raise_error(v->mem->st, STX_ECLOSED, "this view's transaction has "
                     "ended; take a new view inside a transaction");
         return -1;
     }
@@ -120,7 +118,9 @@ View_dealloc(ViewObject *v)
 {
     PyObject_GC_UnTrack(v);
     Py_CLEAR(v->mem);
+    PyTypeObject *type = Py_TYPE(v);
     PyObject_GC_Del(v);
+    Py_DECREF(type);
 }
 
 /* A View holds its handle, and the handle may hold it (through shr.buf):
@@ -128,6 +128,7 @@ View_dealloc(ViewObject *v)
 static int
 View_traverse(ViewObject *v, visitproc visit, void *arg)
 {
+    Py_VISIT(Py_TYPE(v));
     Py_VISIT(v->mem);
     return 0;
 }
@@ -141,19 +142,20 @@ View_repr(ViewObject *v)
                                 v->valid ? "" : ", ended");
 }
 
-static PyBufferProcs View_as_buffer = {
-    .bf_getbuffer = (getbufferproc)view_getbuffer,
-    .bf_releasebuffer = (releasebufferproc)View_releasebuffer,
+static PyType_Slot View_slots[] = {
+    {Py_tp_doc, "A typed zero-copy export of part of a segment."},
+    {Py_tp_dealloc, View_dealloc},
+    {Py_tp_traverse, View_traverse},
+    {Py_tp_repr, View_repr},
+    {Py_bf_getbuffer, view_getbuffer},
+    {Py_bf_releasebuffer, View_releasebuffer},
+    {0, NULL},
 };
 
-PyTypeObject View_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmtxn._core.View",
-    .tp_basicsize = sizeof(ViewObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "A typed zero-copy export of part of a segment.",
-    .tp_dealloc = (destructor)View_dealloc,
-    .tp_traverse = (traverseproc)View_traverse,
-    .tp_repr = (reprfunc)View_repr,
-    .tp_as_buffer = &View_as_buffer,
+PyType_Spec View_spec = {
+    .name = "shmtxn._core.View",
+    .basicsize = sizeof(ViewObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = View_slots,
 };

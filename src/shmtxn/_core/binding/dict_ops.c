@@ -1,0 +1,365 @@
+/*
+ * dict_ops.c -- what runs per key of a SharedDict: lookups, stores,
+ * deletes, len and snapshots, inside a txn or on their own.  The Dict and
+ * DictTxn types (py_dict.c, py_dict_txn.c) are thin over these.
+ *
+ * Lookups outside a txn run under the seqlock: encode and hash the key,
+ * probe the table and decode the value while a writer may be changing it,
+ * then keep the result only if `seq` did not move (a pickled value is
+ * unpickled only after that check).  After STX_SEQLOCK_TRIES torn
+ * attempts, or while a writer holds the segment, they take a read txn.
+ */
+#include "binding.h"
+#include "seqlock.h"
+
+/* Encode `key` into `kb` and fill `k` (bytes and hash). */
+static int
+dict_key(DictObject *d, PyObject *key, key_buf *kb, stx_key *k)
+{
+    if (key_encode(key, kb) < 0) {
+        return -1;
+    }
+    if (kb->len > UINT32_MAX) {
+        key_buf_release(kb);
+        PyErr_SetString(PyExc_ValueError, "a SharedDict key encodes to at "
+                        "most 4 GiB");
+        return -1;
+    }
+    k->bytes = kb->bytes;
+    k->len = (uint32_t)kb->len;
+    k->kind = kb->kind;
+    k->hash = stx_siphash13(d->hash_key, kb->bytes, (size_t)kb->len);
+    return 0;
+}
+
+/* The value of a found record, unpickled: the record is committed. */
+static PyObject *
+found_value(const stx_found *f)
+{
+    int pickled;
+    PyObject *v = value_decode(f->value_tag, f->value, f->value_len,
+                               &pickled);
+    if (v != NULL && pickled) {
+        Py_SETREF(v, value_unpickle(v));
+    }
+    return v;
+}
+
+/* ------------------------------------------------------------------ */
+/* reads inside an open txn                                            */
+
+/* The value of `k` (Py_True when !want_value) read inside an open txn;
+ * NULL with *missing set (no exception) if absent. */
+static PyObject *
+read_locked(DictObject *d, const stx_key *k, int want_value, int *missing)
+{
+    stx_found f;
+    int rc = stx_dict_lookup(&d->h.seg, k, &f);
+    *missing = rc == STX_ENOENT;
+    if (rc == 0) {
+        return want_value ? found_value(&f) : Py_NewRef(Py_True);
+    }
+    if (rc != STX_ENOENT) {
+        handle_error(&d->h, rc);
+    }
+    return NULL;
+}
+
+/* One decoded item of a snapshot: a key, a value or a pair. */
+static PyObject *
+snapshot_item(const stx_found *f, int what)
+{
+    if (what == 1) {
+        return found_value(f);
+    }
+    PyObject *key = key_decode(f->key, f->key_len, f->key_kind);
+    if (key == NULL || what == 0) {
+        return key;
+    }
+    PyObject *value = found_value(f);
+    PyObject *pair = value ? PyTuple_Pack(2, key, value) : NULL;
+    Py_DECREF(key);
+    Py_XDECREF(value);
+    return pair;
+}
+
+/* dict_snapshot inside an open txn. */
+static PyObject *
+snapshot_locked(DictObject *d, int what)
+{
+    PyObject *list = PyList_New(0);
+    uint64_t pos = 0;
+    stx_found f;
+    int rc;
+    while (list != NULL && (rc = stx_dict_next(&d->h.seg, &pos, &f)) == 0) {
+        PyObject *item = snapshot_item(&f, what);
+        if (item == NULL || PyList_Append(list, item) < 0) {
+            Py_CLEAR(list);
+        }
+        Py_XDECREF(item);
+    }
+    if (list != NULL && rc != STX_ENOENT) {
+        handle_error(&d->h, rc);
+        Py_CLEAR(list);
+    }
+    return list;
+}
+
+/* The number of keys, read inside an open txn; -1 on error. */
+static Py_ssize_t
+count_locked(DictObject *d)
+{
+    uint64_t count;
+    int rc = stx_dict_count(&d->h.seg, &count);
+    return rc == 0 ? (Py_ssize_t)count : handle_error(&d->h, rc);
+}
+
+/* ------------------------------------------------------------------ */
+/* lock-free reads                                                     */
+
+/* The value of the record `f` found lock-free under `seq`: its bytes are
+ * copied out with relaxed loads, and decoded only once `seq` proves they
+ * were committed.  NULL without an exception if the copy was torn. */
+static PyObject *
+copy_value_out(const stx_segment *seg, const stx_found *f, uint64_t seq,
+               int *pickled)
+{
+    uint8_t stack[256];
+    uint8_t *copy = f->value_len <= sizeof(stack)
+                    ? stack : PyMem_Malloc(f->value_len ? f->value_len : 1);
+    if (copy == NULL) {
+        return PyErr_NoMemory();
+    }
+    stx_load_relaxed(copy, f->value, f->value_len);
+    PyObject *v = NULL;
+    if (stx_seq_still(seg, seq)) {
+        v = value_decode(f->value_tag, copy, f->value_len, pickled);
+    }
+    if (copy != stack) {
+        PyMem_Free(copy);
+    }
+    return v;
+}
+
+/* The lock-free lookup: the value (or Py_True when !want_value); NULL
+ * with *missing (absent), with an exception, or with neither when every
+ * attempt was torn -- then take a read txn. */
+static PyObject *
+seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
+               int *missing)
+{
+    stx_segment *seg = &d->h.seg;
+    for (int attempt = 0; attempt < STX_SEQLOCK_TRIES; attempt++) {
+        uint64_t seq;
+        if (stx_seq_begin(seg, &seq) != 0) {
+            continue;
+        }
+        stx_found f;
+        int pickled = 0;
+        int rc = stx_dict_lookup(seg, k, &f);
+        /* the record's tag and length must be committed ones before they
+         * size an allocation: check, copy the bytes out (relaxed loads:
+         * a writer may be changing them), check again, then decode the
+         * private copy */
+        if (!stx_seq_still(seg, seq)) {
+            continue;
+        }
+        PyObject *v = NULL;
+        if (rc == 0 && want_value) {
+            v = copy_value_out(seg, &f, seq, &pickled);
+            if (v == NULL && !PyErr_Occurred()) {
+                continue; /* torn: try again */
+            }
+        }
+        else if (rc == 0) {
+            v = Py_NewRef(Py_True);
+        }
+        *missing = rc == STX_ENOENT;
+        if (rc != 0 && rc != STX_ENOENT) {
+            handle_error(&d->h, rc);
+        }
+        if (v != NULL && pickled) {
+            Py_SETREF(v, value_unpickle(v));
+        }
+        return v;
+    }
+    return NULL;
+}
+
+/* The lookup in a read txn (the seqlock saw a writer): like
+ * seqlock_lookup, but waits for the writer, or recovers a dead one. */
+static PyObject *
+txn_lookup(DictObject *d, const stx_key *k, int want_value, int *missing)
+{
+    stx_txn txn = {0};
+    if (txn_open(&d->h, &txn, 0, -1) < 0) {
+        return NULL;
+    }
+    PyObject *v = read_locked(d, k, want_value, missing);
+    if (txn_close(&d->h, &txn, 1) < 0) {
+        Py_CLEAR(v);
+    }
+    return v;
+}
+
+PyObject *
+dict_get(DictObject *d, PyObject *key, stx_txn *txn, int want_value,
+         int *missing)
+{
+    key_buf kb;
+    stx_key k;
+    *missing = 0;
+    if ((txn == NULL && handle_check_open(&d->h) < 0)
+        || dict_key(d, key, &kb, &k) < 0) {
+        return NULL;
+    }
+    PyObject *v = NULL;
+    if (txn != NULL) {
+        v = read_locked(d, &k, want_value, missing);
+    }
+    else {
+        if (d->h.seg.file->ntxn == 0) {
+            v = seqlock_lookup(d, &k, want_value, missing);
+        }
+        if (v == NULL && !*missing && !PyErr_Occurred()) {
+            v = txn_lookup(d, &k, want_value, missing);
+        }
+    }
+    key_buf_release(&kb);
+    return v;
+}
+
+Py_ssize_t
+dict_len(DictObject *d, stx_txn *txn)
+{
+    if (txn != NULL) {
+        return count_locked(d);
+    }
+    if (handle_check_open(&d->h) < 0) {
+        return -1;
+    }
+    /* lock-free: the count is one word of the dict header */
+    for (int attempt = 0; d->h.seg.file->ntxn == 0
+                          && attempt < STX_SEQLOCK_TRIES; attempt++) {
+        uint64_t seq, count;
+        if (stx_seq_begin(&d->h.seg, &seq) == 0
+            && stx_dict_count(&d->h.seg, &count) == 0
+            && stx_seq_still(&d->h.seg, seq)) {
+            return (Py_ssize_t)count;
+        }
+    }
+    stx_txn own = {0};
+    if (txn_open(&d->h, &own, 0, -1) < 0) {
+        return -1;
+    }
+    Py_ssize_t n = count_locked(d);
+    return txn_close(&d->h, &own, 1) < 0 ? -1 : n;
+}
+
+PyObject *
+dict_snapshot(DictObject *d, int what, stx_txn *txn)
+{
+    if (txn != NULL) {
+        return snapshot_locked(d, what);
+    }
+    stx_txn own = {0};
+    if (txn_open(&d->h, &own, 0, -1) < 0) {
+        return NULL;
+    }
+    PyObject *list = snapshot_locked(d, what);
+    if (txn_close(&d->h, &own, 1) < 0) {
+        Py_CLEAR(list);
+    }
+    return list;
+}
+
+/* ------------------------------------------------------------------ */
+/* writes                                                              */
+
+/* Raise for a failed engine write in `dt`'s txn, rolling the whole txn
+ * back unless the error changed nothing.  Returns -1. */
+static int
+write_failed(DictObject *d, stx_dict_txn *dt, int code)
+{
+    stx_dict_txn_reset(dt);
+    return txn_write_failed(&d->h, dt->txn, code);
+}
+
+int
+dict_txn_finish(DictObject *d, stx_dict_txn *dt, int commit)
+{
+    int rc = commit && dt->txn->write ? stx_dict_flush(dt) : 0;
+    stx_dict_txn_reset(dt);
+    return rc == 0 ? 0 : write_failed(d, dt, rc);
+}
+
+/* Which write to make. */
+enum dict_op { OP_PUT, OP_DELETE, OP_CLEAR };
+
+/* One write inside `dt` or, dt NULL, in a txn of its own (committed, or
+ * rolled back whole).  1 (no exception) if the key to delete is absent. */
+static int
+dict_write(DictObject *d, enum dict_op op, const stx_key *k,
+           const stx_value *v, stx_dict_txn *dt)
+{
+    stx_txn own = {0};
+    stx_dict_txn own_dt = {.txn = &own};
+    if (dt != NULL && txn_check_write(&d->h, dt->txn) < 0) {
+        return -1;
+    }
+    if (dt == NULL && txn_open(&d->h, &own, 1, -1) < 0) {
+        return -1;
+    }
+    stx_dict_txn *use = dt ? dt : &own_dt;
+    int rc = op == OP_PUT ? stx_dict_put(use, k, v)
+             : op == OP_DELETE ? stx_dict_delete(use, k)
+                               : stx_dict_clear(use);
+    if (rc != 0 && rc != STX_ENOENT) {
+        write_failed(d, use, rc);
+    }
+    if (dt == NULL) {
+        /* commit, or roll back a failure or a missing key */
+        int ok = rc == 0 && dict_txn_finish(d, use, 1) == 0;
+        if (own.state == STX_TXN_OPEN && txn_close(&d->h, &own, ok) < 0) {
+            return -1;
+        }
+        if (rc == 0 && !ok) {
+            return -1;
+        }
+    }
+    return rc == STX_ENOENT ? 1 : rc == 0 ? 0 : -1;
+}
+
+int
+dict_set(DictObject *d, PyObject *key, PyObject *value, stx_dict_txn *dt)
+{
+    key_buf kb;
+    stx_key k;
+    value_buf vb = {0};
+    if ((dt == NULL && handle_check_open(&d->h) < 0)
+        || dict_key(d, key, &kb, &k) < 0) {
+        return -1;
+    }
+    int rc = value ? value_encode(value, &vb) : 0;
+    if (rc == 0) {
+        stx_value v = {.bytes = vb.bytes, .len = (uint64_t)vb.len,
+                       .tag = vb.tag};
+        rc = dict_write(d, value ? OP_PUT : OP_DELETE, &k, &v, dt);
+        if (rc == 1) {
+            raise_key_error(key);
+            rc = -1;
+        }
+        value_buf_release(&vb);
+    }
+    key_buf_release(&kb);
+    return rc;
+}
+
+int
+dict_clear(DictObject *d, stx_dict_txn *dt)
+{
+    if (dt == NULL && handle_check_open(&d->h) < 0) {
+        return -1;
+    }
+    return dict_write(d, OP_CLEAR, NULL, NULL, dt) < 0 ? -1 : 0;
+}
