@@ -170,9 +170,6 @@ def test_engine_files_call_each_other_without_cycles(engine_objects):
     assert cycle is None, describe(cycle, edges)
 
 
-@pytest.mark.xfail(strict=True, reason="py_memory.c <-> py_txn.c and "
-                   "py_dict.c <-> py_dict_txn.c still call each other; the "
-                   "binding's restructuring for issue #10 removes them")
 def test_binding_files_call_each_other_without_cycles(binding_objects):
     edges = graph(binding_objects)
     assert sum(len(to) for to in edges.values()) > 0
