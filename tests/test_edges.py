@@ -609,9 +609,10 @@ def test_damaged_utf8_in_a_stored_string_is_corrupt(name):
         poke(name, at, "B", 0xff)  # no UTF-8 starts with 0xff
         with pytest.raises(shmtxn.CorruptSegmentError, match="decoded"):
             d["key-one"]
-        with pytest.raises(shmtxn.CorruptSegmentError):
+        with pytest.raises(shmtxn.CorruptSegmentError, match=name):
             list(d.items())
         at = raw.index(b"key-one")
         poke(name, at, "B", 0xff)  # and in a key
-        with pytest.raises(shmtxn.CorruptSegmentError):
+        with pytest.raises(shmtxn.CorruptSegmentError,
+                           match=f"segment '{name}': a stored key"):
             list(d)

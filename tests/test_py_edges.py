@@ -164,6 +164,7 @@ def test_a_damaged_pickle_is_a_corrupt_segment_error_everywhere(d, name,
             read()
         assert isinstance(err.value.__cause__, Exception), what
         assert type(err.value.__cause__).__name__ in str(err.value)
+        assert f"SharedDict '{name}'" in str(err.value), what
     with d.txn() as t:
         for read in (lambda: t["bad"], lambda: t.get("bad"),
                      lambda: list(t.items()), lambda: t.pop("bad")):

@@ -84,8 +84,12 @@ typedef struct value_buf {
 void key_buf_release(key_buf *kb);
 /* Encode `key` canonically; -1 with TypeError for other key types. */
 int key_encode(PyObject *key, key_buf *kb);
-/* The key stored as `p[:n]` with kind `kind`; NULL on error. */
-PyObject *key_decode(const uint8_t *p, uint32_t n, uint8_t kind);
+struct HandleObject;
+/* The key stored as `p[:n]` with kind `kind` in the segment of `h`; NULL
+ * on error (CorruptSegmentError naming the segment if the bytes are
+ * damaged). */
+PyObject *key_decode(const struct HandleObject *h, const uint8_t *p,
+                     uint32_t n, uint8_t kind);
 /* Encode `value` (pickling what has no fast path); -1 with the error
  * pickle raised.  Release with value_buf_release. */
 int value_encode(PyObject *value, value_buf *vb);
@@ -93,10 +97,11 @@ void value_buf_release(value_buf *vb);
 /* The value stored with `tag` as `p[:n]`.  For a pickle (*pickled = 1)
  * it returns the raw bytes: call value_unpickle() once they are known
  * to be committed. */
-PyObject *value_decode(uint8_t tag, const uint8_t *p, uint64_t n,
-                       int *pickled);
-/* pickle.loads(raw). */
-PyObject *value_unpickle(PyObject *raw);
+PyObject *value_decode(const struct HandleObject *h, uint8_t tag,
+                       const uint8_t *p, uint64_t n, int *pickled);
+/* pickle.loads(raw); what it raises becomes the __cause__ of a
+ * CorruptSegmentError naming the segment of `h`. */
+PyObject *value_unpickle(const struct HandleObject *h, PyObject *raw);
 
 /* ---- module state (module.c fills it; everything reads it) ---- */
 
@@ -145,11 +150,9 @@ void raise_lock_timeout(binding_state *st, const char *name, double timeout,
                         int write);
 /* Raise KeyError with `key` as its one argument, exactly as dict does. */
 void raise_key_error(PyObject *key);
-/* For code without a state at hand (codec.c): raise shmtxn.<class_name>
- * (message), the class taken from the table of the imported module. */
-void raise_named(const char *class_name, const char *fmt, ...);
-/* raise_named, from the exception being raised (it becomes __cause__). */
-void raise_named_from_cause(const char *class_name, const char *fmt, ...);
+/* raise_error, from the exception being raised (it becomes __cause__). */
+void raise_error_from_cause(binding_state *st, int code, const char *fmt,
+                            ...);
 
 /* ---- segment state as Python data (info.c) ---- */
 

@@ -162,24 +162,35 @@ key_encode(PyObject *key, key_buf *kb)
 /* ------------------------------------------------------------------ */
 /* decoding keys: the engine's walker (key.c) turned into Python       */
 
-/* Raise CorruptSegmentError about an undecodable stored key or value. */
+/* Raise CorruptSegmentError about an undecodable stored key or value in
+ * the segment of `h`. */
 static PyObject *
-bad_bytes(const char *what)
+bad_bytes(const HandleObject *h, const char *what)
 {
-    raise_named("CorruptSegmentError", "a stored %s cannot be decoded; run "
-                "`shmtxn check` on the segment", what);
+    raise_error(h->st, STX_ECORRUPT, "segment '%U': a stored %s cannot be "
+                "decoded; run `shmtxn check %U`", h->name, what, h->name);
+    return NULL;
+}
+
+/* Mark bytes the walker cannot read; decoded_or_corrupt() turns this
+ * into CorruptSegmentError. */
+static PyObject *
+undecodable(void)
+{
+    PyErr_SetString(PyExc_ValueError, "undecodable key bytes");
     return NULL;
 }
 
 /* `v`, or CorruptSegmentError in place of the ValueError (a bad UTF-8
- * string, an impossible number) that decoding damaged bytes raised. */
+ * string, an impossible number, bytes the walker rejects) that decoding
+ * damaged bytes raised. */
 static PyObject *
-decoded_or_corrupt(PyObject *v, const char *what)
+decoded_or_corrupt(const HandleObject *h, PyObject *v, const char *what)
 {
     if (v == NULL && (PyErr_ExceptionMatches(PyExc_ValueError)
                       || PyErr_ExceptionMatches(PyExc_OverflowError))) {
         PyErr_Clear();
-        return bad_bytes(what);
+        return bad_bytes(h, what);
     }
     return v;
 }
@@ -221,7 +232,7 @@ decode_tuple(const stx_key_item *tuple)
     }
     if (items != NULL && rc != STX_ENOENT) {
         Py_CLEAR(items);
-        bad_bytes("key");
+        undecodable();
     }
     PyObject *t = items ? PyList_AsTuple(items) : NULL;
     Py_XDECREF(items);
@@ -251,17 +262,18 @@ decode_item(const stx_key_item *item)
     case STX_KT_TUPLE:
         return decode_tuple(item);
     }
-    return bad_bytes("key");
+    return undecodable();
 }
 
 PyObject *
-key_decode(const uint8_t *p, uint32_t n, uint8_t kind)
+key_decode(const HandleObject *h, const uint8_t *p, uint32_t n,
+           uint8_t kind)
 {
     stx_key_item item;
     if (stx_key_parse(p, n, kind, &item) != 0) {
-        return bad_bytes("key");
+        return bad_bytes(h, "key");
     }
-    return decoded_or_corrupt(decode_item(&item), "key");
+    return decoded_or_corrupt(h, decode_item(&item), "key");
 }
 
 /* ------------------------------------------------------------------ */
@@ -385,14 +397,15 @@ value_buf_release(value_buf *vb)
 }
 
 PyObject *
-value_decode(uint8_t tag, const uint8_t *p, uint64_t n, int *pickled)
+value_decode(const HandleObject *h, uint8_t tag, const uint8_t *p,
+             uint64_t n, int *pickled)
 {
     *pickled = 0;
     switch (tag) {
     case 'b':
         return PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
     case 's':
-        return decoded_or_corrupt(PyUnicode_DecodeUTF8(
+        return decoded_or_corrupt(h, PyUnicode_DecodeUTF8(
             (const char *)p, (Py_ssize_t)n, "surrogatepass"), "value");
     case 'i': {
         int64_t v;
@@ -420,11 +433,11 @@ value_decode(uint8_t tag, const uint8_t *p, uint64_t n, int *pickled)
         *pickled = 1;
         return PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
     }
-    return bad_bytes("value");
+    return bad_bytes(h, "value");
 }
 
 PyObject *
-value_unpickle(PyObject *raw)
+value_unpickle(const HandleObject *h, PyObject *raw)
 {
     if (pickle_ready() < 0) {
         return NULL;
@@ -450,12 +463,13 @@ value_unpickle(PyObject *raw)
         if (what == NULL) {
             return NULL;
         }
-        raise_named_from_cause("CorruptSegmentError", "a value stored in "
-                               "the SharedDict cannot be unpickled (%U): "
+        raise_error_from_cause(h->st, STX_ECORRUPT, "a value stored in "
+                               "SharedDict '%U' cannot be unpickled (%U): "
                                "its pickle is damaged, or it needs a class "
                                "this process cannot import; `shmtxn check` "
                                "verifies the segment, and storing or "
-                               "deleting the key replaces the value", what);
+                               "deleting the key replaces the value",
+                               h->name, what);
         Py_DECREF(what);
     }
     return v;

@@ -34,13 +34,13 @@ dict_key(DictObject *d, PyObject *key, key_buf *kb, stx_key *k)
 
 /* The value of a found record, unpickled: the record is committed. */
 static PyObject *
-found_value(const stx_found *f)
+found_value(const HandleObject *h, const stx_found *f)
 {
     int pickled;
-    PyObject *v = value_decode(f->value_tag, f->value, f->value_len,
+    PyObject *v = value_decode(h, f->value_tag, f->value, f->value_len,
                                &pickled);
     if (v != NULL && pickled) {
-        Py_SETREF(v, value_unpickle(v));
+        Py_SETREF(v, value_unpickle(h, v));
     }
     return v;
 }
@@ -57,7 +57,7 @@ read_locked(DictObject *d, const stx_key *k, int want_value, int *missing)
     int rc = stx_dict_lookup(&d->h.seg, k, &f);
     *missing = rc == STX_ENOENT;
     if (rc == 0) {
-        return want_value ? found_value(&f) : Py_NewRef(Py_True);
+        return want_value ? found_value(&d->h, &f) : Py_NewRef(Py_True);
     }
     if (rc != STX_ENOENT) {
         handle_error(&d->h, rc);
@@ -67,16 +67,16 @@ read_locked(DictObject *d, const stx_key *k, int want_value, int *missing)
 
 /* One decoded item of a snapshot: a key, a value or a pair. */
 static PyObject *
-snapshot_item(const stx_found *f, int what)
+snapshot_item(const HandleObject *h, const stx_found *f, int what)
 {
     if (what == 1) {
-        return found_value(f);
+        return found_value(h, f);
     }
-    PyObject *key = key_decode(f->key, f->key_len, f->key_kind);
+    PyObject *key = key_decode(h, f->key, f->key_len, f->key_kind);
     if (key == NULL || what == 0) {
         return key;
     }
-    PyObject *value = found_value(f);
+    PyObject *value = found_value(h, f);
     PyObject *pair = value ? PyTuple_Pack(2, key, value) : NULL;
     Py_DECREF(key);
     Py_XDECREF(value);
@@ -92,7 +92,7 @@ snapshot_locked(DictObject *d, int what)
     stx_found f;
     int rc;
     while (list != NULL && (rc = stx_dict_next(&d->h.seg, &pos, &f)) == 0) {
-        PyObject *item = snapshot_item(&f, what);
+        PyObject *item = snapshot_item(&d->h, &f, what);
         if (item == NULL || PyList_Append(list, item) < 0) {
             Py_CLEAR(list);
         }
@@ -121,7 +121,7 @@ count_locked(DictObject *d)
  * copied out with relaxed loads, and decoded only once `seq` proves they
  * were committed.  NULL without an exception if the copy was torn. */
 static PyObject *
-copy_value_out(const stx_segment *seg, const stx_found *f, uint64_t seq,
+copy_value_out(const HandleObject *h, const stx_found *f, uint64_t seq,
                int *pickled)
 {
     uint8_t stack[256];
@@ -132,8 +132,8 @@ copy_value_out(const stx_segment *seg, const stx_found *f, uint64_t seq,
     }
     stx_load_relaxed(copy, f->value, f->value_len);
     PyObject *v = NULL;
-    if (stx_seq_still(seg, seq)) {
-        v = value_decode(f->value_tag, copy, f->value_len, pickled);
+    if (stx_seq_still(&h->seg, seq)) {
+        v = value_decode(h, f->value_tag, copy, f->value_len, pickled);
     }
     if (copy != stack) {
         PyMem_Free(copy);
@@ -166,7 +166,7 @@ seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
         }
         PyObject *v = NULL;
         if (rc == 0 && want_value) {
-            v = copy_value_out(seg, &f, seq, &pickled);
+            v = copy_value_out(&d->h, &f, seq, &pickled);
             if (v == NULL && !PyErr_Occurred()) {
                 continue; /* torn: try again */
             }
@@ -179,7 +179,7 @@ seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
             handle_error(&d->h, rc);
         }
         if (v != NULL && pickled) {
-            Py_SETREF(v, value_unpickle(v));
+            Py_SETREF(v, value_unpickle(&d->h, v));
         }
         return v;
     }

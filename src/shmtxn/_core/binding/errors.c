@@ -165,48 +165,11 @@ raise_key_error(PyObject *key)
     }
 }
 
-/* The code whose class is shmtxn.<class_name>, and in *st the state of
- * the imported shmtxn._core (NULL if none: the class is RuntimeError).
- * Only error paths come here: the lookup is not worth caching. */
-static int
-named_code(const char *class_name, binding_state **st)
-{
-    *st = NULL;
-    PyObject *name = PyUnicode_FromString("shmtxn._core");
-    PyObject *module = name ? PyImport_GetModule(name) : NULL;
-    Py_XDECREF(name);
-    if (module != NULL) {
-        *st = PyModule_GetState(module); /* sys.modules keeps it alive */
-        Py_DECREF(module);
-    }
-    PyErr_Clear();
-    for (int i = 0; i < ERROR_TABLE_SIZE; i++) {
-        if (table[i].class_name != NULL
-            && strcmp(table[i].class_name, class_name) == 0) {
-            return -i;
-        }
-    }
-    return 0;
-}
-
 void
-raise_named(const char *class_name, const char *fmt, ...)
-{
-    binding_state *st;
-    int code = named_code(class_name, &st);
-    va_list ap;
-    va_start(ap, fmt);
-    raise_v(st, code, fmt, ap);
-    va_end(ap);
-}
-
-void
-raise_named_from_cause(const char *class_name, const char *fmt, ...)
+raise_error_from_cause(binding_state *st, int code, const char *fmt, ...)
 {
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    binding_state *st;
-    int code = named_code(class_name, &st);
     va_list ap;
     va_start(ap, fmt);
     PyObject *msg = PyUnicode_FromFormatV(fmt, ap);

@@ -79,7 +79,7 @@ count_dead_slots(stx_segment *seg)
     for (uint32_t i = 0; i < hwm && i < seg->nslots; i++) {
         int32_t pid = atomic_load(&seg->slots[i].pid);
         dead += pid != 0 && pid != -stx_self_pid
-                && !stx_pid_alive(seg->file, pid > 0 ? pid : -pid);
+                && !stx_slot_holder_alive(seg->file, pid);
     }
     return dead;
 }
