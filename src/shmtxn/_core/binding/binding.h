@@ -49,15 +49,8 @@
 
 /* ---- item formats (items.c) ---- */
 
-enum item_kind { KIND_SIGNED, KIND_UNSIGNED, KIND_FLOAT, KIND_HALF,
-                 KIND_BOOL };
-
-/* One struct-module code this package stores in slots. */
-typedef struct item_format {
-    char code;
-    uint8_t size;
-    uint8_t kind; /* enum item_kind */
-} item_format;
+/* A slot format (the engine's table, engine/items.c). */
+typedef stx_item_format item_format;
 
 /* The format for `code`, or NULL with ValueError set. */
 const item_format *item_format_find(const char *code);

@@ -8,36 +8,15 @@
  */
 #include "binding.h"
 
-static const item_format formats[] = {
-    {'b', 1, KIND_SIGNED},   {'B', 1, KIND_UNSIGNED},
-    {'h', 2, KIND_SIGNED},   {'H', 2, KIND_UNSIGNED},
-    {'i', 4, KIND_SIGNED},   {'I', 4, KIND_UNSIGNED},
-    {'l', sizeof(long), KIND_SIGNED},
-    {'L', sizeof(long), KIND_UNSIGNED},
-    {'q', 8, KIND_SIGNED},   {'Q', 8, KIND_UNSIGNED},
-    {'n', sizeof(Py_ssize_t), KIND_SIGNED},
-    {'N', sizeof(size_t), KIND_UNSIGNED},
-    {'e', 2, KIND_HALF},     {'f', 4, KIND_FLOAT},
-    {'d', 8, KIND_FLOAT},    {'?', 1, KIND_BOOL},
-};
-
 const item_format *
 item_format_find(const char *code)
 {
-    const char *c = code;
-    if (c[0] == '@') {
-        c++; /* native size and order: the only kind a segment has */
+    const item_format *fmt = stx_item_format_find(code);
+    if (fmt == NULL) {
+        PyErr_Format(PyExc_ValueError, "unknown item format '%.20s': use "
+                     "one struct code of bBhHiIlLqQnNefd?", code);
     }
-    if (c[0] != '\0' && c[1] == '\0') {
-        for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
-            if (formats[i].code == c[0]) {
-                return &formats[i];
-            }
-        }
-    }
-    PyErr_Format(PyExc_ValueError, "unknown item format '%.20s': use one "
-                 "struct code of bBhHiIlLqQnNefd?", code);
-    return NULL;
+    return fmt;
 }
 
 static int64_t
@@ -66,13 +45,13 @@ PyObject *
 item_unpack(const item_format *fmt, const void *src)
 {
     switch (fmt->kind) {
-    case KIND_SIGNED:
+    case STX_ITEM_SIGNED:
         return PyLong_FromLongLong(load_signed(src, fmt->size));
-    case KIND_UNSIGNED:
+    case STX_ITEM_UNSIGNED:
         return PyLong_FromUnsignedLongLong(load_unsigned(src, fmt->size));
-    case KIND_BOOL:
+    case STX_ITEM_BOOL:
         return PyBool_FromLong(*(const uint8_t *)src != 0);
-    case KIND_HALF:
+    case STX_ITEM_HALF:
         return PyFloat_FromDouble(PyFloat_Unpack2(src, PY_LITTLE_ENDIAN));
     default:
         if (fmt->size == 4) {
@@ -91,7 +70,7 @@ out_of_range(const item_format *fmt, PyObject *value)
 {
     PyErr_Format(PyExc_OverflowError, "%R does not fit in format '%c' "
                  "(%d-byte %s integer)", value, fmt->code, fmt->size,
-                 fmt->kind == KIND_SIGNED ? "signed" : "unsigned");
+                 fmt->kind == STX_ITEM_SIGNED ? "signed" : "unsigned");
     return -1;
 }
 
@@ -110,7 +89,7 @@ pack_integer(const item_format *fmt, PyObject *value, void *dst)
     int overflow = 0;
     long long s = 0;
     unsigned long long u = 0;
-    if (fmt->kind == KIND_SIGNED) {
+    if (fmt->kind == STX_ITEM_SIGNED) {
         s = PyLong_AsLongLongAndOverflow(index, &overflow);
         int bits = fmt->size * 8;
         if (!overflow && bits < 64
@@ -156,7 +135,7 @@ pack_float(const item_format *fmt, PyObject *value, void *dst)
     if (d == -1.0 && PyErr_Occurred()) {
         return -1;
     }
-    if (fmt->kind == KIND_HALF) {
+    if (fmt->kind == STX_ITEM_HALF) {
         return PyFloat_Pack2(d, dst, PY_LITTLE_ENDIAN);
     }
     if (fmt->size == 4) {
@@ -172,7 +151,7 @@ pack_float(const item_format *fmt, PyObject *value, void *dst)
 int
 item_pack(const item_format *fmt, PyObject *value, void *dst)
 {
-    if (fmt->size == 8 && fmt->kind == KIND_SIGNED && PyLong_CheckExact(value)) {
+    if (fmt->size == 8 && fmt->kind == STX_ITEM_SIGNED && PyLong_CheckExact(value)) {
         int overflow;
         long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
         if (!overflow) {
@@ -181,10 +160,10 @@ item_pack(const item_format *fmt, PyObject *value, void *dst)
         }
     }
     switch (fmt->kind) {
-    case KIND_SIGNED:
-    case KIND_UNSIGNED:
+    case STX_ITEM_SIGNED:
+    case STX_ITEM_UNSIGNED:
         return pack_integer(fmt, value, dst);
-    case KIND_BOOL: {
+    case STX_ITEM_BOOL: {
         int truth = PyObject_IsTrue(value);
         if (truth < 0) {
             return -1;

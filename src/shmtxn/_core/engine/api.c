@@ -39,36 +39,11 @@ _Static_assert(SHMTXN_LAYOUT_SLOTS == STX_LAYOUT_SLOTS
                && SHMTXN_LAYOUT_DICT == STX_LAYOUT_DICT,
                "public layout numbers are the stored ones");
 
-/* How an item format's bytes are read as a number. */
-enum item_kind { ITEM_SIGNED, ITEM_UNSIGNED, ITEM_FLOAT, ITEM_HALF,
-                 ITEM_BOOL };
-
-/* One struct-module code a slots segment may hold, and its native size. */
-typedef struct item_format {
-    char code;
-    uint8_t size;
-    uint8_t kind; /* enum item_kind */
-} item_format;
-
-/* The formats Python's SharedMemory stores (native size and order). */
-static const item_format formats[] = {
-    {'b', 1, ITEM_SIGNED},   {'B', 1, ITEM_UNSIGNED},
-    {'h', 2, ITEM_SIGNED},   {'H', 2, ITEM_UNSIGNED},
-    {'i', 4, ITEM_SIGNED},   {'I', 4, ITEM_UNSIGNED},
-    {'l', sizeof(long), ITEM_SIGNED},
-    {'L', sizeof(long), ITEM_UNSIGNED},
-    {'q', 8, ITEM_SIGNED},   {'Q', 8, ITEM_UNSIGNED},
-    {'n', sizeof(ssize_t), ITEM_SIGNED},
-    {'N', sizeof(size_t), ITEM_UNSIGNED},
-    {'e', 2, ITEM_HALF},     {'f', 4, ITEM_FLOAT},
-    {'d', 8, ITEM_FLOAT},    {'?', 1, ITEM_BOOL},
-};
-
 /* shmtxn_seg -- a handle: the engine's, plus what its header fixed. */
 struct shmtxn_seg {
     stx_segment seg;
     int layout;
-    const item_format *fmt;  /* slots */
+    const stx_item_format *fmt;  /* slots */
     uint64_t nitems;         /* slots */
     uint64_t hash_key[2];    /* dict: the segment's SipHash key */
     dev_t dev;               /* the file's identity, for seg_unlink */
@@ -275,21 +250,6 @@ plain_name(const char *name)
     return name[0] == '/' ? name + 1 : name;
 }
 
-/* The format for struct code `code` (an optional '@' first), or NULL. */
-static const item_format *
-find_format(const char *code)
-{
-    const char *c = code[0] == '@' ? code + 1 : code;
-    if (c[0] != '\0' && c[1] == '\0') {
-        for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
-            if (formats[i].code == c[0]) {
-                return &formats[i];
-            }
-        }
-    }
-    return NULL;
-}
-
 /* ------------------------------------------------------------------ */
 /* segments                                                            */
 
@@ -308,7 +268,7 @@ adopt(shmtxn_seg *s)
         int rc = stx_dict_count(&s->seg, &count);
         return rc == 0 ? 0 : api_fail(rc, s->seg.name);
     }
-    s->fmt = find_format(hdr->format);
+    s->fmt = stx_item_format_find(hdr->format);
     if (s->fmt == NULL || s->fmt->size != hdr->itemsize) {
         return FAIL(SHMTXN_CORRUPT, "segment '%s' has an unknown item "
                     "format", s->seg.name);
@@ -323,7 +283,7 @@ static int
 slots_opts(const shmtxn_create_opts *o, stx_create_opts *e, char code[2],
            uint64_t *shape1)
 {
-    const item_format *fmt = find_format(o->format ? o->format : "q");
+    const stx_item_format *fmt = stx_item_format_find(o->format ? o->format : "q");
     if (fmt == NULL) {
         return FAIL(EINVAL, "unknown item format '%.20s': use one struct "
                     "code of bBhHiIlLqQnNefd?", o->format);
@@ -823,23 +783,23 @@ shmtxn_put(shmtxn_txn *txn, uint64_t index, const void *src)
 static int
 item_to_int(const shmtxn_seg *s, const uint8_t *raw, int64_t *value)
 {
-    const item_format *f = s->fmt;
+    const stx_item_format *f = s->fmt;
     uint64_t u = 0;
     memcpy(&u, raw, f->size); /* little-endian: the ABI word pins it */
     switch (f->kind) {
-    case ITEM_SIGNED: {
+    case STX_ITEM_SIGNED: {
         unsigned shift = 64 - 8 * f->size;
         *value = (int64_t)(u << shift) >> shift;
         return 0;
     }
-    case ITEM_UNSIGNED:
+    case STX_ITEM_UNSIGNED:
         if (u > INT64_MAX) {
             return FAIL(ERANGE, "segment '%s': the item %llu does not fit "
                         "an int64", s->seg.name, (unsigned long long)u);
         }
         *value = (int64_t)u;
         return 0;
-    case ITEM_BOOL:
+    case STX_ITEM_BOOL:
         *value = u != 0;
         return 0;
     }
@@ -852,18 +812,18 @@ item_to_int(const shmtxn_seg *s, const uint8_t *raw, int64_t *value)
 static int
 int_to_item(const shmtxn_seg *s, int64_t value, uint8_t *raw)
 {
-    const item_format *f = s->fmt;
+    const stx_item_format *f = s->fmt;
     unsigned bits = 8 * f->size;
     int fits;
     switch (f->kind) {
-    case ITEM_SIGNED:
+    case STX_ITEM_SIGNED:
         fits = bits == 64 || (value >= -(INT64_C(1) << (bits - 1))
                               && value < (INT64_C(1) << (bits - 1)));
         break;
-    case ITEM_UNSIGNED:
+    case STX_ITEM_UNSIGNED:
         fits = value >= 0 && (bits == 64 || value < (INT64_C(1) << bits));
         break;
-    case ITEM_BOOL:
+    case STX_ITEM_BOOL:
         fits = value == 0 || value == 1;
         break;
     default:
@@ -884,7 +844,7 @@ int_to_item(const shmtxn_seg *s, int64_t value, uint8_t *raw)
 static int
 item_to_double(const shmtxn_seg *s, const uint8_t *raw, double *value)
 {
-    if (s->fmt->kind != ITEM_FLOAT) {
+    if (s->fmt->kind != STX_ITEM_FLOAT) {
         return FAIL(SHMTXN_INCOMPAT, "segment '%s' holds format '%c', not "
                     "'f' or 'd'", s->seg.name, s->fmt->code);
     }
@@ -903,7 +863,7 @@ item_to_double(const shmtxn_seg *s, const uint8_t *raw, double *value)
 static int
 double_to_item(const shmtxn_seg *s, double value, uint8_t *raw)
 {
-    if (s->fmt->kind != ITEM_FLOAT) {
+    if (s->fmt->kind != STX_ITEM_FLOAT) {
         return FAIL(SHMTXN_INCOMPAT, "segment '%s' holds format '%c', not "
                     "'f' or 'd'", s->seg.name, s->fmt->code);
     }

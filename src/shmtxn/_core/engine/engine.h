@@ -230,6 +230,24 @@ int stx_pid_alive(const stx_file *file, int32_t pid);
  * shows here.  Returns how many were found. */
 int stx_beacon_holders(const stx_file *file, int32_t *pids, int max);
 
+/* --- item formats of slots segments (items.c) --- */
+
+/* How an item format's bytes are read as a number. */
+enum stx_item_kind { STX_ITEM_SIGNED, STX_ITEM_UNSIGNED, STX_ITEM_FLOAT,
+                     STX_ITEM_HALF, STX_ITEM_BOOL };
+
+/* stx_item_format -- one struct-module code a slots segment may hold, in
+ * native size and order. */
+typedef struct stx_item_format {
+    char code;
+    uint8_t size;
+    uint8_t kind; /* enum stx_item_kind */
+} stx_item_format;
+
+/* The format of struct code `code` (one code, an optional '@' first), or
+ * NULL if slots cannot hold it. */
+const stx_item_format *stx_item_format_find(const char *code);
+
 /* --- the slots layout (slots.c) --- */
 
 /* Fixed-size items (SharedMemory). */
