@@ -9,6 +9,7 @@ each floor the arrows must not form a cycle, so every file can be read
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -175,3 +176,29 @@ def test_binding_files_call_each_other_without_cycles(binding_objects):
     assert sum(len(to) for to in edges.values()) > 0
     cycle = find_cycle(edges)
     assert cycle is None, describe(cycle, edges)
+
+
+def listed_engine_order():
+    """internal.h's list of engine files, bottom first ('dict/' stands
+    for every file under dict/)."""
+    with open(os.path.join(ENGINE, "internal.h")) as f:
+        text = f.read()
+    return re.findall(r"^ \*   (\S+\.c|dict/) ", text, re.M)
+
+
+def test_internal_h_lists_every_engine_file_in_call_order(engine_objects):
+    order = listed_engine_order()
+    rank = {name: i for i, name in enumerate(order)}
+
+    def rank_of(name):
+        return rank.get("dict/" if name.startswith("dict/") else name)
+
+    on_disk = {("dict/" if n.startswith("dict/") else n)
+               for n in sources(ENGINE)}
+    assert set(order) == on_disk, (
+        f"internal.h lists {sorted(set(order))}, engine/ holds "
+        f"{sorted(on_disk)}")
+    upward = [f"{a} -> {b}" for a, to in graph(engine_objects).items()
+              for b in to if rank_of(b) > rank_of(a)]
+    assert not upward, ("these calls go up internal.h's list; move the "
+                        f"file or the function: {upward}")

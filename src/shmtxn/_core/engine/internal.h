@@ -7,6 +7,7 @@
  * in this list (tests/test_layers.py checks that the graph has no cycle):
  *
  *   errors.c    error details, fail_errno, crash points
+ *   items.c     the item formats of slots segments
  *   process.c   pid, fork generation, pid namespace, liveness beacons
  *   mapping.c   the per-process file registry and shared mappings
  *   readers.c   the reader slot table
@@ -16,6 +17,7 @@
  *   lock.c      txns: writer mutex, readers meeting writers, recovery
  *   engine.c    stx_engine_init and the fork handler
  *   dict/       the dict layout (dict/dict.h), on undo.c
+ *   api.c       the public C API (include/shmtxn.h), over all of these
  */
 #ifndef STX_INTERNAL_H
 #define STX_INTERNAL_H
