@@ -23,6 +23,7 @@ __all__ = [
     "SegmentClosedError",
     "BufferExportsError",
     "TransactionsOpenError",
+    "TransactionThreadError",
     "SegmentInUseError",
 ]
 
@@ -86,6 +87,11 @@ class BufferExportsError(Error, BufferError):
 class TransactionsOpenError(Error):
     """close() while transactions are open on the handle's segment in this
     process (leave their with-blocks first)."""
+
+
+class TransactionThreadError(Error, RuntimeError):
+    """A transaction was used from a thread other than the one that opened
+    it (each thread opens its own)."""
 
 
 class SegmentInUseError(Error, OSError):

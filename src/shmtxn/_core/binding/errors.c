@@ -57,6 +57,8 @@ static const error_entry table[ERROR_TABLE_SIZE] = {
                         "open the segment with read_only=False and write "
                         "inside a write transaction"},
     [-STX_EAGAIN] = {"LockTimeout", NULL, "try again, or raise timeout="},
+    [-STX_ETHREAD] = {"TransactionThreadError", NULL,
+                      "open another transaction in this thread"},
     [-STX_EINVAL] = {NULL, &PyExc_ValueError, NULL},
     [-STX_ERANGE] = {NULL, &PyExc_IndexError, NULL},
     [-STX_ENOMEM] = {NULL, &PyExc_MemoryError, NULL},

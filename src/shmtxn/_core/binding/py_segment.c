@@ -14,6 +14,9 @@
 /* The longest timeout accepted, in seconds (about 31 years): anything
  * longer is None, "wait forever", and nanoseconds of it fit 64 bits. */
 #define TIMEOUT_MAX 1e9
+/* What a timeout may be, for messages (PyErr_Format has no %g). */
+#define TIMEOUT_RULE "timeout must be None (wait forever) or a number " \
+                     "of seconds from 0 to 1e9"
 
 /* The state of the module that made `type` (a handle type or a Python
  * subclass of one): the first of its bases made by our handle_new's
@@ -78,12 +81,17 @@ handle_parse_timeout(PyObject *arg, double fallback, double *out)
         return -1;
     }
     if (t == -1.0 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyErr_Clear(); /* an int too large for a float (its repr may be
+                          too long to print) */
+        PyErr_SetString(PyExc_ValueError, TIMEOUT_RULE ", not an int that "
+                        "large");
         return -1;
     }
     if (!(t >= 0 && t <= TIMEOUT_MAX)) { /* NaN fails both */
-        PyErr_Format(PyExc_ValueError, "timeout must be None (wait "
-                     "forever) or a number of seconds from 0 to %g, not %R",
-                     TIMEOUT_MAX, arg);
+        PyErr_Format(PyExc_ValueError, TIMEOUT_RULE ", not %R", arg);
         return -1;
     }
     *out = t;

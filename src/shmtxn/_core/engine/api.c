@@ -22,7 +22,7 @@
 
 #include "dict/dict.h"
 #include "dict/key.h"
-#include "engine.h"
+#include "internal.h"
 #include "seqlock.h"
 #include "shmtxn.h"
 
@@ -81,7 +81,7 @@ static const struct {
     {STX_ESLOTS, SHMTXN_FULL},       {STX_EINVAL, EINVAL},
     {STX_ERANGE, ERANGE},            {STX_EREADONLY, SHMTXN_READONLY},
     {STX_ENOMEM, ENOMEM},            {STX_ESYS, EIO},
-    {STX_EHEAPFULL, SHMTXN_FULL},
+    {STX_EHEAPFULL, SHMTXN_FULL},    {STX_ETHREAD, EINVAL},
 };
 
 /* The public code for engine code `code`. */
@@ -120,6 +120,15 @@ api_fail(int code, const char *name)
 
 /* Set the detail and return the public `code` (not an engine one). */
 #define FAIL(code, ...) (stx_fail(STX_EINVAL, __VA_ARGS__), (code))
+
+/* `ms` (>= 0) milliseconds in nanoseconds, saturating: a timeout too
+ * long to count in nanoseconds waits as long as it can. */
+static uint64_t
+ms_to_ns(int64_t ms)
+{
+    return (uint64_t)ms > UINT64_MAX / 1000000u ? UINT64_MAX
+                                                : (uint64_t)ms * 1000000u;
+}
 
 const char *
 shmtxn_strerror(int code)
@@ -209,6 +218,11 @@ ensure_init(void)
 /* ------------------------------------------------------------------ */
 /* options with struct_size                                            */
 
+/* The largest struct_size believed: options structs grow by a few fields
+ * a version, and an unset struct_size must not make us read far past the
+ * caller's struct. */
+#define OPTS_SIZE_MAX 1024
+
 /*
  * Copy the caller's options (`given`, which says its size in its first
  * field) into `ours` (`size` bytes, zeroed first).  A caller compiled
@@ -225,7 +239,7 @@ copy_opts(void *ours, size_t size, const void *given, const char *what)
     }
     size_t n;
     memcpy(&n, given, sizeof(n));
-    if (n < sizeof(size_t)) {
+    if (n < sizeof(size_t) || n > OPTS_SIZE_MAX) {
         return FAIL(EINVAL, "%s.struct_size is %zu: set it to sizeof(%s)",
                     what, n, what);
     }
@@ -434,7 +448,7 @@ shmtxn_attach(const char *name, const shmtxn_attach_opts *opts,
         return FAIL(ENOMEM, "no memory for a handle");
     }
     rc = stx_attach(&s->seg, name, o.read_only != 0, o.populate != 0,
-                    (uint64_t)wait_ms * 1000000ull);
+                    ms_to_ns(wait_ms));
     if (rc == STX_EAGAIN) {
         free(s);
         return FAIL(SHMTXN_TIMEOUT, "segment '%s' was still being created "
@@ -533,13 +547,6 @@ shmtxn_info_get(const shmtxn_seg *seg, shmtxn_info *info)
 /* transactions                                                        */
 
 /* Nanoseconds on CLOCK_MONOTONIC. */
-static uint64_t
-mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 /* Step an initialised txn open, in slices, for at most `timeout_ms`
  * (< 0: no limit).  Engine code; STX_EAGAIN (txn cancelled) on timeout. */
@@ -550,11 +557,10 @@ wait_open(stx_txn *txn, int64_t timeout_ms)
     if (rc != STX_EAGAIN) {
         return rc;
     }
-    uint64_t start = mono_ns();
-    uint64_t limit = timeout_ms < 0 ? UINT64_MAX
-                                    : (uint64_t)timeout_ms * 1000000ull;
+    uint64_t start = stx_now_ns(CLOCK_MONOTONIC);
+    uint64_t limit = timeout_ms < 0 ? UINT64_MAX : ms_to_ns(timeout_ms);
     while (rc == STX_EAGAIN) {
-        uint64_t spent = mono_ns() - start;
+        uint64_t spent = stx_now_ns(CLOCK_MONOTONIC) - start;
         if (spent >= limit) {
             stx_txn_cancel(txn);
             return stx_fail(STX_EAGAIN, "segment '%s': no %s txn could "
@@ -738,6 +744,9 @@ int
 shmtxn_read(shmtxn_txn *txn, uint64_t offset, void *dst, size_t len)
 {
     int rc = slots_check(txn, 0);
+    if (rc == 0 && dst == NULL && len > 0) {
+        rc = FAIL(EINVAL, "no buffer to read into");
+    }
     if (rc != 0) {
         return rc;
     }
@@ -749,6 +758,9 @@ int
 shmtxn_write(shmtxn_txn *txn, uint64_t offset, const void *src, size_t len)
 {
     int rc = slots_check(txn, 1);
+    if (rc == 0 && src == NULL && len > 0) {
+        rc = FAIL(EINVAL, "no bytes to write");
+    }
     if (rc != 0) {
         return rc;
     }
@@ -883,7 +895,8 @@ int
 shmtxn_get_int(shmtxn_txn *txn, uint64_t index, int64_t *value)
 {
     uint8_t raw[8];
-    int rc = shmtxn_get(txn, index, raw);
+    int rc = value != NULL ? shmtxn_get(txn, index, raw)
+                           : FAIL(EINVAL, "no place for the value");
     return rc != 0 ? rc : item_to_int(txn->seg, raw, value);
 }
 
@@ -902,7 +915,8 @@ int
 shmtxn_get_double(shmtxn_txn *txn, uint64_t index, double *value)
 {
     uint8_t raw[8];
-    int rc = shmtxn_get(txn, index, raw);
+    int rc = value != NULL ? shmtxn_get(txn, index, raw)
+                           : FAIL(EINVAL, "no place for the value");
     return rc != 0 ? rc : item_to_double(txn->seg, raw, value);
 }
 
@@ -942,6 +956,9 @@ shmtxn_load(shmtxn_seg *seg, uint64_t offset, void *dst, size_t len)
     if (seg == NULL || seg->seg.file == NULL) {
         return FAIL(EINVAL, "no handle");
     }
+    if (dst == NULL && len > 0) {
+        return FAIL(EINVAL, "no buffer to read into");
+    }
     if (offset > seg->seg.data_size || len > seg->seg.data_size - offset) {
         return FAIL(ERANGE, "segment '%s': [%llu, +%zu) is outside its %llu"
                     " data bytes", seg->seg.name, (unsigned long long)offset,
@@ -969,7 +986,8 @@ int
 shmtxn_load_int(shmtxn_seg *seg, uint64_t index, int64_t *value)
 {
     uint8_t raw[8];
-    int rc = shmtxn_load_item(seg, index, raw);
+    int rc = value != NULL ? shmtxn_load_item(seg, index, raw)
+                           : FAIL(EINVAL, "no place for the value");
     return rc != 0 ? rc : item_to_int(seg, raw, value);
 }
 
@@ -977,7 +995,8 @@ int
 shmtxn_load_double(shmtxn_seg *seg, uint64_t index, double *value)
 {
     uint8_t raw[8];
-    int rc = shmtxn_load_item(seg, index, raw);
+    int rc = value != NULL ? shmtxn_load_item(seg, index, raw)
+                           : FAIL(EINVAL, "no place for the value");
     return rc != 0 ? rc : item_to_double(seg, raw, value);
 }
 
@@ -1018,9 +1037,30 @@ key_result(int rc)
     return rc == 0 ? 0 : api_code(rc);
 }
 
+/* 0 if a builder call may go on: a key, and bytes when `len` says there
+ * are some (else the key is poisoned, as the builder does, and EINVAL). */
+static int
+key_args(shmtxn_key *key, const void *p, size_t len)
+{
+    if (key == NULL) {
+        return FAIL(EINVAL, "no key");
+    }
+    if (p == NULL && len > 0) {
+        if (key->kb.error == 0) {
+            key->kb.error = STX_EINVAL;
+        }
+        return FAIL(EINVAL, "no bytes for a key part of %zu bytes", len);
+    }
+    return 0;
+}
+
 int
 shmtxn_key_str(shmtxn_key *key, const char *utf8, size_t len)
 {
+    int rc = key_args(key, utf8, len);
+    if (rc != 0) {
+        return rc;
+    }
     if (key->kb.error == 0 && stx_utf8_check(utf8, len) != 0) {
         key->kb.error = STX_EINVAL; /* poisoned, as the builder does */
         return EINVAL;
@@ -1031,49 +1071,57 @@ shmtxn_key_str(shmtxn_key *key, const char *utf8, size_t len)
 int
 shmtxn_key_bytes(shmtxn_key *key, const void *p, size_t len)
 {
-    return key_result(stx_key_bytes(&key->kb, p, len));
+    int rc = key_args(key, p, len);
+    return rc != 0 ? rc : key_result(stx_key_bytes(&key->kb, p, len));
 }
 
 int
 shmtxn_key_int(shmtxn_key *key, int64_t v)
 {
-    return key_result(stx_key_int(&key->kb, v));
+    int rc = key_args(key, NULL, 0);
+    return rc != 0 ? rc : key_result(stx_key_int(&key->kb, v));
 }
 
 int
 shmtxn_key_bigint(shmtxn_key *key, const void *le, size_t len)
 {
-    return key_result(stx_key_bigint(&key->kb, le, len));
+    int rc = key_args(key, le, len);
+    return rc != 0 ? rc : key_result(stx_key_bigint(&key->kb, le, len));
 }
 
 int
 shmtxn_key_double(shmtxn_key *key, double v)
 {
-    return key_result(stx_key_double(&key->kb, v));
+    int rc = key_args(key, NULL, 0);
+    return rc != 0 ? rc : key_result(stx_key_double(&key->kb, v));
 }
 
 int
 shmtxn_key_bool(shmtxn_key *key, int v)
 {
-    return key_result(stx_key_bool(&key->kb, v));
+    int rc = key_args(key, NULL, 0);
+    return rc != 0 ? rc : key_result(stx_key_bool(&key->kb, v));
 }
 
 int
 shmtxn_key_none(shmtxn_key *key)
 {
-    return key_result(stx_key_none(&key->kb));
+    int rc = key_args(key, NULL, 0);
+    return rc != 0 ? rc : key_result(stx_key_none(&key->kb));
 }
 
 int
 shmtxn_key_tuple_begin(shmtxn_key *key)
 {
-    return key_result(stx_key_tuple_begin(&key->kb));
+    int rc = key_args(key, NULL, 0);
+    return rc != 0 ? rc : key_result(stx_key_tuple_begin(&key->kb));
 }
 
 int
 shmtxn_key_tuple_end(shmtxn_key *key)
 {
-    return key_result(stx_key_tuple_end(&key->kb));
+    int rc = key_args(key, NULL, 0);
+    return rc != 0 ? rc : key_result(stx_key_tuple_end(&key->kb));
 }
 
 const void *
@@ -1113,6 +1161,9 @@ shmtxn_key_decode(const void *data, size_t len, int kind,
     stx_key_item item;
     if (data == NULL || out == NULL) {
         return FAIL(EINVAL, "shmtxn_key_decode needs bytes and an out");
+    }
+    if (kind < STX_KEY_PLAIN || kind > STX_KEY_NEG_ZERO) {
+        return FAIL(EINVAL, "key kind %d is not an entry's key_kind", kind);
     }
     int rc = stx_key_parse(data, len, kind, &item);
     if (rc != 0) {
@@ -1155,7 +1206,8 @@ engine_key(const shmtxn_seg *s, const shmtxn_key *key, stx_key *k)
         return FAIL(SHMTXN_INCOMPAT, "segment '%s' holds slots, not a dict",
                     s->seg.name);
     }
-    int rc = key != NULL ? stx_keybuf_check(&key->kb) : STX_EINVAL;
+    int rc = key != NULL ? stx_keybuf_check(&key->kb)
+                         : stx_fail(STX_EINVAL, "no key");
     if (rc == 0 && key->kb.len > UINT32_MAX) {
         rc = stx_fail(STX_EINVAL, "a key encodes to at most 4 GiB");
     }
@@ -1195,6 +1247,9 @@ shmtxn_dict_get(shmtxn_txn *txn, const shmtxn_key *key, shmtxn_entry *entry)
     stx_key k;
     stx_found f;
     int rc = dict_check(txn, key, &k);
+    if (rc == 0 && entry == NULL) {
+        rc = FAIL(EINVAL, "no entry to fill");
+    }
     if (rc != 0) {
         return rc;
     }
@@ -1276,6 +1331,9 @@ shmtxn_dict_next(shmtxn_txn *txn, uint64_t *pos, shmtxn_entry *entry)
         rc = FAIL(SHMTXN_INCOMPAT, "segment '%s' holds slots, not a dict",
                   txn->seg->seg.name);
     }
+    if (rc == 0 && (pos == NULL || entry == NULL)) {
+        rc = FAIL(EINVAL, "shmtxn_dict_next needs a position and an entry");
+    }
     if (rc != 0) {
         return rc;
     }
@@ -1297,6 +1355,9 @@ shmtxn_dict_count(shmtxn_txn *txn, uint64_t *count)
     if (rc == 0 && txn->seg->layout != STX_LAYOUT_DICT) {
         rc = FAIL(SHMTXN_INCOMPAT, "segment '%s' holds slots, not a dict",
                   txn->seg->seg.name);
+    }
+    if (rc == 0 && count == NULL) {
+        rc = FAIL(EINVAL, "no place for the count");
     }
     if (rc != 0) {
         return rc;

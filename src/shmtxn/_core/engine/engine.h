@@ -42,6 +42,7 @@ enum stx_error {
     STX_ENOMEM = -16,
     STX_ESYS = -17,      /* another OS error; stx_detail() says which */
     STX_EHEAPFULL = -18, /* a dict's heap has no room for a block */
+    STX_ETHREAD = -19,   /* a txn used from a thread not its own */
 };
 
 /* Longest segment name accepted (without the leading '/'). */

@@ -772,8 +772,9 @@ stx_txn_usable(const stx_txn *txn)
         return STX_EFORKED;
     }
     if (txn->thread != stx_thread_id()) {
-        return stx_fail(STX_EINVAL, "a transaction belongs to the thread "
-                        "that opened it; open another one in this thread");
+        return stx_fail(STX_ETHREAD, "segment '%s': this transaction "
+                        "belongs to the thread that opened it",
+                        txn->seg->name);
     }
     return 0;
 }

@@ -111,7 +111,9 @@ plan_layout(stx_header *hdr, const stx_create_opts *opts, uint64_t *reserve)
     }
     uint64_t undo = opts->undo_size ? stx_round_up(opts->undo_size, 8)
                                     : plan.undo_size;
-    if (opts->data_size > (1ull << 46) || undo > (1ull << 40)) {
+    if (opts->data_size > (1ull << 46) || opts->undo_size > (1ull << 40)
+        || undo > (1ull << 40)) { /* the first undo test: before rounding
+                                     up wrapped it */
         return stx_fail(STX_EFULL, "asked for %llu data bytes and %llu undo"
                         " bytes: more than any machine has",
                         (unsigned long long)opts->data_size,
