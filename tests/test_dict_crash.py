@@ -84,3 +84,45 @@ def test_auto_commit_set_killed_is_all_or_nothing(name):
             "d['k'] = 'new' * 100\n"))
         assert d["k"] == "old" and len(d) == 1
         d.verify()
+
+
+@pytest.mark.parametrize("point", ["write:after_log", "commit:before_clear"])
+def test_a_large_value_replaced_out_of_place_survives_a_kill(name, point):
+    # a value this large is replaced by a fresh block and one logged entry
+    # pointer, not logged and overwritten in place: a writer killed at
+    # either crash point must leave the old value and no lost block
+    old, new = b"o" * 100_000, b"n" * 100_000
+    with SharedDict(name, create=True, size=4 << 20) as d:
+        d["big"] = old
+        d["small"] = 1
+        used = d.stats()["live_bytes"]
+        run_crashing_child(point, (
+            "from shmtxn import SharedDict\n"
+            f"d = SharedDict({name!r})\n"
+            "with d.txn() as t:\n"
+            "    t['small'] = 2\n"
+            f"    t['big'] = b'n' * {len(new)}\n"))
+        assert d["big"] == old and d["small"] == 1
+        d.verify()
+        assert d.stats()["live_bytes"] == used
+        d["big"] = new
+        assert d["big"] == new
+        d.verify()
+
+
+def test_rolled_back_large_replacements_give_their_blocks_back(name):
+    value = b"v" * 50_000
+    with SharedDict(name, create=True, size=4 << 20) as d:
+        d["big"] = value
+        top = d.stats()["heap_used"]
+        for i in range(40):
+            with pytest.raises(KeyError):
+                with d.txn() as t:
+                    t["big"] = bytes([i]) * len(value)
+                    raise KeyError("roll back")
+        assert d["big"] == value
+        assert d.stats()["heap_used"] == top
+        for i in range(40):  # committed: the old block is reused
+            d["big"] = bytes([i]) * len(value)
+        assert d.stats()["heap_used"] <= top + 2 * 65536
+        d.verify()

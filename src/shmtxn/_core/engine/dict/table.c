@@ -386,8 +386,16 @@ fits_in_place(uint64_t need, uint64_t size)
            && size - stx_class_size(stx_class_of(need)) < STX_BLOCK_ALIGN * 2;
 }
 
-/* Replace the value of the found record: in place when the new record
- * needs the same block size, else in a new block. */
+/* Records from this size up are replaced out of place even when the new
+ * one fits the old block: writing a fresh block and logging only the
+ * entry's 8-byte pointer copies the value once, where an in-place write
+ * copies the old bytes into the undo log first.  Below it, in place is
+ * cheaper than the allocator. */
+#define STX_OUT_OF_PLACE_BYTES 4096
+
+/* Replace the value of the found record: in place when the new record is
+ * small and needs the same block size, else in a new block (the old one
+ * is freed when the txn commits, so a rollback still finds it). */
 static int
 replace(stx_dict_txn *dt, const table_view *t, const stx_found *f,
         const stx_key *key, const stx_value *value)
@@ -398,7 +406,7 @@ replace(stx_dict_txn *dt, const table_view *t, const stx_found *f,
     if (size == 0) {
         return STX_ECORRUPT;
     }
-    if (fits_in_place(need, size)) {
+    if (need < STX_OUT_OF_PLACE_BYTES && fits_in_place(need, size)) {
         uint64_t from = f->record + sizeof(stx_block);
         int rc = stx_undo_prepare(dt->txn, from, need - sizeof(stx_block));
         if (rc == 0) {
