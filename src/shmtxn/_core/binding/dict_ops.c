@@ -124,6 +124,22 @@ static PyObject *
 copy_value_out(const HandleObject *h, const stx_found *f, uint64_t seq,
                int *pickled)
 {
+    if (f->value_len > 256 && (f->value_tag == 'b' || f->value_tag == 'p')) {
+        /* bytes, or a pickle's bytes: copy straight into the object the
+         * caller gets, one copy instead of two */
+        PyObject *v = PyBytes_FromStringAndSize(NULL,
+                                                (Py_ssize_t)f->value_len);
+        if (v == NULL) {
+            return NULL;
+        }
+        stx_load_relaxed(PyBytes_AS_STRING(v), f->value, f->value_len);
+        if (!stx_seq_still(&h->seg, seq)) {
+            Py_DECREF(v);
+            return NULL;
+        }
+        *pickled = f->value_tag == 'p';
+        return v;
+    }
     uint8_t stack[256];
     uint8_t *copy = f->value_len <= sizeof(stack)
                     ? stack : PyMem_Malloc(f->value_len ? f->value_len : 1);

@@ -17,12 +17,13 @@
  * see only through relaxed atomic accesses (stx_load_relaxed here,
  * stx_store_relaxed in the writer's paths), a word at a time on the same
  * 8-byte grid.  Relaxed 64-bit accesses compile to plain moves, so the
- * copies stay at cache speed.  One exception, for bandwidth: a bulk store
- * of STX_BULK_BYTES or more goes through libc's memcpy, whose
- * non-temporal stores write a large array at twice the speed of word
- * stores (no read-for-ownership).  memcpy is opaque to the compiler, so
- * nothing can be optimised on the assumption that it does not race; a
- * reader racing it is already inside an odd `seq` and discards its copy.
+ * copies stay at cache speed.  One exception, for bandwidth: a bulk copy
+ * (load or store) of STX_BULK_BYTES or more goes through libc's memcpy,
+ * whose wide vector moves (and non-temporal stores for large arrays, no
+ * read-for-ownership) copy several times faster than word moves.  memcpy
+ * is opaque to the compiler, so nothing can be optimised on the
+ * assumption that it does not race; a reader racing a writer is inside an
+ * odd `seq`, or sees `seq` change, and discards its copy.
  * (What user code writes through a numpy view or `buf` is outside this:
  * those are plain stores, by the user.)
  */
@@ -36,23 +37,26 @@
 /* Read attempts before giving up to the locked path. */
 #define STX_SEQLOCK_TRIES 64
 
+/* Copies at least this long are bulk copies (see above). */
+#define STX_BULK_BYTES (4u << 10)
+
 /* Copy `n` bytes out of shared memory that a writer may be changing:
- * relaxed atomic loads, 8-byte words where `src` is word aligned. */
+ * relaxed atomic loads, 8-byte words where `src` is word aligned (bulk
+ * copies: memcpy, see above). */
 static inline void
 stx_load_relaxed(void *dst, const void *src, size_t n)
 {
     uint8_t *d = dst;
     const uint8_t *s = src;
+    if (n >= STX_BULK_BYTES) {
+        memcpy(d, s, n);
+        return;
+    }
     for (; n > 0 && ((uintptr_t)s & 7u) != 0; n--) {
         *d++ = __atomic_load_n(s++, __ATOMIC_RELAXED);
     }
-    for (; n >= 32; n -= 32, s += 32, d += 32) {
-        uint64_t w[4];
-        for (int i = 0; i < 4; i++) {
-            w[i] = __atomic_load_n((const uint64_t *)s + i, __ATOMIC_RELAXED);
-        }
-        memcpy(d, w, sizeof(w));
-    }
+    /* one word at a time, straight to `d`: gathering words in a buffer
+     * and copying it on in wider moves stalls store forwarding */
     for (; n >= 8; n -= 8, s += 8, d += 8) {
         uint64_t w = __atomic_load_n((const uint64_t *)s, __ATOMIC_RELAXED);
         memcpy(d, &w, 8);
@@ -108,9 +112,6 @@ stx_zero_relaxed(void *dst, size_t n)
     }
 }
 
-/* Stores at least this long are bulk copies (see above). */
-#define STX_BULK_BYTES (256u << 10)
-
 /* Copy `n` bytes into shared memory that lock-free readers may be
  * reading: relaxed atomic stores, 8-byte words where `dst` is aligned
  * (bulk copies: memcpy, see above). */
@@ -125,13 +126,6 @@ stx_store_relaxed(void *dst, const void *src, size_t n)
     }
     for (; n > 0 && ((uintptr_t)d & 7u) != 0; n--) {
         __atomic_store_n(d++, *s++, __ATOMIC_RELAXED);
-    }
-    for (; n >= 32; n -= 32, s += 32, d += 32) {
-        uint64_t w[4];
-        memcpy(w, s, sizeof(w));
-        for (int i = 0; i < 4; i++) {
-            __atomic_store_n((uint64_t *)d + i, w[i], __ATOMIC_RELAXED);
-        }
     }
     for (; n >= 8; n -= 8, s += 8, d += 8) {
         uint64_t w;
