@@ -236,6 +236,12 @@ reserve_log(stx_segment *seg, uint64_t need)
     if (err != 0) {
         return stx_fail_errno(err, "reserving undo space", seg->name);
     }
+#ifdef MADV_POPULATE_WRITE
+    /* map the new pages in one call rather than fault them one by one as
+     * the record is copied in (a hint: failure costs only speed) */
+    (void)madvise(seg->undo + reserved, (size_t)(want - reserved),
+                  MADV_POPULATE_WRITE);
+#endif
     stx_crash_point("undo:after_fallocate");
     atomic_store_explicit(&seg->hdr->undo_reserved, want,
                           memory_order_release);
