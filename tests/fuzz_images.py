@@ -33,7 +33,7 @@ IMMUTABLE = [  # (offset, size) of the fields the checksum covers
     *[(104 + 8 * i, 8) for i in range(8)], (168, 8), (176, 8), (184, 4),
     (188, 4), (192, 8)]
 MUTABLE = [(0, 8), (200, 8), (256, 4), (260, 4), (264, 8), (272, 4),
-           (276, 4), (320, 8), (328, 8), (336, 8), (344, 8)]
+           (276, 4), (320, 8), (328, 8), (336, 8), (344, 8), (352, 8)]
 MUTEX = (384, 40)
 SLOTS_OFF, NSLOTS, UNDO_OFF, UNDO_SIZE, DATA_OFF, DATA_SIZE = (
     32, 40, 48, 56, 64, 72)

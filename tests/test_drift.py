@@ -223,10 +223,12 @@ def without_block(body, opener):
 
 
 def stores(body):
-    """The shared-header fields stored to, and unlocks, in order."""
-    return [f or "unlock" for f, _ in re.findall(
-        r"atomic_(?:store|fetch_\w+)(?:_explicit)?\(\s*&hdr->(\w+)"
-        r"|(pthread_mutex_unlock)\(", body)]
+    """The shared-header fields stored to, and unlocks, in order (a call
+    of undo.c's stx_undo_shrink stores `undo_reserved`)."""
+    return [f or ("undo_reserved" if shrink else "unlock")
+            for f, shrink, _ in re.findall(
+                r"atomic_(?:store|fetch_\w+)(?:_explicit)?\(\s*&hdr->(\w+)"
+                r"|(stx_undo_shrink)\(|(pthread_mutex_unlock)\(", body)]
 
 
 def code_commit_order():

@@ -19,7 +19,10 @@ from .errors import Error, SegmentInUseError, SegmentNotFoundError
 __all__ = ["SHM_DIR", "list_segments", "segment_info", "check", "remove",
            "gc", "SegmentInUseError"]
 
-SHM_DIR = "/dev/shm"
+#: The directory segments live in: ``$SHMTXN_SHM_DIR`` as it is when
+#: shmtxn is imported (the engine reads it then too), else ``/dev/shm``
+#: (on Linux the POSIX shm object ``/x`` is the file ``/dev/shm/x``).
+SHM_DIR = (os.environ.get("SHMTXN_SHM_DIR") or "/dev/shm").rstrip("/") or "/"
 
 
 def _disk_usage(name: str) -> dict:
@@ -65,7 +68,7 @@ def segment_info(name: str) -> dict:
 
 
 def _names() -> list[str]:
-    """Regular files in /dev/shm, except POSIX semaphores (sem.*)."""
+    """Regular files in SHM_DIR, except POSIX semaphores (sem.*)."""
     try:
         entries = os.scandir(SHM_DIR)
     except FileNotFoundError:
@@ -77,7 +80,7 @@ def _names() -> list[str]:
 
 
 def list_segments(all: bool = False, prefix: str = "") -> list[dict]:
-    """segment_info() of every shmtxn segment in /dev/shm (and, with
+    """segment_info() of every shmtxn segment in SHM_DIR (and, with
     ``all=True``, every other file there too, as ``foreign``)."""
     found = []
     for name in _names():

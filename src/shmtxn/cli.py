@@ -80,7 +80,7 @@ def cmd_ls(args) -> int:
         [ls_row(i) for i in rows],
         ["NAME", "LAYOUT", "ITEMS", "SIZE", "USED", "CREATOR", "ATTACHED",
          "LOCK", "READERS", "CREATED", "MODIFIED"]) if rows else
-        print("no shmtxn segments in /dev/shm"))
+        print(f"no shmtxn segments in {admin.SHM_DIR}"))
     return 0
 
 
@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = command("ls", cmd_ls, "list shmtxn segments in /dev/shm")
+    p = command("ls", cmd_ls, "list shmtxn segments in /dev/shm (or "
+                "$SHMTXN_SHM_DIR)")
     p.add_argument("--all", action="store_true",
                    help="also list other files there, flagged foreign")
     p.add_argument("--prefix", default="", help="only names starting so")

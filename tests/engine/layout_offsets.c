@@ -60,6 +60,7 @@ main(void)
     FIELD(stx_header, commits);
     FIELD(stx_header, recoveries);
     FIELD(stx_header, modified_ns);
+    FIELD(stx_header, undo_reserved);
     FIELD(stx_header, writer_mutex);
     SIZE(stx_header);
 

@@ -1,8 +1,12 @@
 /*
  * unit_undo.c -- the undo log: records, replay newest first on rollback,
- * an empty log after commit, the size limit, and validation of a damaged
+ * an empty log after commit, the size cap, logging the whole region,
+ * undo space reserved on demand and given back, and validation of a damaged
  * log before anything of it is applied.
  */
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include "unit.h"
 
 #define SIZE 4096
@@ -117,25 +121,126 @@ test_cache_logs_a_range_once(void)
     unit_drop(&seg, name);
 }
 
-/* A txn that outgrows the log is refused before it writes. */
+/* A txn that outgrows an undo_size= cap is refused before it writes.
+ * The cap counts old bytes (a page more holds the records' headers). */
 static void
-test_a_txn_larger_than_the_log_is_refused(void)
+test_a_txn_larger_than_the_cap_is_refused(void)
 {
     stx_segment seg;
     char name[STX_NAME_MAX + 1];
-    unit_slots(&seg, name, SIZE, 256, 0, initial);
-    CHECK_EQ(seg.undo_size, 256);
+    unit_slots(&seg, name, 4 * SIZE, 256, 0, NULL);
+    CHECK_EQ(seg.undo_size, 2 * STX_PAGE);
     stx_txn txn = {0};
     CHECK_EQ(unit_open(&txn, &seg, 1), 0);
-    uint8_t v[300];
+    uint8_t v[8000], zero[8000] = {0};
     memset(v, 1, sizeof(v));
     CHECK_EQ(stx_write(&txn, 0, v, 200), 0);
-    CHECK_EQ(stx_undo_room(&seg), 256 - 224);
-    CHECK_EQ(stx_write(&txn, 1000, v, 100), STX_ETOOLARGE);
-    CHECK_BYTES(seg.data + 1000, initial + 1000, 100);
-    CHECK_EQ(stx_write(&txn, SIZE - 8, v, 16), STX_ERANGE);
+    CHECK_EQ(stx_undo_room(&seg), 2 * STX_PAGE - 224);
+    CHECK_EQ(stx_write(&txn, 1000, v, 8000), STX_ETOOLARGE);
+    CHECK(strstr(stx_detail(), "8248 bytes") != NULL);
+    CHECK_BYTES(seg.data + 1000, zero, 8000);
+    CHECK_EQ(stx_write(&txn, 4 * SIZE - 8, v, 16), STX_ERANGE);
+    CHECK_EQ(stx_txn_end(&txn, 0), 0);
+    CHECK_BYTES(seg.data, zero, 1000);
+    unit_drop(&seg, name);
+}
+
+/* Once the log would outgrow the data, the whole data region is logged
+ * as one record and nothing more: the log stays under twice the data,
+ * and rollback (newest first) still restores the bytes from before. */
+static void
+test_a_log_past_the_data_logs_the_whole_region(void)
+{
+    stx_segment seg;
+    char name[STX_NAME_MAX + 1];
+    unit_slots(&seg, name, SIZE, 0, 0, initial);
+    CHECK(seg.undo_size >= 2 * SIZE + 48);
+    stx_txn txn = {0};
+    CHECK_EQ(unit_open(&txn, &seg, 1), 0);
+    for (int round = 0; round < 3; round++) {
+        for (uint64_t at = 0; at < SIZE; at += 8) {
+            uint64_t v = at * 31 + (uint64_t)round;
+            CHECK_EQ(stx_write(&txn, at, &v, 8), 0);
+        }
+    }
+    uint64_t used = atomic_load(&seg.hdr->undo_used);
+    CHECK(txn.logged_all);
+    CHECK(used > SIZE && used <= 2 * SIZE + 48);
+    CHECK_EQ(stx_undo_validate(&seg), 0);
     CHECK_EQ(stx_txn_end(&txn, 0), 0);
     CHECK_BYTES(seg.data, initial, SIZE);
+    /* a fresh txn logs record by record again */
+    CHECK_EQ(unit_open(&txn, &seg, 1), 0);
+    uint64_t v = 5;
+    CHECK_EQ(stx_write(&txn, 8, &v, 8), 0);
+    CHECK_EQ(atomic_load(&seg.hdr->undo_used), 32);
+    CHECK_EQ(stx_txn_end(&txn, 1), 0);
+    unit_drop(&seg, name);
+}
+
+/* Bytes of the segment's file backed by pages. */
+static uint64_t
+allocated(const stx_segment *seg)
+{
+    struct stat st;
+    return fstat(seg->file->fd, &st) == 0 ? (uint64_t)st.st_blocks * 512
+                                          : 0;
+}
+
+/* Creation backs no undo bytes; the first write reserves the base; a
+ * big txn reserves what it needs and gives it back when it ends. */
+static void
+test_undo_space_is_reserved_on_demand_and_given_back(void)
+{
+    stx_segment seg;
+    char name[STX_NAME_MAX + 1];
+    const uint64_t data = 4u << 20, base = 64u << 10;
+    unit_slots(&seg, name, data, 0, 0, NULL);
+    CHECK_EQ(atomic_load(&seg.hdr->undo_reserved), 0);
+    uint64_t at_rest = allocated(&seg);
+    CHECK(at_rest < seg.hdr->undo_off + data + STX_PAGE);
+    static uint8_t big[2u << 20];
+    memset(big, 9, sizeof(big));
+    for (int commit = 0; commit < 2; commit++) {
+        stx_txn txn = {0};
+        CHECK_EQ(unit_open(&txn, &seg, 1), 0);
+        uint64_t v = 1;
+        CHECK_EQ(stx_write(&txn, 0, &v, 8), 0);
+        CHECK_EQ(atomic_load(&seg.hdr->undo_reserved), base);
+        CHECK_EQ(stx_write(&txn, 8, big, sizeof(big)), 0);
+        CHECK(atomic_load(&seg.hdr->undo_reserved) >= sizeof(big) + 56);
+        CHECK(allocated(&seg) >= at_rest + sizeof(big));
+        CHECK_EQ(stx_txn_end(&txn, commit), 0);
+        CHECK_EQ(atomic_load(&seg.hdr->undo_reserved), base);
+        CHECK(allocated(&seg) <= at_rest + base + STX_PAGE);
+    }
+    CHECK_BYTES(seg.data + 8, big, sizeof(big));
+    unit_drop(&seg, name);
+}
+
+/* Recovery's shrink punches pages a dead writer reserved without counting
+ * them, and makes a damaged count true again. */
+static void
+test_shrink_for_recovery_frees_uncounted_pages(void)
+{
+    stx_segment seg;
+    char name[STX_NAME_MAX + 1];
+    const uint64_t data = 4u << 20;
+    unit_slots(&seg, name, data, 0, 0, NULL);
+    uint64_t at_rest = allocated(&seg);
+    CHECK_EQ(posix_fallocate(seg.file->fd, (off_t)(seg.hdr->undo_off
+                                                   + (1u << 20)),
+                             1u << 20), 0);
+    CHECK(allocated(&seg) >= at_rest + (1u << 20));
+    CHECK_EQ(stx_undo_shrink(&seg, 0), 0); /* a commit's: counted only */
+    CHECK(allocated(&seg) >= at_rest + (1u << 20));
+    CHECK_EQ(stx_undo_shrink(&seg, 1), 0);
+    CHECK(allocated(&seg) <= at_rest + STX_PAGE);
+    atomic_store(&seg.hdr->undo_reserved, seg.undo_size + STX_PAGE);
+    CHECK_EQ(stx_undo_validate(&seg), STX_ECORRUPT);
+    CHECK_EQ(stx_undo_shrink(&seg, 1), 0);
+    CHECK(atomic_load(&seg.hdr->undo_reserved) <= (64u << 10));
+    CHECK_EQ(stx_undo_validate(&seg), 0);
     unit_drop(&seg, name);
 }
 
@@ -233,7 +338,10 @@ main(void)
     UNIT_RUN(test_rollback_applies_newest_first);
     UNIT_RUN(test_commit_keeps_writes_and_empties_the_log);
     UNIT_RUN(test_cache_logs_a_range_once);
-    UNIT_RUN(test_a_txn_larger_than_the_log_is_refused);
+    UNIT_RUN(test_a_txn_larger_than_the_cap_is_refused);
+    UNIT_RUN(test_a_log_past_the_data_logs_the_whole_region);
+    UNIT_RUN(test_undo_space_is_reserved_on_demand_and_given_back);
+    UNIT_RUN(test_shrink_for_recovery_frees_uncounted_pages);
     UNIT_RUN(test_damaged_logs_fail_validation);
     UNIT_RUN(test_a_failed_rollback_marks_the_segment_unusable);
     return unit_report();

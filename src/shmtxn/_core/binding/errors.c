@@ -27,7 +27,8 @@ static const error_entry table[ERROR_TABLE_SIZE] = {
                      "in /dev/shm"},
     [-STX_EFULL] = {"SegmentFullError", NULL,
                     "free space in /dev/shm (`shmtxn gc` removes "
-                    "leftovers) or ask for less"},
+                    "leftovers) or ask for less; a transaction that ran "
+                    "out of room was rolled back"},
     [-STX_EHEAPFULL] = {"SegmentFullError", NULL,
                         "create the SharedDict with a larger size=, or "
                         "delete keys"},
@@ -39,8 +40,9 @@ static const error_entry table[ERROR_TABLE_SIZE] = {
                         "and pid namespace"},
     [-STX_ETOOLARGE] = {"TransactionTooLarge", NULL,
                         "the transaction was rolled back; create the "
-                        "segment with a larger undo_size=, or split the "
-                        "work into smaller transactions"},
+                        "segment with a larger undo_size= (or none: a "
+                        "SharedMemory's default fits any transaction), or "
+                        "split the work into smaller transactions"},
     [-STX_ENESTED] = {"NestedTransactionError", NULL,
                       "this thread already has a transaction open on this "
                       "segment: use that transaction object instead of "

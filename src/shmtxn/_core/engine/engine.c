@@ -30,6 +30,7 @@ stx_engine_init(void)
             return stx_fail(STX_ESYS, "pthread_atfork failed");
         }
         stx_learn_mutex_kind();
+        (void)stx_shm_dir(); /* SHMTXN_SHM_DIR as it is at init */
         done = 1;
     }
     return 0;

@@ -103,7 +103,8 @@ typedef struct stx_segment {
     uint64_t data_size;
     int read_only;
     int shared_map;     /* `base` is file->maps[read_only], refcounted */
-    int populate;       /* map with MAP_POPULATE: no first-touch faults */
+    int populate;       /* prefault header, slots and data (not the undo
+                           log's holes): no first-touch faults */
     char name[STX_NAME_MAX + 2];
 } stx_segment;
 
@@ -140,6 +141,7 @@ typedef struct stx_txn {
     int write;
     int state;          /* enum stx_txn_state */
     int dirty;          /* a write happened: seq is odd */
+    int logged_all;     /* the whole data region is logged: log no more */
     int32_t slot;       /* read txn: the reader slot it counts in */
     int tracked;        /* set by the owner: list this txn */
     int listed;         /* on the registry now */
@@ -189,14 +191,15 @@ typedef struct stx_layout {
 typedef struct stx_create_opts {
     const stx_layout *layout; /* what the data region holds */
     uint64_t data_size;
-    uint64_t undo_size;     /* 0: the default for data_size */
+    uint64_t undo_size;     /* cap on the undo log; 0: the default, which
+                               any txn of a slots segment fits */
     uint32_t nslots;        /* 0: the default */
     const char *format;
     uint32_t itemsize;
     uint32_t ndim;
     const uint64_t *shape;
     unsigned mode;          /* file mode, e.g. 0600 */
-    int populate;           /* prefault the mapping (MAP_POPULATE) */
+    int populate;           /* prefault header, slots and data */
     const void *initial;    /* data_size bytes to start with, or NULL */
 } stx_create_opts;
 
@@ -370,6 +373,11 @@ int stx_undo_validate(const stx_segment *seg);
  * allocations reference (see layout.h), seq made odd; NULL if the range
  * is outside the data region or the txn cannot write. */
 uint8_t *stx_fresh(stx_txn *txn, uint64_t offset, uint64_t length);
+/* Give back undo space once the log is empty (caller holds the writer
+ * mutex): lower `undo_reserved` to the base, then punch holes past it --
+ * up to where the reservation ended, or with `all` (recovery) to the end
+ * of the region, for pages a dead writer reserved without counting. */
+int stx_undo_shrink(stx_segment *seg, int all);
 /* Bytes still free in the undo log of `seg`. */
 uint64_t stx_undo_room(const stx_segment *seg);
 /* Write `length` bytes at `offset` into space only this txn's own

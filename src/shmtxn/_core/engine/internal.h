@@ -26,8 +26,10 @@
 
 #include "engine.h"
 
-/* Where POSIX shm objects appear as files (for stat before shm_open). */
-#define STX_SHM_DIR "/dev/shm/"
+/* Where segments live by default: on Linux a POSIX shm object `/x` is
+ * the file /dev/shm/x (shm_open is open() there).  SHMTXN_SHM_DIR names
+ * another directory (tests use a small private tmpfs). */
+#define STX_SHM_DIR_DEFAULT "/dev/shm"
 /* fcntl lock byte 0 of a segment's file is the creator's init lock;
  * byte `pid` is the liveness beacon of process `pid`. */
 #define STX_INIT_LOCK_BYTE 0
@@ -68,6 +70,15 @@ void stx_process_after_fork(void);
 
 /* --- mapping.c --- */
 
+/* The directory segments live in: $SHMTXN_SHM_DIR as it was when first
+ * asked (stx_engine_init asks), else /dev/shm. */
+const char *stx_shm_dir(void);
+/* Open the file of segment `name` (a checked name) with open(2) `flags`
+ * (O_NOFOLLOW and O_CLOEXEC added) and `mode`; -1 and errno on failure. */
+int stx_open_segment_file(const char *name, int flags, unsigned mode);
+/* The path of segment `name` in stx_shm_dir(), into `buf` of `size`
+ * bytes; STX_EINVAL if it does not fit. */
+int stx_segment_path(const char *name, char *buf, size_t size);
 /* Take and drop the registry lock.  Creation holds it from opening the
  * name until stx_file_adopt, so no other thread of the process opens (and
  * closes) a second fd of the file meanwhile: that would drop our locks. */
@@ -87,8 +98,12 @@ void stx_file_release(stx_file *file);
  * open under our new pid, forget the parent's slot and txn count, and
  * call `each` on the file (readers.c claims a slot there). */
 void stx_files_after_fork(void (*each)(stx_file *file));
-/* Map the first `size` bytes of the segment read-write. */
+/* Map the first `size` bytes of the segment read-write (nothing is
+ * prefaulted: the undo log's holes must stay holes). */
 int stx_map_file(stx_segment *seg, size_t size, uint8_t **out);
+/* For a handle opened with `populate`: prefault its header, slots and
+ * data pages (never the undo log's, which would allocate its holes). */
+void stx_populate(stx_segment *seg);
 /* Make the handle's fresh mapping the one its process's handles of the
  * same kind share (if there is none yet). */
 void stx_share_mapping(stx_segment *seg);

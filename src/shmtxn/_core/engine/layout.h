@@ -3,7 +3,11 @@
  *
  * A segment is one POSIX shm object, laid out as (offsets from its start):
  *
- *   [ header: 1 page ][ reader slots ][ undo log ][ data (page aligned) ]
+ *   [ header: 1 page ][ reader slots ][ undo log (virtual) ][ data ]
+ *
+ * (the undo log and the data start on page boundaries).  The undo log
+ * region is sparse: only its reserved prefix is backed by pages (see
+ * "Undo space" above stx_header).
  *
  * Everything inside is an offset, never a pointer: every process maps the
  * segment at a different address.  docs/format.md documents these fields
@@ -28,7 +32,7 @@
 /* Stored first, while the creator builds the header: tells a half-built
  * shmtxn segment from another program's zero-filled one. */
 #define STX_MAGIC_BUILDING 0x444c4955425854ULL /* "TXBUILD" */
-#define STX_FORMAT_VERSION 2u
+#define STX_FORMAT_VERSION 3u
 #define STX_CACHE_LINE 64u
 #define STX_PAGE 4096u
 #define STX_MAX_NDIM 8u
@@ -112,16 +116,44 @@ typedef struct stx_reader_slot {
  * release_writer), in this order: on rollback, replay the log; then
  * `undo_used` = 0 (release) -- the commit point --, then `seq` + 1, even
  * again (release), then `modified_ns` and `commits` (commit only), then
- * `writer_pid` = 0, `writer_flag` = 0 (release), unlock.  A txn that never
+ * `undo_reserved` lowered to the base and holes punched past it (only if
+ * the txn reserved more; see "Undo space" below), then `writer_pid` = 0, `writer_flag` = 0 (release), unlock.  A txn that never
  * wrote touches neither `undo_used` nor `seq`.  (Emptying the log before
  * `seq` turns even means a writer killed between the two stores has
  * nothing replayed; recovery then only makes `seq` even.)
  *
+ * Undo space (undo.c): the undo region is `undo_size` bytes of the file,
+ * most of them holes (tmpfs charges only pages that exist).  Its first
+ * `undo_reserved` bytes (a multiple of the page size) are backed by
+ * posix_fallocate, so a write below it can never SIGBUS; `undo_used` <=
+ * `undo_reserved` <= `undo_size` always.  A writer (holding the mutex)
+ * about to append a record ending past `undo_reserved` first calls
+ * posix_fallocate for the missing pages (at least up to the base, then in
+ * steps of at least 1 MiB or a quarter of what is reserved), then stores
+ * the new `undo_reserved` (release), then writes the record; a full file
+ * system fails the write with STX_EFULL before anything is written.  After
+ * a txn that wrote, once `undo_used` is 0 (the log holds nothing to
+ * replay), the writer lowers `undo_reserved` to the base -- 64 KiB, or
+ * `undo_size` if smaller -- (release) and only then punches holes
+ * (FALLOC_FL_PUNCH_HOLE) from the base to where the reservation ended.
+ * Lowering before punching keeps the invariant: a writer killed between
+ * the two leaves pages nobody counts (freed by the next recovery), never a
+ * count of pages that are gone.  A writer killed after posix_fallocate but
+ * before storing `undo_reserved` leaves uncounted pages too.  So recovery,
+ * after replaying and emptying the log, lowers `undo_reserved` to the base
+ * and punches everything from the base to the end of the region.
+ *
+ * A slots segment's log never needs more than about twice the data: once
+ * a record would take the log past `data_size` bytes, the writer logs the
+ * whole data region as one record instead and logs nothing more in that
+ * txn (rollback applies records newest first, so the older records still
+ * restore what the txn changed before the whole-region record).
+ *
  * Recovery (lock.c, stx_recover): whoever locks the mutex and gets
  * EOWNERDEAD records itself in `writer_pid`, replays the undo log
- * backwards, clears it, makes `seq` even, reaps dead readers' slots, clears
- * `writer_flag` and `writer_pid`, and only then marks the mutex
- * consistent.  If any step fails it sets `unrecoverable` (and `seq` odd
+ * backwards, clears it, makes `seq` even, gives back undo space as above,
+ * reaps dead readers' slots, clears `writer_flag` and `writer_pid`, and
+ * only then marks the mutex consistent.  If any step fails it sets `unrecoverable` (and `seq` odd
  * for good) before unlocking without consistent: from then on every txn
  * in every process fails at once with CorruptSegmentError, and lock-free
  * reads fall back to the lock and fail too.  The mutex is never tried
@@ -176,6 +208,8 @@ typedef struct stx_header {
     _Atomic uint64_t commits;        /* committed write txns */
     _Atomic uint64_t recoveries;     /* dead writers rolled back */
     _Atomic uint64_t modified_ns;    /* CLOCK_REALTIME of the last commit */
+    _Atomic uint64_t undo_reserved;  /* bytes of the undo region backed by
+                                        posix_fallocate (a page multiple) */
 
     /* --- the writer mutex: robust and process-shared --- */
     alignas(STX_CACHE_LINE) pthread_mutex_t writer_mutex;
@@ -204,6 +238,8 @@ _Static_assert(offsetof(stx_header, unrecoverable) == 280,
 _Static_assert(offsetof(stx_header, pid_ns) == 288, "format.md: pid_ns");
 _Static_assert(offsetof(stx_header, undo_used) == 320,
                "format.md: undo line");
+_Static_assert(offsetof(stx_header, undo_reserved) == 352,
+               "format.md: undo_reserved");
 _Static_assert(offsetof(stx_header, writer_mutex) == 384,
                "format.md: mutex");
 _Static_assert(sizeof(stx_reader_slot) == STX_CACHE_LINE,

@@ -107,6 +107,9 @@ stx_recover(stx_segment *seg)
     if (seq & 1u) {
         atomic_store_explicit(&hdr->seq, seq + 1, memory_order_release);
     }
+    /* the dead writer may have reserved pages it never counted */
+    stx_undo_shrink(seg, 1);
+    stx_crash_point("recover:after_shrink");
     stx_slots_reap(seg);
     atomic_store(&hdr->writer_flag, 0);
     atomic_store(&hdr->writer_pid, 0);
@@ -543,6 +546,7 @@ stx_txn_init(stx_txn *txn, stx_segment *seg, int write)
     txn->seg = seg;
     txn->write = write;
     txn->dirty = 0;
+    txn->logged_all = 0;
     txn->slot = -1;
     txn->serial++;
     txn->fork_gen = stx_fork_gen;
@@ -621,8 +625,8 @@ stx_txn_cancel(stx_txn *txn)
     txn->state = STX_TXN_IDLE;
 }
 
-/* Finish a write txn's data: roll back or commit, then seq even.  The
- * log is emptied before seq turns even: a writer killed between the two
+/* Finish a write txn's data: roll back or commit, then seq even, then
+ * give back undo space.  The log is emptied before seq turns even: a writer killed between the two
  * leaves nothing to replay, and recovery only evens seq. */
 static int
 finish_writes(stx_txn *txn, int commit)
@@ -645,6 +649,9 @@ finish_writes(stx_txn *txn, int commit)
                               memory_order_relaxed);
         atomic_fetch_add_explicit(&hdr->commits, 1, memory_order_relaxed);
     }
+    /* the log is empty now: give back what this txn reserved past the
+     * base (a one-off big txn does not pin memory) */
+    stx_undo_shrink(txn->seg, 0);
     return 0;
 }
 

@@ -15,9 +15,11 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,6 +28,55 @@
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static stx_file *registry;
+
+/* ------------------------------------------------------------------ */
+/* where segments live                                                 */
+
+static pthread_once_t dir_once = PTHREAD_ONCE_INIT;
+static char shm_dir[PATH_MAX];
+
+/* Read SHMTXN_SHM_DIR once (an empty value means the default). */
+static void
+read_shm_dir(void)
+{
+    const char *env = getenv("SHMTXN_SHM_DIR");
+    const char *dir = env != NULL && env[0] != '\0' && strlen(env) < PATH_MAX
+                      ? env : STX_SHM_DIR_DEFAULT;
+    snprintf(shm_dir, sizeof(shm_dir), "%s", dir);
+    size_t len = strlen(shm_dir);
+    while (len > 1 && shm_dir[len - 1] == '/') {
+        shm_dir[--len] = '\0';
+    }
+}
+
+const char *
+stx_shm_dir(void)
+{
+    pthread_once(&dir_once, read_shm_dir);
+    return shm_dir;
+}
+
+int
+stx_segment_path(const char *name, char *buf, size_t size)
+{
+    int n = snprintf(buf, size, "%s/%s", stx_shm_dir(), name);
+    if (n < 0 || (size_t)n >= size) {
+        return stx_fail(STX_EINVAL, "the path of segment '%s' in %s is too "
+                        "long", name, stx_shm_dir());
+    }
+    return 0;
+}
+
+int
+stx_open_segment_file(const char *name, int flags, unsigned mode)
+{
+    char path[PATH_MAX];
+    if (stx_segment_path(name, path, sizeof(path)) != 0) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    return open(path, flags | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+}
 
 void
 stx_files_lock(void)
@@ -93,8 +144,11 @@ stx_file_adopt(int fd, const char *name, stx_file **out)
 int
 stx_file_open(const char *name, stx_file **out)
 {
-    char path[sizeof(STX_SHM_DIR) + STX_NAME_MAX + 1];
-    snprintf(path, sizeof(path), STX_SHM_DIR "%s", name);
+    char path[PATH_MAX];
+    int rc = stx_segment_path(name, path, sizeof(path));
+    if (rc != 0) {
+        return rc;
+    }
     struct stat st;
     pthread_mutex_lock(&registry_lock);
     if (stat(path, &st) == 0) {
@@ -106,10 +160,7 @@ stx_file_open(const char *name, stx_file **out)
             return 0;
         }
     }
-    char shm_name[STX_NAME_MAX + 2];
-    snprintf(shm_name, sizeof(shm_name), "/%s", name);
-    int fd = shm_open(shm_name, O_RDWR | O_CLOEXEC, 0);
-    int rc;
+    int fd = stx_open_segment_file(name, O_RDWR, 0);
     if (fd < 0) {
         rc = stx_fail_errno(errno, "attach", name);
         if (rc == STX_ENOENT) {
@@ -159,14 +210,38 @@ stx_files_after_fork(void (*each)(stx_file *file))
 int
 stx_map_file(stx_segment *seg, size_t size, uint8_t **out)
 {
-    int flags = MAP_SHARED | (seg->populate ? MAP_POPULATE : 0);
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, seg->file->fd,
-                   0);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   seg->file->fd, 0);
     if (p == MAP_FAILED) {
         return stx_fail_errno(errno, "mmap", seg->name);
     }
     *out = p;
     return 0;
+}
+
+/* Prefault [p, p+len) of a read-write mapping of backed pages:
+ * MADV_POPULATE_WRITE, or on kernels before 5.14 a read of every page. */
+static void
+prefault(uint8_t *p, size_t len)
+{
+#ifdef MADV_POPULATE_WRITE
+    if (madvise(p, len, MADV_POPULATE_WRITE) == 0 || errno != EINVAL) {
+        return; /* done, or failed for want of pages: never touch then */
+    }
+#endif
+    for (size_t i = 0; i < len; i += STX_PAGE) {
+        (void)*(volatile uint8_t *)(p + i);
+    }
+}
+
+void
+stx_populate(stx_segment *seg)
+{
+    if (!seg->populate) {
+        return;
+    }
+    prefault(seg->base, (size_t)seg->hdr->undo_off);
+    prefault(seg->data, (size_t)stx_round_up(seg->data_size, STX_PAGE));
 }
 
 void

@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,11 +93,18 @@ fill_handle(stx_segment *seg, uint8_t *base, size_t map_size)
 /* ------------------------------------------------------------------ */
 /* creation                                                            */
 
+/* How a new segment's file is backed at once: its first `front` bytes
+ * (header and slots) and `data` bytes from data_off.  The undo log in
+ * between is reserved only as txns need it (undo.c). */
+typedef struct backing {
+    uint64_t front;
+    uint64_t data;
+} backing;
+
 /* Lay out the regions for `opts` into `hdr` (not yet mapped memory), as
- * the layout plans them; *reserve: the bytes of the file to back with
- * pages at once. */
+ * the layout plans them; *back: what to back with pages at once. */
 static int
-plan_layout(stx_header *hdr, const stx_create_opts *opts, uint64_t *reserve)
+plan_layout(stx_header *hdr, const stx_create_opts *opts, backing *back)
 {
     const stx_layout *layout = opts->layout;
     if (layout == NULL || layout->plan == NULL) {
@@ -109,74 +117,91 @@ plan_layout(stx_header *hdr, const stx_create_opts *opts, uint64_t *reserve)
         return stx_fail(STX_EINVAL, "max_processes is at most %u",
                         MAX_NSLOTS);
     }
-    uint64_t undo = opts->undo_size ? stx_round_up(opts->undo_size, 8)
-                                    : plan.undo_size;
-    if (opts->data_size > (1ull << 46) || opts->undo_size > (1ull << 40)
-        || undo > (1ull << 40)) { /* the first undo test: before rounding
-                                     up wrapped it */
+    if (opts->data_size > (1ull << 46) || opts->undo_size > (1ull << 46)) {
         return stx_fail(STX_EFULL, "asked for %llu data bytes and %llu undo"
                         " bytes: more than any machine has",
                         (unsigned long long)opts->data_size,
-                        (unsigned long long)undo);
+                        (unsigned long long)opts->undo_size);
     }
+    /* a cap of N bytes holds a record of N old bytes: its header and
+     * trailer are on us (one page) */
+    uint64_t undo = opts->undo_size
+                    ? stx_round_up(opts->undo_size, STX_PAGE) + STX_PAGE
+                    : stx_round_up(plan.undo_size, STX_PAGE);
     hdr->header_size = (uint32_t)stx_round_up(sizeof(stx_header), STX_PAGE);
     hdr->slots_off = hdr->header_size;
     hdr->nslots = nslots;
     hdr->slot_size = sizeof(stx_reader_slot);
-    hdr->undo_off = hdr->slots_off + (uint64_t)nslots * sizeof(stx_reader_slot);
+    hdr->undo_off = stx_round_up(hdr->slots_off
+                                 + (uint64_t)nslots * sizeof(stx_reader_slot),
+                                 STX_PAGE);
     hdr->undo_size = undo;
-    hdr->data_off = stx_round_up(hdr->undo_off + undo, STX_PAGE);
+    hdr->data_off = hdr->undo_off + undo;
     hdr->data_size = opts->data_size;
     hdr->layout_kind = layout->kind;
     hdr->total_size = stx_round_up(hdr->data_off + opts->data_size, STX_PAGE);
-    *reserve = plan.data_reserve >= opts->data_size
-               ? hdr->total_size : hdr->data_off + plan.data_reserve;
+    back->front = hdr->undo_off;
+    back->data = plan.data_reserve >= opts->data_size
+                 ? hdr->total_size - hdr->data_off : plan.data_reserve;
     return 0;
 }
 
-/* Refuse up front what /dev/shm cannot hold, so a full tmpfs is a clear
- * error now and never a SIGBUS later. */
+/* Refuse up front what the segment directory cannot hold, so a full
+ * tmpfs is a clear error now and never a SIGBUS later. */
 static int
-check_free_space(int fd, uint64_t total, const char *name)
+check_free_space(int fd, uint64_t needed, const char *name)
 {
     struct statvfs vfs;
     if (fstatvfs(fd, &vfs) != 0) {
         return 0; /* let posix_fallocate decide */
     }
     uint64_t free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-    if (total > free_bytes) {
-        return stx_fail(STX_EFULL, "segment '%s' needs %llu bytes but "
-                        "/dev/shm has %llu free", name,
-                        (unsigned long long)total,
-                        (unsigned long long)free_bytes);
+    if (needed > free_bytes) {
+        return stx_fail(STX_EFULL, "segment '%s' needs %llu bytes but %s "
+                        "has %llu free", name, (unsigned long long)needed,
+                        stx_shm_dir(), (unsigned long long)free_bytes);
     }
     return 0;
 }
 
-/* Size the file to `total` bytes and back its first `reserve` bytes with
- * real pages now (posix_fallocate): nothing below `reserve` can SIGBUS
- * later.  The layout's plan says how much: the slots layout all of it, the
- * dict its first heap pages (it reserves the rest as its heap grows). */
+/* posix_fallocate [off, +len) of `fd`, as an engine error. */
 static int
-reserve_space(int fd, uint64_t total, uint64_t reserve, const char *name)
+fallocate_range(int fd, uint64_t off, uint64_t len, uint64_t needed,
+                const char *name)
 {
-    int rc = check_free_space(fd, reserve, name);
-    if (rc != 0) {
-        return rc;
-    }
-    if (reserve < total && ftruncate(fd, (off_t)total) != 0) {
-        return stx_fail_errno(errno, "sizing", name);
-    }
-    int err = posix_fallocate(fd, 0, (off_t)reserve);
+    int err = len ? posix_fallocate(fd, (off_t)off, (off_t)len) : 0;
     if (err == ENOSPC || err == EFBIG) {
-        return stx_fail(STX_EFULL, "segment '%s' needs %llu bytes but "
-                        "/dev/shm ran out of space", name,
-                        (unsigned long long)reserve);
+        return stx_fail(STX_EFULL, "segment '%s' needs %llu bytes but %s "
+                        "ran out of space", name,
+                        (unsigned long long)needed, stx_shm_dir());
     }
     if (err != 0) {
         return stx_fail_errno(err, "reserving space", name);
     }
     return 0;
+}
+
+/* Size the file to `total` bytes and back what `back` says with real
+ * pages now (posix_fallocate): nothing there can SIGBUS later.  The rest
+ * are holes: the undo log (reserved by txns as they need it) and, for a
+ * dict, the heap past its first pages (reserved as it grows). */
+static int
+reserve_space(int fd, const stx_header *plan, const backing *back,
+              const char *name)
+{
+    uint64_t needed = back->front + back->data;
+    int rc = check_free_space(fd, needed, name);
+    if (rc != 0) {
+        return rc;
+    }
+    if (ftruncate(fd, (off_t)plan->total_size) != 0) {
+        return stx_fail_errno(errno, "sizing", name);
+    }
+    rc = fallocate_range(fd, 0, back->front, needed, name);
+    if (rc == 0) {
+        rc = fallocate_range(fd, plan->data_off, back->data, needed, name);
+    }
+    return rc;
 }
 
 /* Initialise the robust, process-shared writer mutex. */
@@ -274,11 +299,10 @@ static int
 build_segment(stx_segment *seg, const stx_create_opts *opts)
 {
     stx_header plan = {0};
-    uint64_t reserve = 0;
-    int rc = plan_layout(&plan, opts, &reserve);
+    backing back = {0};
+    int rc = plan_layout(&plan, opts, &back);
     if (rc == 0) {
-        rc = reserve_space(seg->file->fd, plan.total_size, reserve,
-                           seg->name);
+        rc = reserve_space(seg->file->fd, &plan, &back, seg->name);
     }
     stx_crash_point("create:after_reserve");
     uint8_t *base = NULL;
@@ -290,8 +314,9 @@ build_segment(stx_segment *seg, const stx_create_opts *opts)
         memcpy(base + sizeof(plan.magic), (uint8_t *)&plan + sizeof(plan.magic),
                offsetof(stx_header, format) - sizeof(plan.magic));
         fill_handle(seg, base, plan.total_size);
+        stx_populate(seg);
         stx_share_mapping(seg);
-        rc = init_header(seg, opts, reserve - plan.data_off);
+        rc = init_header(seg, opts, back.data);
         if (rc != 0) {
             stx_unmap_handle(seg);
         }
@@ -309,11 +334,14 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
     }
     snprintf(seg->name, sizeof(seg->name), "%s", name);
     seg->populate = opts->populate;
-    char shm_name[STX_NAME_MAX + 2];
-    snprintf(shm_name, sizeof(shm_name), "/%s", name);
+    char path[PATH_MAX];
+    rc = stx_segment_path(name, path, sizeof(path));
+    if (rc != 0) {
+        return rc;
+    }
     stx_files_lock();
-    int fd = shm_open(shm_name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
-                      opts->mode ? opts->mode : 0600);
+    int fd = stx_open_segment_file(name, O_RDWR | O_CREAT | O_EXCL,
+                                   opts->mode ? opts->mode : 0600);
     if (fd < 0) {
         stx_files_unlock();
         rc = stx_fail_errno(errno, "create", name);
@@ -329,7 +357,7 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
         || stx_lock_byte(fd, F_WRLCK, STX_INIT_LOCK_BYTE, F_SETLK) != 0) {
         rc = stx_fail_errno(errno, "setting the mode or init lock of", name);
         close(fd);
-        shm_unlink(shm_name);
+        unlink(path);
         stx_files_unlock();
         return rc;
     }
@@ -340,7 +368,7 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
     if (pwrite(fd, &building, sizeof(building), 0) != sizeof(building)) {
         rc = stx_fail_errno(errno, "create", name);
         close(fd);
-        shm_unlink(shm_name);
+        unlink(path);
         stx_files_unlock();
         return rc;
     }
@@ -352,7 +380,7 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
         rc = build_segment(seg, opts);
         seg->file->creating = 0;
         if (rc != 0) {
-            shm_unlink(shm_name);
+            unlink(path);
             stx_file_release(seg->file);
             seg->file = NULL;
             return rc;
@@ -361,11 +389,11 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
         rc = stx_slot_ensure(seg);
         if (rc != 0) {
             stx_close(seg);
-            shm_unlink(shm_name);
+            unlink(path);
         }
     }
     else {
-        shm_unlink(shm_name);
+        unlink(path);
     }
     return rc;
 }
@@ -517,8 +545,9 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
         || hdr->slot_size != sizeof(stx_reader_slot)
         || hdr->nslots == 0 || hdr->nslots > MAX_NSLOTS
         || hdr->data_off % STX_PAGE != 0
-        || hdr->slots_off % STX_CACHE_LINE != 0 || hdr->undo_off % 8 != 0
-        || hdr->undo_size % 8 != 0 || hdr->ndim > STX_MAX_NDIM
+        || hdr->slots_off % STX_CACHE_LINE != 0
+        || hdr->undo_off % STX_PAGE != 0 || hdr->undo_size % STX_PAGE != 0
+        || hdr->ndim > STX_MAX_NDIM
         || hdr->layout_kind < STX_LAYOUT_SLOTS
         || hdr->layout_kind > STX_LAYOUT_LAST
         || hdr->itemsize == 0 || hdr->data_size % hdr->itemsize != 0
@@ -669,8 +698,9 @@ attach_mapped(stx_segment *seg, int require_published)
         fill_handle(seg, base, (size_t)size);
         rc = check_pid_ns(seg);
     }
-    if (rc == 0) {
-        rc = fresh ? stx_protect_data(seg) : 0;
+    if (rc == 0 && fresh) {
+        stx_populate(seg);
+        rc = stx_protect_data(seg);
     }
     if (rc == 0 && fresh) {
         stx_share_mapping(seg);
@@ -793,20 +823,20 @@ int
 stx_unlink(const char *name, dev_t dev, ino_t ino)
 {
     int rc = stx_check_name(name);
+    char path[PATH_MAX];
+    if (rc == 0) {
+        rc = stx_segment_path(name, path, sizeof(path));
+    }
     if (rc != 0) {
         return rc;
     }
-    char path[sizeof(STX_SHM_DIR) + STX_NAME_MAX + 1];
-    snprintf(path, sizeof(path), STX_SHM_DIR "%s", name);
     struct stat st;
     if (ino != 0 && stat(path, &st) == 0
         && (st.st_dev != dev || st.st_ino != ino)) {
         return stx_fail(STX_ENOENT, "'%s' now names another segment",
                         name);
     }
-    char shm_name[STX_NAME_MAX + 2];
-    snprintf(shm_name, sizeof(shm_name), "/%s", name);
-    if (shm_unlink(shm_name) != 0) {
+    if (unlink(path) != 0) {
         return stx_fail_errno(errno, "unlink", name);
     }
     return 0;

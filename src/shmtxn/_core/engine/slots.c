@@ -5,21 +5,19 @@
  */
 #include "internal.h"
 
+/* The default undo log of a slots segment: room for any txn.  undo.c
+ * logs the whole data region once a txn's log would outgrow it, so a log
+ * never holds more than the data, plus one record, plus the data again.
+ * Only the pages a txn uses are ever reserved: the rest is a hole. */
 uint64_t
 stx_default_undo_size(uint64_t data_size)
 {
-    uint64_t size = data_size * 4;
-    if (size > (64ull << 20)) {
-        size = 64ull << 20;
-    }
-    if (size < (16ull << 10)) {
-        size = 16ull << 10;
-    }
-    return stx_round_up(size, STX_PAGE);
+    uint64_t data = stx_round_up(data_size, 8);
+    return stx_round_up(2 * data + 2 * (16 + 8), STX_PAGE);
 }
 
-/* The slots layout's plan: the default undo log above, and every byte
- * backed at once (a write to an item can then never SIGBUS). */
+/* The slots layout's plan: the default undo log above, and every data
+ * byte backed at once (a write to an item can then never SIGBUS). */
 static void
 slots_plan(uint64_t data_size, stx_layout_plan *plan)
 {

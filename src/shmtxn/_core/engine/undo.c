@@ -6,19 +6,31 @@
  * its end without any memory of its own (it runs in recovery, too).
  *
  * Publication order for one write (see layout.h): make seq odd if this is
- * the txn's first write; write the record past `undo_used`; store the new
+ * the txn's first write; reserve undo space if the record would end past
+ * `undo_reserved`; write the record past `undo_used`; store the new
  * `undo_used` with release order; only then write the data in place.  A
  * writer killed between any two of these leaves either an unpublished
  * record (ignored, data untouched) or a published one (replayed: the data
- * gets its old bytes back, whether or not it was changed).
+ * gets its old bytes back, whether or not it was changed), and perhaps
+ * pages reserved past the count, which recovery punches out.
+ *
+ * Undo space is reserved on demand and given back after the txn
+ * (stx_undo_shrink); layout.h ("Undo space") has the protocol.
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/statvfs.h>
 
 #include "internal.h"
 #include "seqlock.h"
 
+/* Undo bytes kept reserved between txns (or undo_size, if smaller). */
+#define UNDO_BASE (64ull << 10)
+/* The least a reservation grows by past the base. */
+#define UNDO_STEP (1ull << 20)
 #define RECORD_OVERHEAD (sizeof(stx_undo_record) + sizeof(uint64_t))
 
 /* `n` rounded up to a multiple of 8. */
@@ -43,18 +55,37 @@ check_range(const stx_segment *seg, uint64_t offset, uint64_t length)
     return 0;
 }
 
-/* The log length, checked: it is shared memory. */
+/* The reserved length of the log, checked: it is shared memory. */
 static int
-log_used(const stx_segment *seg, uint64_t *used)
+log_reserved(const stx_segment *seg, uint64_t *reserved)
 {
-    *used = atomic_load_explicit(&seg->hdr->undo_used, memory_order_acquire);
-    if (*used > seg->undo_size || *used % 8 != 0) {
+    *reserved = atomic_load_explicit(&seg->hdr->undo_reserved,
+                                     memory_order_acquire);
+    if (*reserved > seg->undo_size || *reserved % STX_PAGE != 0) {
         return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its undo "
-                        "log claims %llu of %llu bytes", seg->name,
-                        (unsigned long long)*used,
+                        "log claims %llu of %llu bytes reserved", seg->name,
+                        (unsigned long long)*reserved,
                         (unsigned long long)seg->undo_size);
     }
     return 0;
+}
+
+/* The log length, checked: it is shared memory.  Only bytes below the
+ * reservation are ever read (a hole read through a mapping would
+ * allocate a page, and SIGBUS on a full file system). */
+static int
+log_used(const stx_segment *seg, uint64_t *used)
+{
+    uint64_t reserved;
+    *used = atomic_load_explicit(&seg->hdr->undo_used, memory_order_acquire);
+    int rc = log_reserved(seg, &reserved);
+    if (rc == 0 && (*used > reserved || *used % 8 != 0)) {
+        rc = stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its undo "
+                      "log claims %llu bytes, %llu of them reserved",
+                      seg->name, (unsigned long long)*used,
+                      (unsigned long long)reserved);
+    }
+    return rc;
 }
 
 /* The record that ends at `end`, checked; NULL (and a detail) if bad. */
@@ -142,6 +173,116 @@ stx_undo_rollback(stx_segment *seg)
 }
 
 /* ------------------------------------------------------------------ */
+/* undo space: reserved on demand, given back after the txn            */
+
+/* The undo bytes kept reserved between txns. */
+static uint64_t
+undo_base(const stx_segment *seg)
+{
+    return seg->undo_size < UNDO_BASE ? seg->undo_size : UNDO_BASE;
+}
+
+/* Free bytes of the file system holding the segment (0 if unknown). */
+static uint64_t
+free_bytes(const stx_segment *seg)
+{
+    struct statvfs vfs;
+    if (fstatvfs(seg->file->fd, &vfs) != 0) {
+        return 0;
+    }
+    return (uint64_t)vfs.f_bavail * vfs.f_frsize;
+}
+
+/* Back [reserved, want) of the undo region with pages. */
+static int
+fallocate_log(stx_segment *seg, uint64_t reserved, uint64_t want)
+{
+    return posix_fallocate(seg->file->fd,
+                           (off_t)(seg->hdr->undo_off + reserved),
+                           (off_t)(want - reserved));
+}
+
+/* Make sure the first `need` bytes of the undo log are backed by pages
+ * before a record is written there (caller holds the writer mutex and
+ * checked need <= undo_size).  STX_EFULL, with the numbers, if the file
+ * system has no room. */
+static int
+reserve_log(stx_segment *seg, uint64_t need)
+{
+    uint64_t reserved;
+    int rc = log_reserved(seg, &reserved);
+    if (rc != 0 || need <= reserved) {
+        return rc;
+    }
+    uint64_t step = reserved / 4 > UNDO_STEP ? reserved / 4 : UNDO_STEP;
+    uint64_t want = reserved < undo_base(seg) ? undo_base(seg)
+                                              : reserved + step;
+    uint64_t exact = stx_round_up(need, STX_PAGE);
+    want = want < exact ? exact : want;
+    want = want > seg->undo_size ? seg->undo_size : want;
+    int err = fallocate_log(seg, reserved, want);
+    if ((err == ENOSPC || err == EFBIG) && want > exact) {
+        want = exact; /* the slack does not fit: try what this record needs */
+        err = fallocate_log(seg, reserved, want);
+    }
+    if (err == ENOSPC || err == EFBIG) {
+        return stx_fail(STX_EFULL, "a transaction on '%s' needs %llu bytes "
+                        "of undo log, %llu more than are reserved, but %s "
+                        "has %llu bytes free", seg->name,
+                        (unsigned long long)need,
+                        (unsigned long long)(exact - reserved),
+                        stx_shm_dir(), (unsigned long long)free_bytes(seg));
+    }
+    if (err != 0) {
+        return stx_fail_errno(err, "reserving undo space", seg->name);
+    }
+#ifdef MADV_POPULATE_WRITE
+    /* map the new pages in one call rather than fault them one by one as
+     * the record is copied in (a hint: failure costs only speed) */
+    (void)madvise(seg->undo + reserved, (size_t)(want - reserved),
+                  MADV_POPULATE_WRITE);
+#endif
+    stx_crash_point("undo:after_fallocate");
+    atomic_store_explicit(&seg->hdr->undo_reserved, want,
+                          memory_order_release);
+    stx_crash_point("undo:after_reserve");
+    return 0;
+}
+
+int
+stx_undo_shrink(stx_segment *seg, int all)
+{
+    uint64_t used, reserved, base = undo_base(seg);
+    int rc = log_used(seg, &used);
+    if (rc == 0) {
+        rc = log_reserved(seg, &reserved);
+    }
+    if (rc != 0 && all) {
+        reserved = seg->undo_size; /* recovery: make the count true again */
+        used = 0;
+        rc = 0;
+    }
+    if (rc != 0 || used != 0 || (!all && reserved <= base)) {
+        return rc;
+    }
+    uint64_t keep = reserved < base ? reserved : base;
+    atomic_store_explicit(&seg->hdr->undo_reserved, keep,
+                          memory_order_release);
+    stx_crash_point("undo:after_lower");
+    uint64_t end = all ? seg->undo_size : reserved;
+    if (end > base) {
+        /* failure only leaves pages reserved that nobody counts (a file
+         * system without hole punching): nothing to undo */
+        (void)fallocate(seg->file->fd,
+                        FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                        (off_t)(seg->hdr->undo_off + base),
+                        (off_t)(end - base));
+    }
+    stx_crash_point("undo:after_punch");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* writes inside a txn                                                 */
 
 /* The entry of the logged-range cache that `offset` maps to. */
@@ -155,6 +296,9 @@ cache_slot(stx_txn *txn, uint64_t offset)
 static int
 already_logged(stx_txn *txn, uint64_t offset, uint64_t length)
 {
+    if (txn->logged_all) {
+        return 1;
+    }
     if (txn->logged == NULL) {
         return 0;
     }
@@ -186,7 +330,18 @@ mark_dirty(stx_txn *txn)
     txn->dirty = 1;
 }
 
-/* Append one undo record for [offset, +length) and publish it. */
+/* Slots segments may log their whole data region in one record: all of
+ * it is backed since creation, and nothing but the items lives there.
+ * (A dict's region is backed only up to its heap's reservation.) */
+static int
+may_log_whole_region(const stx_segment *seg)
+{
+    return seg->hdr->layout_kind == STX_LAYOUT_SLOTS;
+}
+
+/* Append one undo record for [offset, +length) and publish it.  Once the
+ * log would outgrow a whole copy of the data, log that copy instead and
+ * nothing more (layout.h): a txn's log stays under twice the data. */
 static int
 append_record(stx_txn *txn, uint64_t offset, uint64_t length)
 {
@@ -197,12 +352,27 @@ append_record(stx_txn *txn, uint64_t offset, uint64_t length)
         return rc;
     }
     uint64_t total = RECORD_OVERHEAD + pad8(length);
-    if (total > seg->undo_size - used) {
-        return stx_fail(STX_ETOOLARGE, "the transaction needs more than "
-                        "the %llu-byte undo log of '%s'",
-                        (unsigned long long)seg->undo_size, seg->name);
+    uint64_t whole = RECORD_OVERHEAD + pad8(seg->data_size);
+    int all = 0;
+    if (used + total > seg->data_size && may_log_whole_region(seg)
+        && whole <= seg->undo_size - used) {
+        offset = 0;
+        length = seg->data_size;
+        total = whole;
+        all = 1;
     }
-    /* the log starts on a cache line and `used` is a multiple of 8 */
+    if (total > seg->undo_size - used) {
+        return stx_fail(STX_ETOOLARGE, "a transaction on '%s' needs at "
+                        "least %llu bytes of undo log, more than its "
+                        "%llu-byte cap", seg->name,
+                        (unsigned long long)(used + total),
+                        (unsigned long long)seg->undo_size);
+    }
+    rc = reserve_log(seg, used + total);
+    if (rc != 0) {
+        return rc;
+    }
+    /* the log starts on a page and `used` is a multiple of 8 */
     uint64_t *words = (uint64_t *)(seg->undo + used);
     words[0] = offset;
     words[1] = length;
@@ -215,6 +385,10 @@ append_record(stx_txn *txn, uint64_t offset, uint64_t length)
     words[total / 8 - 1] = total;
     atomic_store_explicit(&seg->hdr->undo_used, used + total,
                           memory_order_release);
+    if (all) {
+        txn->logged_all = 1;
+        stx_crash_point("write:after_whole_region");
+    }
     remember_logged(txn, offset, length);
     return 0;
 }

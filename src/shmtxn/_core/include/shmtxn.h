@@ -62,7 +62,7 @@ extern "C" {
 #define SHMTXN_VERSION_PATCH 0
 #define SHMTXN_VERSION_STRING "0.1.0"
 /* The segment format version this library reads and writes. */
-#define SHMTXN_FORMAT_VERSION 2
+#define SHMTXN_FORMAT_VERSION 3
 
 /* The library's version string; the numbers too, where not NULL. */
 SHMTXN_API const char *shmtxn_version(int *major, int *minor, int *patch);
@@ -128,10 +128,13 @@ typedef struct shmtxn_create_opts {
                                  (NULL: "q", int64) */
     uint32_t ndim;            /* slots: dimensions of `shape` (0: flat) */
     const uint64_t *shape;    /* slots: ndim extents (numpy's view) */
-    uint64_t undo_size;       /* undo log bytes (0: the default) */
+    uint64_t undo_size;       /* cap on a txn's undo log, in old bytes
+                                 (0: none for slots: any txn fits; the
+                                 log's pages are reserved as txns need
+                                 them and given back after) */
     uint32_t max_processes;   /* reader slots (0: the default) */
     unsigned mode;            /* file mode, including 0600 (0: 0600) */
-    int populate;             /* prefault the mapping (MAP_POPULATE) */
+    int populate;             /* prefault header, slots and data */
 } shmtxn_create_opts;
 
 /* Options for shmtxn_attach(); NULL means all defaults. */
