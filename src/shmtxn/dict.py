@@ -128,15 +128,16 @@ def _reattach(cls, name, read_only):
 class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
     """A dict in named shared memory, with transactions.
 
-    ``SharedDict(name=None, create=False, size=64 MiB, *, read_only=False,
+    ``SharedDict(name=None, create=False, size=0, *, read_only=False,
     undo_size=0, max_processes=0, timeout=None, mode=0o600)``
 
     Keys are ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` and
     tuples of them (``1``, ``1.0`` and ``True`` are one key, as in a dict);
     values are anything picklable.  Each operation outside a txn is atomic
     on its own; ``with d.txn() as t:`` makes several atomic together.
-    ``size`` is the most the dict may hold (keys, values and table); pages
-    are only used as it fills.  Lifetimes, pickling, ``mode`` and errors
+    ``size`` is an optional cap on what the dict may hold (keys, values and
+    table); 0, the default, lets it grow until /dev/shm is full.  Pages are only
+    used as it fills.  Lifetimes, pickling, ``mode`` and errors
     are those of ``SharedMemory``.  Values are pickles, and unpickling runs
     code: share a dict only with processes you trust (docs/dict.md).
     """

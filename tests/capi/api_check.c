@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -194,6 +195,25 @@ check_layouts(void)
     shmtxn_key_free(key);
     drop(slots);
     drop(dict);
+
+    /* a dict of the default size is mostly holes: attaching it with
+     * populate prefaults what is backed and never fills the holes */
+    shmtxn_create_opts d0 = {.struct_size = sizeof(d0),
+                             .layout = SHMTXN_LAYOUT_DICT};
+    shmtxn_seg *grow;
+    expect("create_default_dict",
+           shmtxn_create(seg_name(n, sizeof(n), "grow"), &d0, &grow), 0);
+    a.populate = 1;
+    expect("attach_populate_dict", shmtxn_attach(n, &a, &seg), 0);
+    char path[512];
+    const char *dir = getenv("SHMTXN_SHM_DIR");
+    snprintf(path, sizeof(path), "%s/%s", dir && dir[0] ? dir : "/dev/shm",
+             n);
+    struct stat st;
+    expect("populate_keeps_holes", stat(path, &st) == 0
+           && (uint64_t)st.st_blocks * 512 < (16u << 20), 1);
+    shmtxn_close(seg);
+    drop(grow);
 }
 
 /* A thread that tries to begin a txn while the main thread holds one. */

@@ -9,9 +9,6 @@
 
 /* Longest attach wait for a creator still initialising (seconds). */
 #define ATTACH_WAIT_DEFAULT 5.0
-/* The size of a SharedDict created without size=: address space only;
- * pages are reserved as the heap grows. */
-#define DEFAULT_DICT_SIZE (64 << 20)
 
 /* ------------------------------------------------------------------ */
 /* creation and attachment                                             */
@@ -34,7 +31,7 @@ parse_open_args(PyObject *args, PyObject *kwds, open_args *a)
         return -1;
     }
     if (a->create && a->size == 0) {
-        a->size = DEFAULT_DICT_SIZE;
+        a->size = (Py_ssize_t)stx_dict_default_size();
     }
     return 0;
 }

@@ -30,8 +30,6 @@
 #define WAIT_SLICE_NS 20000000ull
 /* How long attach waits for a creator by default (as in Python). */
 #define ATTACH_WAIT_MS 5000
-/* The size of a dict created without one: address space only. */
-#define DEFAULT_DICT_SIZE (64ull << 20)
 
 _Static_assert(SHMTXN_FORMAT_VERSION == STX_FORMAT_VERSION,
                "shmtxn.h names the segment format this engine writes");
@@ -370,7 +368,7 @@ shmtxn_create(const char *name, const shmtxn_create_opts *opts,
                     "include 0600 (got 0%o)", mode);
     }
     if (o.layout == SHMTXN_LAYOUT_DICT) {
-        uint64_t size = o.size ? o.size : DEFAULT_DICT_SIZE;
+        uint64_t size = o.size ? o.size : stx_dict_default_size();
         shape1 = size;
         e = (stx_create_opts){.layout = &stx_dict_layout,
                               .data_size = size, .format = "B",

@@ -73,6 +73,12 @@ void stx_process_after_fork(void);
 /* The directory segments live in: $SHMTXN_SHM_DIR as it was when first
  * asked (stx_engine_init asks), else /dev/shm. */
 const char *stx_shm_dir(void);
+/* Free bytes (for unprivileged users) of the file system holding `fd`;
+ * 0 if it cannot tell. */
+uint64_t stx_fs_free_bytes(int fd);
+/* Total bytes of the file system holding the segment directory; 0 if it
+ * cannot tell. */
+uint64_t stx_shm_dir_total_bytes(void);
 /* Open the file of segment `name` (a checked name) with open(2) `flags`
  * (O_NOFOLLOW and O_CLOEXEC added) and `mode`; -1 and errno on failure. */
 int stx_open_segment_file(const char *name, int flags, unsigned mode);

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -219,6 +220,26 @@ stx_map_file(stx_segment *seg, size_t size, uint8_t **out)
     return 0;
 }
 
+uint64_t
+stx_fs_free_bytes(int fd)
+{
+    struct statvfs vfs;
+    if (fstatvfs(fd, &vfs) != 0) {
+        return 0;
+    }
+    return (uint64_t)vfs.f_bavail * vfs.f_frsize;
+}
+
+uint64_t
+stx_shm_dir_total_bytes(void)
+{
+    struct statvfs vfs;
+    if (statvfs(stx_shm_dir(), &vfs) != 0) {
+        return 0;
+    }
+    return (uint64_t)vfs.f_blocks * vfs.f_frsize;
+}
+
 /* Prefault [p, p+len) of a read-write mapping of backed pages:
  * MADV_POPULATE_WRITE, or on kernels before 5.14 a read of every page. */
 static void
@@ -241,7 +262,21 @@ stx_populate(stx_segment *seg)
         return;
     }
     prefault(seg->base, (size_t)seg->hdr->undo_off);
-    prefault(seg->data, (size_t)stx_round_up(seg->data_size, STX_PAGE));
+    /* only the data pages that are backed: a dict's region is mostly
+     * holes it has not grown into, and prefaulting a hole would fill it */
+    uint64_t start = seg->hdr->data_off;
+    uint64_t end = start + stx_round_up(seg->data_size, STX_PAGE);
+    while (start < end) {
+        off_t data = lseek(seg->file->fd, (off_t)start, SEEK_DATA);
+        if (data < 0 || (uint64_t)data >= end) {
+            break; /* no more data (or no SEEK_DATA here: prefault none) */
+        }
+        off_t hole = lseek(seg->file->fd, data, SEEK_HOLE);
+        uint64_t stop = hole < 0 || (uint64_t)hole > end ? end
+                                                         : (uint64_t)hole;
+        prefault(seg->base + data, (size_t)(stop - (uint64_t)data));
+        start = stop;
+    }
 }
 
 void

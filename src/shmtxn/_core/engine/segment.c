@@ -19,7 +19,6 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -151,12 +150,9 @@ plan_layout(stx_header *hdr, const stx_create_opts *opts, backing *back)
 static int
 check_free_space(int fd, uint64_t needed, const char *name)
 {
-    struct statvfs vfs;
-    if (fstatvfs(fd, &vfs) != 0) {
-        return 0; /* let posix_fallocate decide */
-    }
-    uint64_t free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-    if (needed > free_bytes) {
+    uint64_t free_bytes = stx_fs_free_bytes(fd);
+    if (free_bytes != 0 && needed > free_bytes) { /* 0: cannot tell; let
+                                                      posix_fallocate say */
         return stx_fail(STX_EFULL, "segment '%s' needs %llu bytes but %s "
                         "has %llu free", name, (unsigned long long)needed,
                         stx_shm_dir(), (unsigned long long)free_bytes);

@@ -22,7 +22,6 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/statvfs.h>
 
 #include "internal.h"
 #include "seqlock.h"
@@ -182,17 +181,6 @@ undo_base(const stx_segment *seg)
     return seg->undo_size < UNDO_BASE ? seg->undo_size : UNDO_BASE;
 }
 
-/* Free bytes of the file system holding the segment (0 if unknown). */
-static uint64_t
-free_bytes(const stx_segment *seg)
-{
-    struct statvfs vfs;
-    if (fstatvfs(seg->file->fd, &vfs) != 0) {
-        return 0;
-    }
-    return (uint64_t)vfs.f_bavail * vfs.f_frsize;
-}
-
 /* Back [reserved, want) of the undo region with pages. */
 static int
 fallocate_log(stx_segment *seg, uint64_t reserved, uint64_t want)
@@ -231,7 +219,8 @@ reserve_log(stx_segment *seg, uint64_t need)
                         "has %llu bytes free", seg->name,
                         (unsigned long long)need,
                         (unsigned long long)(exact - reserved),
-                        stx_shm_dir(), (unsigned long long)free_bytes(seg));
+                        stx_shm_dir(),
+                        (unsigned long long)stx_fs_free_bytes(seg->file->fd));
     }
     if (err != 0) {
         return stx_fail_errno(err, "reserving undo space", seg->name);

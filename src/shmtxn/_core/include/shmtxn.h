@@ -122,7 +122,8 @@ typedef struct shmtxn_create_opts {
     int layout;               /* SHMTXN_LAYOUT_SLOTS (default) or _DICT */
     uint64_t size;            /* data bytes.  Slots: a positive multiple of
                                  the item size (or 0 with `shape`); dict:
-                                 0 means 64 MiB of address space, reserved
+                                 0 means as large as the segment file
+                                 system (64 MiB to 1 TiB), reserved
                                  as the heap grows */
     const char *format;       /* slots: one struct code of bBhHiIlLqQnNefd?
                                  (NULL: "q", int64) */

@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "dict.h"
+#include "internal.h"
 #include "seqlock.h"
 
 /* Classes 0..SMALL_CLASSES-1 are 32, 48, ..., 256 bytes. */
@@ -172,10 +173,12 @@ reserve_heap(stx_segment *seg, uint64_t end)
                               (off_t)(seg->hdr->data_off + reserved),
                               (off_t)(want - reserved));
     if (err == ENOSPC || err == EFBIG) {
-        return stx_fail(STX_EFULL, "/dev/shm is full: SharedDict '%s' "
-                        "could not grow its heap from %llu to %llu bytes",
-                        seg->name, (unsigned long long)reserved,
-                        (unsigned long long)want);
+        return stx_fail(STX_EFULL, "SharedDict '%s' could not grow its "
+                        "heap from %llu to %llu bytes: %s has %llu bytes "
+                        "free", seg->name, (unsigned long long)reserved,
+                        (unsigned long long)want, stx_shm_dir(),
+                        (unsigned long long)stx_fs_free_bytes(
+                            seg->file->fd));
     }
     if (err != 0) {
         return stx_fail(STX_ESYS, "reserving heap pages of '%s': %s",

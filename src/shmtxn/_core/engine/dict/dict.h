@@ -121,4 +121,14 @@ int stx_dict_verify(const stx_segment *seg);
  * first heap pages backed at once, the table formatted. */
 extern const stx_layout stx_dict_layout;
 
+/* Bounds of the default dict size (see stx_dict_default_size). */
+#define STX_DICT_MIN_DEFAULT (64ull << 20)
+#define STX_DICT_MAX_DEFAULT (1ull << 40)
+
+/* The data size of a dict created without a size: as large as the file
+ * system holding segments (at least 64 MiB, at most 1 TiB).  Only the
+ * pages the heap grows into are backed, so this is a ceiling on growth,
+ * not memory used: a dict grows until the file system is full. */
+uint64_t stx_dict_default_size(void);
+
 #endif /* STX_DICT_H */

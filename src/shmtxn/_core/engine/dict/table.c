@@ -639,6 +639,17 @@ dict_plan(uint64_t data_size, stx_layout_plan *plan)
     plan->data_reserve = data_size < INITIAL_HEAP ? data_size : INITIAL_HEAP;
 }
 
+uint64_t
+stx_dict_default_size(void)
+{
+    uint64_t total = stx_shm_dir_total_bytes();
+    if (total < STX_DICT_MIN_DEFAULT) {
+        return STX_DICT_MIN_DEFAULT; /* also when it cannot tell */
+    }
+    return total > STX_DICT_MAX_DEFAULT ? STX_DICT_MAX_DEFAULT
+                                        : stx_round_up(total, STX_PAGE);
+}
+
 const stx_layout stx_dict_layout = {
     .kind = STX_LAYOUT_DICT,
     .plan = dict_plan,
