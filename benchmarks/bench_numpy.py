@@ -38,9 +38,12 @@ def timed(fn) -> float:
 
 
 class Candidates:
-    """The arrays every method reads and writes, made once."""
+    """The arrays every method reads and writes, made once.  The shmtxn
+    segment gets `shmtxn_kwargs` (default: room to log a whole-array write,
+    prefaulted); `peers=False` leaves out SharedArray and lmdb."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, shmtxn_kwargs: dict | None = None,
+                 peers: bool = True):
         self.n = n
         self.nbytes = 8 * n
         self.src = np.random.default_rng(1).random(n)
@@ -50,16 +53,19 @@ class Candidates:
         self.std = shared_memory.SharedMemory(create=True, size=self.nbytes)
         self.std_arr = np.ndarray(n, dtype="d", buffer=self.std.buf)
         self.std_arr[:] = self.src
+        if shmtxn_kwargs is None:
+            shmtxn_kwargs = {"undo_size": self.nbytes + 4096,
+                             "populate": True}
         self.shr = SharedMemory(create=True, shape=n, format="d",
-                                undo_size=self.nbytes + 4096, populate=True)
+                                **shmtxn_kwargs)
         with self.shr.txn() as t:
             np.copyto(t.ndarray(), self.src)
         self.sa_name = self.env = self.lmdb_dir = None
-        if SharedArray:
+        if SharedArray and peers:
             self.sa_name = f"shm://shmtxn-bench-{os.getpid()}"
             self.sa = SharedArray.create(self.sa_name, n, dtype="d")
             self.sa[:] = self.src
-        if lmdb:
+        if lmdb and peers:
             self.lmdb_dir = tempfile.mkdtemp(prefix="shmtxn-bench-",
                                              dir="/dev/shm")
             self.env = lmdb.open(self.lmdb_dir, map_size=8 * self.nbytes,
