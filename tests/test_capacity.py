@@ -45,6 +45,13 @@ def at_rest(shr):
     return info["undo_off"] + min(UNDO_BASE, info["undo_size"]) + data
 
 
+def small_txn(shr):
+    """A write txn that logs one item: it gives back the undo pages an
+    earlier, bigger txn kept."""
+    with shr.txn() as t:
+        t[0] = t[0]
+
+
 # ------------------------------------------------------- a 300 MiB array
 
 N_BIG = (300 << 20) // 8
@@ -73,7 +80,10 @@ def test_a_whole_array_txn_on_300_mib_commits_at_default_settings(big):
         assert np.array_equal(t.ndarray(), src)
     info = shr.info()
     assert info["commits"] == 1 and info["undo_used"] == 0
-    # the 300 MiB the txn logged were given back
+    # the 300 MiB the txn logged stay for the next big txn, and go back
+    # with the next smaller one
+    assert allocated(shr.name) > at_rest(shr) + (299 << 20)
+    small_txn(shr)
     assert allocated(shr.name) <= at_rest(shr)
 
 
@@ -86,6 +96,7 @@ def test_a_whole_array_txn_rolls_back_on_exception(big):
             raise KeyError("boom")
     with shr.txn(write=False) as t:
         assert np.array_equal(t.ndarray(), src)
+    small_txn(shr)
     assert allocated(shr.name) <= at_rest(shr)
 
 
@@ -168,11 +179,14 @@ def run_crashing(point, code):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
 
 
+# a big txn, then a small one whose end gives the big one's pages back
 BIG_TXN = ("import numpy as np\n"
            "from shmtxn import SharedMemory\n"
            "s = SharedMemory({name!r})\n"
            "with s.txn() as t:\n"
-           "    t.ndarray()[:] = 9\n")
+           "    t.ndarray()[:] = 9\n"
+           "with s.txn() as t:\n"
+           "    t[0] = t[0]\n")
 
 
 @pytest.mark.parametrize("point,committed", [
@@ -195,10 +209,12 @@ def test_undo_space_steps_survive_sigkill(name, point, committed):
         info = shr.info()
         assert info["recoveries"] == 1 and info["undo_used"] == 0
         assert allocated(name) <= rest
-        # and the log grows again as before
+        # and the log grows again as before, and shrinks after a small txn
         with shr.txn() as t:
             t.ndarray()[:] = 4
-        assert shr[MIB8 - 1] == 4 and allocated(name) <= rest
+        assert shr[MIB8 - 1] == 4 and allocated(name) > rest
+        small_txn(shr)
+        assert allocated(name) <= rest
 
 
 def hold_big_write_txn(name, conn):

@@ -188,7 +188,8 @@ allocated(const stx_segment *seg)
 }
 
 /* Creation backs no undo bytes; the first write reserves the base; a
- * big txn reserves what it needs and gives it back when it ends. */
+ * big txn reserves what it needs and keeps it when it ends; the next,
+ * smaller txn gives it back. */
 static void
 test_undo_space_is_reserved_on_demand_and_given_back(void)
 {
@@ -210,7 +211,15 @@ test_undo_space_is_reserved_on_demand_and_given_back(void)
         CHECK_EQ(stx_write(&txn, 8, big, sizeof(big)), 0);
         CHECK(atomic_load(&seg.hdr->undo_reserved) >= sizeof(big) + 56);
         CHECK(allocated(&seg) >= at_rest + sizeof(big));
+        uint64_t used = atomic_load(&seg.hdr->undo_used);
         CHECK_EQ(stx_txn_end(&txn, commit), 0);
+        CHECK_EQ(atomic_load(&seg.hdr->undo_reserved),
+                 (used + STX_PAGE - 1) / STX_PAGE * STX_PAGE); /* kept */
+        CHECK(allocated(&seg) >= at_rest + sizeof(big));
+        stx_txn small = {0};
+        CHECK_EQ(unit_open(&small, &seg, 1), 0);
+        CHECK_EQ(stx_write(&small, 0, &v, 8), 0);
+        CHECK_EQ(stx_txn_end(&small, 1), 0);
         CHECK_EQ(atomic_load(&seg.hdr->undo_reserved), base);
         CHECK(allocated(&seg) <= at_rest + base + STX_PAGE);
     }
@@ -232,13 +241,13 @@ test_shrink_for_recovery_frees_uncounted_pages(void)
                                                    + (1u << 20)),
                              1u << 20), 0);
     CHECK(allocated(&seg) >= at_rest + (1u << 20));
-    CHECK_EQ(stx_undo_shrink(&seg, 0), 0); /* a commit's: counted only */
+    CHECK_EQ(stx_undo_shrink(&seg, 0, 0), 0); /* a commit's: counted only */
     CHECK(allocated(&seg) >= at_rest + (1u << 20));
-    CHECK_EQ(stx_undo_shrink(&seg, 1), 0);
+    CHECK_EQ(stx_undo_shrink(&seg, 1, 0), 0);
     CHECK(allocated(&seg) <= at_rest + STX_PAGE);
     atomic_store(&seg.hdr->undo_reserved, seg.undo_size + STX_PAGE);
     CHECK_EQ(stx_undo_validate(&seg), STX_ECORRUPT);
-    CHECK_EQ(stx_undo_shrink(&seg, 1), 0);
+    CHECK_EQ(stx_undo_shrink(&seg, 1, 0), 0);
     CHECK(atomic_load(&seg.hdr->undo_reserved) <= (64u << 10));
     CHECK_EQ(stx_undo_validate(&seg), 0);
     unit_drop(&seg, name);

@@ -374,10 +374,13 @@ int stx_undo_validate(const stx_segment *seg);
  * is outside the data region or the txn cannot write. */
 uint8_t *stx_fresh(stx_txn *txn, uint64_t offset, uint64_t length);
 /* Give back undo space once the log is empty (caller holds the writer
- * mutex): lower `undo_reserved` to the base, then punch holes past it --
- * up to where the reservation ended, or with `all` (recovery) to the end
- * of the region, for pages a dead writer reserved without counting. */
-int stx_undo_shrink(stx_segment *seg, int all);
+ * mutex): lower `undo_reserved` to what is kept, then punch holes past it
+ * -- up to where the reservation ended, or with `all` (recovery) to the
+ * end of the region, for pages a dead writer reserved without counting.
+ * A txn that ended keeps what its log used (`peak` bytes, at least the
+ * base), so back-to-back big txns reuse their pages and the next smaller
+ * txn gives the rest back; recovery keeps only the base. */
+int stx_undo_shrink(stx_segment *seg, int all, uint64_t peak);
 /* Bytes still free in the undo log of `seg`. */
 uint64_t stx_undo_room(const stx_segment *seg);
 /* Write `length` bytes at `offset` into space only this txn's own

@@ -116,8 +116,9 @@ typedef struct stx_reader_slot {
  * release_writer), in this order: on rollback, replay the log; then
  * `undo_used` = 0 (release) -- the commit point --, then `seq` + 1, even
  * again (release), then `modified_ns` and `commits` (commit only), then
- * `undo_reserved` lowered to the base and holes punched past it (only if
- * the txn reserved more; see "Undo space" below), then `writer_pid` = 0, `writer_flag` = 0 (release), unlock.  A txn that never
+ * `undo_reserved` lowered to what the txn's log used (at least the base)
+ * and holes punched past it (only if more was reserved; see "Undo space"
+ * below), then `writer_pid` = 0, `writer_flag` = 0 (release), unlock.  A txn that never
  * wrote touches neither `undo_used` nor `seq`.  (Emptying the log before
  * `seq` turns even means a writer killed between the two stores has
  * nothing replayed; recovery then only makes `seq` even.)
@@ -133,9 +134,12 @@ typedef struct stx_reader_slot {
  * the new `undo_reserved` (release), then writes the record; a full file
  * system fails the write with STX_EFULL before anything is written.  After
  * a txn that wrote, once `undo_used` is 0 (the log holds nothing to
- * replay), the writer lowers `undo_reserved` to the base -- 64 KiB, or
- * `undo_size` if smaller -- (release) and only then punches holes
- * (FALLOC_FL_PUNCH_HOLE) from the base to where the reservation ended.
+ * replay), the writer lowers `undo_reserved` to what its log used,
+ * rounded up to a page and at least the base -- 64 KiB, or `undo_size` if
+ * smaller -- (release) and only then punches holes (FALLOC_FL_PUNCH_HOLE)
+ * from there to where the reservation ended.  So back-to-back big txns
+ * keep their pages (no fallocate, fault-in and punch per txn), and the
+ * next smaller txn gives a big one's pages back.
  * Lowering before punching keeps the invariant: a writer killed between
  * the two leaves pages nobody counts (freed by the next recovery), never a
  * count of pages that are gone.  A writer killed after posix_fallocate but

@@ -108,7 +108,7 @@ stx_recover(stx_segment *seg)
         atomic_store_explicit(&hdr->seq, seq + 1, memory_order_release);
     }
     /* the dead writer may have reserved pages it never counted */
-    stx_undo_shrink(seg, 1);
+    stx_undo_shrink(seg, 1, 0);
     stx_crash_point("recover:after_shrink");
     stx_slots_reap(seg);
     atomic_store(&hdr->writer_flag, 0);
@@ -632,6 +632,8 @@ static int
 finish_writes(stx_txn *txn, int commit)
 {
     stx_header *hdr = txn->seg->hdr;
+    uint64_t peak = atomic_load_explicit(&hdr->undo_used,
+                                         memory_order_relaxed);
     int rc = 0;
     if (!commit) {
         rc = stx_undo_rollback(txn->seg);
@@ -649,9 +651,10 @@ finish_writes(stx_txn *txn, int commit)
                               memory_order_relaxed);
         atomic_fetch_add_explicit(&hdr->commits, 1, memory_order_relaxed);
     }
-    /* the log is empty now: give back what this txn reserved past the
-     * base (a one-off big txn does not pin memory) */
-    stx_undo_shrink(txn->seg, 0);
+    /* the log is empty now: give back what was reserved past what this
+     * txn used (a one-off big txn pins its pages only until the next,
+     * smaller one; back-to-back big txns keep theirs) */
+    stx_undo_shrink(txn->seg, 0, peak);
     return 0;
 }
 

@@ -239,7 +239,7 @@ reserve_log(stx_segment *seg, uint64_t need)
 }
 
 int
-stx_undo_shrink(stx_segment *seg, int all)
+stx_undo_shrink(stx_segment *seg, int all, uint64_t peak)
 {
     uint64_t used, reserved, base = undo_base(seg);
     int rc = log_used(seg, &used);
@@ -250,6 +250,10 @@ stx_undo_shrink(stx_segment *seg, int all)
         reserved = seg->undo_size; /* recovery: make the count true again */
         used = 0;
         rc = 0;
+    }
+    if (!all && peak > base) {
+        base = stx_round_up(peak < seg->undo_size ? peak : seg->undo_size,
+                            STX_PAGE); /* keep what the txn used */
     }
     if (rc != 0 || used != 0 || (!all && reserved <= base)) {
         return rc;
