@@ -138,6 +138,17 @@ value_end(stx_keybuf *kb, size_t at)
 static int
 put(stx_keybuf *kb, char tag, const void *src, size_t n)
 {
+    if (kb->depth == 0 && kb->error == 0 && !kb->done
+        && n < kb->cap - kb->len) {
+        /* the common case, a plain key that fits: no tuple bookkeeping */
+        kb->bytes[kb->len] = (uint8_t)tag;
+        if (n > 0) {
+            memcpy(kb->bytes + kb->len + 1, src, n);
+        }
+        kb->len += n + 1;
+        kb->done = 1;
+        return 0;
+    }
     size_t at = SIZE_MAX;
     int rc = value_begin(kb, &at);
     if (rc == 0) {
