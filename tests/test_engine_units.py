@@ -10,6 +10,7 @@ import atexit
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -180,3 +181,18 @@ def test_the_fuzz_corpus_replays_cleanly(replayer):
 @pytest.mark.parametrize("path", regressions())
 def test_fuzz_regression(replayer, path):
     assert "replayed 1 inputs" in replay(replayer, path)
+
+
+def test_the_fuzz_corpus_is_of_the_current_format():
+    """fuzz/corpus/ holds what fuzz/make_corpus.py writes today: after a
+    format change, stale seeds would all be refused as incompatible and
+    the fuzzer would never get past the header."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import fuzz_images
+    stale = []
+    for kind, image in fuzz_images.build_bases().items():
+        with open(os.path.join(FUZZ, "corpus", kind), "rb") as f:
+            if f.read() != image:
+                stale.append(kind)
+    assert not stale, ("re-run `python fuzz/make_corpus.py`: stale seeds "
+                       f"{stale}")
