@@ -101,7 +101,8 @@ def test_a_large_value_replaced_out_of_place_survives_a_kill(name, point):
             f"d = SharedDict({name!r})\n"
             "with d.txn() as t:\n"
             "    t['small'] = 2\n"
-            f"    t['big'] = b'n' * {len(new)}\n"))
+            f"    t['big'] = b'm' * {len(new)}\n"  # a fresh block...
+            f"    t['big'] = b'n' * {len(new)}\n"))  # ...rewritten in it
         assert d["big"] == old and d["small"] == 1
         d.verify()
         assert d.stats()["live_bytes"] == used

@@ -545,4 +545,6 @@ stx_dict_txn_reset(stx_dict_txn *dt)
     free(dt->freed);
     dt->freed = NULL;
     dt->nfreed = dt->freed_cap = 0;
+    memset(dt->fresh, 0, sizeof(dt->fresh));
+    dt->fresh_next = 0;
 }

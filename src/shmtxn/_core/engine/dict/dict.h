@@ -20,6 +20,9 @@ uint64_t stx_siphash13(const uint64_t key[2], const void *data, size_t len);
 
 /* --- dict: the heap allocator (alloc.c) --- */
 
+/* Record blocks a dict txn remembers as its own (see stx_dict_txn). */
+#define STX_DICT_FRESH_RING 16
+
 /*
  * stx_dict_txn -- the dict state of one write txn, in the writer's own
  * memory: the blocks it freed, which go on the free lists only at
@@ -31,6 +34,12 @@ typedef struct stx_dict_txn {
     uint64_t *freed;         /* block offsets, malloc'd */
     size_t nfreed;
     size_t freed_cap;
+    /* the record blocks this txn wrote most recently (a ring; 0 = none):
+     * no committed state references them, so replacing one of their
+     * values again rewrites it in place, unlogged, and a txn that sets a
+     * large value many times needs one block for it, not one per set */
+    uint64_t fresh[STX_DICT_FRESH_RING];
+    unsigned fresh_next;
 } stx_dict_txn;
 
 /* The block size of size class `c`. */

@@ -210,7 +210,23 @@ new_record(stx_dict_txn *dt, const stx_key *key, uint8_t key_kind,
            const stx_value *value, uint64_t *offset)
 {
     int rc = stx_heap_alloc(dt, record_bytes(key, value), offset);
-    return rc != 0 ? rc : write_record(dt, *offset, key, key_kind, value);
+    if (rc == 0) {
+        dt->fresh[dt->fresh_next++ % STX_DICT_FRESH_RING] = *offset;
+        rc = write_record(dt, *offset, key, key_kind, value);
+    }
+    return rc;
+}
+
+/* 1 if this txn wrote the record block at `record` (see stx_dict_txn). */
+static int
+is_fresh(const stx_dict_txn *dt, uint64_t record)
+{
+    for (int i = 0; i < STX_DICT_FRESH_RING; i++) {
+        if (dt->fresh[i] == record) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* Allocate a zeroed index of `cap` slots and an entry array; the new
@@ -405,6 +421,10 @@ replace(stx_dict_txn *dt, const table_view *t, const stx_found *f,
     uint64_t need = record_bytes(key, value);
     if (size == 0) {
         return STX_ECORRUPT;
+    }
+    if (fits_in_place(need, size) && is_fresh(dt, f->record)) {
+        /* this txn's own block: nothing committed to keep, no logging */
+        return write_record(dt, f->record, key, f->key_kind, value);
     }
     if (need < STX_OUT_OF_PLACE_BYTES && fits_in_place(need, size)) {
         uint64_t from = f->record + sizeof(stx_block);
