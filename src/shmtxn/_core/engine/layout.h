@@ -148,8 +148,9 @@ typedef struct stx_reader_slot {
  * and punches everything from the base to the end of the region.
  *
  * A slots segment's log never needs more than about twice the data: once
- * a record would take the log past `data_size` bytes, the writer logs the
- * whole data region as one record instead and logs nothing more in that
+ * a record would take the log past `data_size` bytes -- or past the point
+ * where a whole copy would still fit under `undo_size` -- the writer logs
+ * the whole data region as one record instead and logs nothing more in that
  * txn (rollback applies records newest first, so the older records still
  * restore what the txn changed before the whole-region record).
  *

@@ -333,8 +333,10 @@ may_log_whole_region(const stx_segment *seg)
 }
 
 /* Append one undo record for [offset, +length) and publish it.  Once the
- * log would outgrow a whole copy of the data, log that copy instead and
- * nothing more (layout.h): a txn's log stays under twice the data. */
+ * log would outgrow a whole copy of the data -- or grow so far that a
+ * whole copy would no longer fit under the cap -- log that copy instead
+ * and nothing more (layout.h): a txn's log stays under twice the data,
+ * and a cap of N old bytes holds any txn on N bytes of data. */
 static int
 append_record(stx_txn *txn, uint64_t offset, uint64_t length)
 {
@@ -347,7 +349,9 @@ append_record(stx_txn *txn, uint64_t offset, uint64_t length)
     uint64_t total = RECORD_OVERHEAD + pad8(length);
     uint64_t whole = RECORD_OVERHEAD + pad8(seg->data_size);
     int all = 0;
-    if (used + total > seg->data_size && may_log_whole_region(seg)
+    uint64_t room = seg->undo_size > whole ? seg->undo_size - whole : 0;
+    uint64_t switch_at = seg->data_size < room ? seg->data_size : room;
+    if (used + total > switch_at && may_log_whole_region(seg)
         && whole <= seg->undo_size - used) {
         offset = 0;
         length = seg->data_size;

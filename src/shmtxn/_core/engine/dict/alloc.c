@@ -172,6 +172,13 @@ reserve_heap(stx_segment *seg, uint64_t end)
     int err = posix_fallocate(seg->file->fd,
                               (off_t)(seg->hdr->data_off + reserved),
                               (off_t)(want - reserved));
+    uint64_t exact = (end + STX_PAGE - 1) & ~(uint64_t)(STX_PAGE - 1);
+    if ((err == ENOSPC || err == EFBIG) && want > exact) {
+        want = exact; /* the step does not fit: try what is needed */
+        err = posix_fallocate(seg->file->fd,
+                              (off_t)(seg->hdr->data_off + reserved),
+                              (off_t)(want - reserved));
+    }
     if (err == ENOSPC || err == EFBIG) {
         return stx_fail(STX_EFULL, "SharedDict '%s' could not grow its "
                         "heap from %llu to %llu bytes: %s has %llu bytes "
