@@ -81,6 +81,10 @@ typedef struct stx_file {
     uint64_t slots_off; /* the slot table, from the validated header */
     uint32_t nslots;
     _Atomic int ntxn;   /* tracked txns open in this process (lock.c) */
+    /* Bytes of the undo log and of a dict's heap this process has seen
+     * backed by pages itself (stx_ensure_backed), whatever the counters
+     * in shared memory claim; touched only under the writer mutex. */
+    uint64_t undo_backed, heap_backed;
 } stx_file;
 
 /*

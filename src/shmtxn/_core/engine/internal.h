@@ -79,6 +79,16 @@ uint64_t stx_fs_free_bytes(int fd);
 /* Total bytes of the file system holding the segment directory; 0 if it
  * cannot tell. */
 uint64_t stx_shm_dir_total_bytes(void);
+/* Make sure the first `claimed` bytes of the region at file offset
+ * `region_off` are backed by pages before they are written or read, not
+ * only because a counter in shared memory says so: `*backed` is this
+ * process's own mark (lowered when the claim is lower; a claim above it
+ * is backed with posix_fallocate, which costs nothing for pages that
+ * exist).  A lying counter thus never leads to a SIGBUS; STX_EFULL if the
+ * file system has no room for what it claims.  Caller holds the writer
+ * mutex. */
+int stx_ensure_backed(stx_segment *seg, uint64_t region_off,
+                      uint64_t *backed, uint64_t claimed, const char *what);
 /* Open the file of segment `name` (a checked name) with open(2) `flags`
  * (O_NOFOLLOW and O_CLOEXEC added) and `mode`; -1 and errno on failure. */
 int stx_open_segment_file(const char *name, int flags, unsigned mode);

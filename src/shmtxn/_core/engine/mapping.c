@@ -230,6 +230,30 @@ stx_fs_free_bytes(int fd)
     return (uint64_t)vfs.f_bavail * vfs.f_frsize;
 }
 
+int
+stx_ensure_backed(stx_segment *seg, uint64_t region_off, uint64_t *backed,
+                  uint64_t claimed, const char *what)
+{
+    if (claimed <= *backed) {
+        *backed = claimed; /* lowered since: only this much is sure */
+        return 0;
+    }
+    int err = posix_fallocate(seg->file->fd, (off_t)(region_off + *backed),
+                              (off_t)(claimed - *backed));
+    if (err == ENOSPC || err == EFBIG) {
+        return stx_fail(STX_EFULL, "segment '%s' counts %llu bytes of its "
+                        "%s as reserved, but %s has no room for them "
+                        "(%llu bytes free)", seg->name,
+                        (unsigned long long)claimed, what, stx_shm_dir(),
+                        (unsigned long long)stx_fs_free_bytes(seg->file->fd));
+    }
+    if (err != 0) {
+        return stx_fail_errno(err, "reserving pages", seg->name);
+    }
+    *backed = claimed;
+    return 0;
+}
+
 uint64_t
 stx_shm_dir_total_bytes(void)
 {

@@ -151,10 +151,19 @@ set_data_writable(stx_segment *seg, int writable)
 int
 stx_undo_rollback(stx_segment *seg)
 {
-    int rc = stx_undo_validate(seg);
+    if (atomic_load_explicit(&seg->hdr->undo_used,
+                             memory_order_acquire) == 0) {
+        return 0; /* nothing to replay, whatever else is damaged */
+    }
     uint64_t end = 0;
+    int rc = log_used(seg, &end);
+    if (rc == 0) { /* never read a hole the counters only claim is backed */
+        rc = stx_ensure_backed(seg, seg->hdr->undo_off,
+                               &seg->file->undo_backed,
+                               stx_round_up(end, STX_PAGE), "undo log");
+    }
     if (rc == 0) {
-        rc = log_used(seg, &end);
+        rc = stx_undo_validate(seg);
     }
     if (rc == 0 && end > 0) {
         rc = set_data_writable(seg, 1);
@@ -199,6 +208,10 @@ reserve_log(stx_segment *seg, uint64_t need)
 {
     uint64_t reserved;
     int rc = log_reserved(seg, &reserved);
+    if (rc == 0) {
+        rc = stx_ensure_backed(seg, seg->hdr->undo_off,
+                               &seg->file->undo_backed, reserved, "undo log");
+    }
     if (rc != 0 || need <= reserved) {
         return rc;
     }
@@ -232,6 +245,7 @@ reserve_log(stx_segment *seg, uint64_t need)
                   MADV_POPULATE_WRITE);
 #endif
     stx_crash_point("undo:after_fallocate");
+    seg->file->undo_backed = want;
     atomic_store_explicit(&seg->hdr->undo_reserved, want,
                           memory_order_release);
     stx_crash_point("undo:after_reserve");

@@ -160,8 +160,16 @@ reserve_heap(stx_segment *seg, uint64_t end)
 {
     stx_dict_header *dh = dict_header(seg);
     uint64_t reserved = atomic_load(&dh->heap_reserved);
-    if (end <= reserved) {
-        return 0;
+    if (reserved > seg->data_size) {
+        return stx_fail(STX_ECORRUPT, "SharedDict '%s' is corrupt: its heap "
+                        "claims %llu of %llu bytes reserved", seg->name,
+                        (unsigned long long)reserved,
+                        (unsigned long long)seg->data_size);
+    }
+    int rc = stx_ensure_backed(seg, seg->hdr->data_off,
+                               &seg->file->heap_backed, reserved, "heap");
+    if (rc != 0 || end <= reserved) {
+        return rc;
     }
     uint64_t step = reserved / 8 > RESERVE_STEP ? reserved / 8 : RESERVE_STEP;
     uint64_t want = end > reserved + step ? end : reserved + step;
@@ -191,6 +199,7 @@ reserve_heap(stx_segment *seg, uint64_t end)
         return stx_fail(STX_ESYS, "reserving heap pages of '%s': %s",
                         seg->name, strerror(err));
     }
+    seg->file->heap_backed = want;
     atomic_store(&dh->heap_reserved, want);
     return 0;
 }
