@@ -19,10 +19,20 @@ from .errors import Error, SegmentInUseError, SegmentNotFoundError
 __all__ = ["SHM_DIR", "list_segments", "segment_info", "check", "remove",
            "gc", "SegmentInUseError"]
 
+def _shm_dir() -> str:
+    """``$SHMTXN_SHM_DIR`` (a relative one joined to the working directory
+    now, as the engine does, so a later chdir moves nothing), else
+    ``/dev/shm``; without a trailing slash."""
+    d = os.environ.get("SHMTXN_SHM_DIR") or "/dev/shm"
+    if not d.startswith("/"):
+        d = os.path.join(os.getcwd(), d)
+    return d.rstrip("/") or "/"
+
+
 #: The directory segments live in: ``$SHMTXN_SHM_DIR`` as it is when
 #: shmtxn is imported (the engine reads it then too), else ``/dev/shm``
 #: (on Linux the POSIX shm object ``/x`` is the file ``/dev/shm/x``).
-SHM_DIR = (os.environ.get("SHMTXN_SHM_DIR") or "/dev/shm").rstrip("/") or "/"
+SHM_DIR = _shm_dir()
 
 
 def _disk_usage(name: str) -> dict:

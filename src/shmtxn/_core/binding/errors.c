@@ -13,6 +13,9 @@ typedef struct error_entry {
     const char *class_name; /* in shmtxn.errors; NULL: `builtin` */
     PyObject **builtin;     /* a builtin class for plain misuse */
     const char *advice;
+    /* if not NULL: the advice goes on with the segment directory (which
+     * SHMTXN_SHM_DIR may move from /dev/shm), then this */
+    const char *after_dir;
 } error_entry;
 
 static const error_entry table[ERROR_TABLE_SIZE] = {
@@ -23,12 +26,12 @@ static const error_entry table[ERROR_TABLE_SIZE] = {
                      "create it with create=True, or see which exist with "
                      "`shmtxn ls`"},
     [-STX_EACCES] = {"AccessDeniedError", NULL,
-                     "the segment belongs to another user; check its mode "
-                     "in /dev/shm"},
+                     "check the owner and mode of the segment and of its "
+                     "directory, ", ""},
     [-STX_EFULL] = {"SegmentFullError", NULL,
-                    "free space in /dev/shm (`shmtxn gc` removes "
-                    "leftovers) or ask for less; a transaction that ran "
-                    "out of room was rolled back"},
+                    "free space in ", " (`shmtxn gc` removes leftovers) "
+                    "or ask for less; a transaction that ran out of room "
+                    "was rolled back"},
     [-STX_EHEAPFULL] = {"SegmentFullError", NULL,
                         "create the SharedDict with a larger size=, or "
                         "delete keys"},
@@ -135,12 +138,19 @@ raise_engine_error(binding_state *st, int code, const char *name)
     else if (table[-code].advice == NULL) {
         raise_error(st, code, "%s", detail[0] ? detail : "engine error");
     }
-    else if (detail[0] == '\0' || code == STX_EREADONLY
-             || code == STX_ENESTED || code == STX_EFORKED) {
-        raise_error(st, code, "segment '%s': %s", name, table[-code].advice);
-    }
     else {
-        raise_error(st, code, "%s; %s", detail, table[-code].advice);
+        const error_entry *e = &table[-code];
+        char advice[4608];
+        snprintf(advice, sizeof(advice), "%s%s%s", e->advice,
+                 e->after_dir ? stx_shm_dir() : "",
+                 e->after_dir ? e->after_dir : "");
+        if (detail[0] == '\0' || code == STX_EREADONLY
+            || code == STX_ENESTED || code == STX_EFORKED) {
+            raise_error(st, code, "segment '%s': %s", name, advice);
+        }
+        else {
+            raise_error(st, code, "%s; %s", detail, advice);
+        }
     }
 }
 

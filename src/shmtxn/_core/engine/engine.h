@@ -229,6 +229,14 @@ void stx_crash_point(const char *point);
 /* Set the crash point name (from the environment, by the binding). */
 void stx_set_crash_point(const char *point);
 
+/* --- where segments live (mapping.c) --- */
+
+/* The directory segments live in, without a trailing '/':
+ * $SHMTXN_SHM_DIR as it was when first asked (stx_engine_init asks; a
+ * relative one is made absolute then), else /dev/shm.  Messages that
+ * advise the user about space or modes name it. */
+const char *stx_shm_dir(void);
+
 /* --- process identity and liveness beacons (process.c) --- */
 
 /* 1 if a process with this pid holds its beacon on the file, else 0. */

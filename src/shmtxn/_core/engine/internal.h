@@ -70,9 +70,6 @@ void stx_process_after_fork(void);
 
 /* --- mapping.c --- */
 
-/* The directory segments live in: $SHMTXN_SHM_DIR as it was when first
- * asked (stx_engine_init asks), else /dev/shm. */
-const char *stx_shm_dir(void);
 /* Free bytes (for unprivileged users) of the file system holding `fd`;
  * 0 if it cannot tell. */
 uint64_t stx_fs_free_bytes(int fd);
@@ -114,6 +111,16 @@ void stx_file_release(stx_file *file);
  * open under our new pid, forget the parent's slot and txn count, and
  * call `each` on the file (readers.c claims a slot there). */
 void stx_files_after_fork(void (*each)(stx_file *file));
+/* Set the detail for open(2) failing with `err` while creating segment
+ * `name`: a missing segment directory (STX_ESYS) or an unwritable one
+ * (STX_EACCES) is named as such; anything else as stx_fail_errno. */
+int stx_fail_create(int err, const char *name);
+/* Set the detail for mmap(2) of `size` bytes of segment `name` failing
+ * with `err`: for ENOMEM (address space, e.g. `ulimit -v`) the bytes
+ * asked for and that a smaller size= helps. */
+int stx_fail_map(int err, uint64_t size, const char *name);
+/* This process's address space limit (RLIMIT_AS) in bytes; 0 if none. */
+uint64_t stx_address_space_limit(void);
 /* Map the first `size` bytes of the segment read-write (nothing is
  * prefaulted: the undo log's holes must stay holes). */
 int stx_map_file(stx_segment *seg, size_t size, uint8_t **out);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -36,14 +37,25 @@ static stx_file *registry;
 static pthread_once_t dir_once = PTHREAD_ONCE_INIT;
 static char shm_dir[PATH_MAX];
 
-/* Read SHMTXN_SHM_DIR once (an empty value means the default). */
+/* Read SHMTXN_SHM_DIR once (an empty value means the default).  A
+ * relative one is made absolute against the working directory of this
+ * moment, so a later chdir does not move the segments (admin.py's SHM_DIR
+ * does the same, by plain joining, so both spell it alike). */
 static void
 read_shm_dir(void)
 {
     const char *env = getenv("SHMTXN_SHM_DIR");
     const char *dir = env != NULL && env[0] != '\0' && strlen(env) < PATH_MAX
                       ? env : STX_SHM_DIR_DEFAULT;
-    snprintf(shm_dir, sizeof(shm_dir), "%s", dir);
+    char cwd[PATH_MAX];
+    int n = -1;
+    if (dir[0] != '/' && getcwd(cwd, sizeof(cwd)) != NULL) {
+        const char *sep = strcmp(cwd, "/") == 0 ? "" : "/";
+        n = snprintf(shm_dir, sizeof(shm_dir), "%s%s%s", cwd, sep, dir);
+    }
+    if (n < 0 || (size_t)n >= sizeof(shm_dir)) {
+        snprintf(shm_dir, sizeof(shm_dir), "%s", dir);
+    }
     size_t len = strlen(shm_dir);
     while (len > 1 && shm_dir[len - 1] == '/') {
         shm_dir[--len] = '\0';
@@ -214,10 +226,52 @@ stx_map_file(stx_segment *seg, size_t size, uint8_t **out)
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED,
                    seg->file->fd, 0);
     if (p == MAP_FAILED) {
-        return stx_fail_errno(errno, "mmap", seg->name);
+        return stx_fail_map(errno, size, seg->name);
     }
     *out = p;
     return 0;
+}
+
+int
+stx_fail_map(int err, uint64_t size, const char *name)
+{
+    if (err != ENOMEM) {
+        return stx_fail_errno(err, "mmap", name);
+    }
+    return stx_fail(STX_ENOMEM, "mapping segment '%s' needs %llu bytes of "
+                    "address space, more than this process can get; create "
+                    "it with a smaller size= (or raise `ulimit -v`)", name,
+                    (unsigned long long)size);
+}
+
+uint64_t
+stx_address_space_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) {
+        return 0;
+    }
+    return (uint64_t)rl.rlim_cur;
+}
+
+int
+stx_fail_create(int err, const char *name)
+{
+    const char *dir = stx_shm_dir();
+    struct stat st;
+    if ((err == ENOENT || err == ENOTDIR)
+        && (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
+        return stx_fail(STX_ESYS, "cannot create segment '%s': the segment "
+                        "directory %s does not exist; create it, or set "
+                        "SHMTXN_SHM_DIR to a directory that does", name,
+                        dir);
+    }
+    if ((err == EACCES || err == EPERM) && access(dir, W_OK | X_OK) != 0) {
+        return stx_fail(STX_EACCES, "cannot create segment '%s': the segment "
+                        "directory %s is not writable by this user", name,
+                        dir);
+    }
+    return stx_fail_errno(err, "create", name);
 }
 
 uint64_t

@@ -339,8 +339,9 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
     int fd = stx_open_segment_file(name, O_RDWR | O_CREAT | O_EXCL,
                                    opts->mode ? opts->mode : 0600);
     if (fd < 0) {
+        int err = errno;
         stx_files_unlock();
-        rc = stx_fail_errno(errno, "create", name);
+        rc = stx_fail_create(err, name);
         if (rc == STX_EEXIST) {
             rc = stx_fail(STX_EEXIST, "a segment named '%s' already exists",
                           name);
@@ -780,7 +781,7 @@ stx_probe(stx_segment *seg, const char *name, int *state)
     *state = probe_unready(seg, size);
     if (*state < 0) {
         void *p = mmap(NULL, size, PROT_READ, MAP_SHARED, seg->file->fd, 0);
-        rc = p == MAP_FAILED ? stx_fail_errno(errno, "mmap", name)
+        rc = p == MAP_FAILED ? stx_fail_map(errno, size, name)
                              : header_validate(p, size, name);
         *state = rc == 0 ? STX_PROBE_READY
                  : rc == STX_EINCOMPAT ? STX_PROBE_INCOMPAT

@@ -135,7 +135,9 @@ extern const stx_layout stx_dict_layout;
 #define STX_DICT_MAX_DEFAULT (1ull << 40)
 
 /* The data size of a dict created without a size: as large as the file
- * system holding segments (at least 64 MiB, at most 1 TiB).  Only the
+ * system holding segments, and at most a quarter of a finite address
+ * space limit (RLIMIT_AS), since every process maps all of it (at least
+ * 64 MiB, at most 1 TiB).  Only the
  * pages the heap grows into are backed, so this is a ceiling on growth,
  * not memory used: a dict grows until the file system is full. */
 uint64_t stx_dict_default_size(void);

@@ -663,6 +663,12 @@ uint64_t
 stx_dict_default_size(void)
 {
     uint64_t total = stx_shm_dir_total_bytes();
+    /* every process maps the whole data region: under an address space
+     * limit (ulimit -v) take at most a quarter of it */
+    uint64_t limit = stx_address_space_limit() / 4;
+    if (limit != 0 && (total == 0 || limit < total)) {
+        total = limit / STX_PAGE * STX_PAGE;
+    }
     if (total < STX_DICT_MIN_DEFAULT) {
         return STX_DICT_MIN_DEFAULT; /* also when it cannot tell */
     }
