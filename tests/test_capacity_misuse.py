@@ -1,7 +1,7 @@
-"""Review of issue #11 ("No sizing cliffs"): each test fails today.
-
-Findings of an outside review of the on-demand undo log, the default
-(ceiling-less) SharedDict, out-of-place replaces and SHMTXN_SHM_DIR.
+"""Capacity at its edges, from the outside review of the on-demand undo
+log, the default (ceiling-less) SharedDict, out-of-place replaces and
+SHMTXN_SHM_DIR: each test names the behaviour that holds, its docstring
+the defect it guards against (each failed before its fix).
 Scenarios that need a full file system run in a private tmpfs mounted in
 a user+mount namespace (as tests/test_capacity.py does) and skip where
 that is not possible.
