@@ -311,3 +311,23 @@ def test_a_corrupt_undo_reserved_is_reported_as_such(name):
                 t[1] = 5
         assert "writer died" not in str(e.value), str(e.value)
         assert "undo" in str(e.value), str(e.value)
+
+
+def test_a_txn_whose_write_failed_does_not_exit_as_if_committed(name):
+    """A write that fails for want of room rolls the whole txn back.  If
+    the body catches that error and goes on, leaving the `with` block must
+    not look like a commit: it raises TransactionClosedError, and nothing
+    of the txn is kept."""
+    with SharedDict(name, create=True, size=1 << 20) as d:
+        d["a"] = 1
+        with pytest.raises(shmtxn.TransactionClosedError,
+                           match="nothing of it was committed"):
+            with d.txn() as t:
+                t["a"] = 2
+                with pytest.raises(shmtxn.SegmentFullError):
+                    t["big"] = b"x" * (2 << 20)
+        assert d["a"] == 1 and "big" not in d
+        with d.txn() as t:  # an explicit abort still leaves quietly
+            t["a"] = 3
+            t.abort()
+        assert d["a"] == 1

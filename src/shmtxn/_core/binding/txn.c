@@ -206,6 +206,7 @@ txn_write_failed(HandleObject *h, stx_txn *txn, int code)
     int user_error = code == STX_ERANGE || code == STX_EREADONLY
                      || code == STX_EINVAL;
     if (!user_error && txn->state == STX_TXN_OPEN) {
+        txn->failed = code;
         stx_txn_end(txn, 0); /* roll the whole txn back */
     }
     return handle_error(h, code);
@@ -367,6 +368,16 @@ TxnBase_exit(TxnBase *t, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *exc_type = nargs > 0 ? args[0] : Py_None;
     if (t->txn.state != STX_TXN_OPEN) {
+        if (exc_type == Py_None && t->txn.failed) {
+            /* a write failed and rolled the txn back, and the body went
+             * on (it caught the error): leaving quietly would look like
+             * a commit */
+            raise_error(t->handle->st, STX_ECLOSED, "the transaction on "
+                        "segment '%s' was rolled back when a write in it "
+                        "failed (the error raised then says why); nothing "
+                        "of it was committed", t->handle->seg.name);
+            return NULL;
+        }
         Py_RETURN_FALSE; /* committed, aborted or rolled back already */
     }
     PyObject *r = end_txn(t, exc_type == Py_None);

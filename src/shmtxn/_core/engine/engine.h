@@ -145,6 +145,8 @@ typedef struct stx_txn {
     int write;
     int state;          /* enum stx_txn_state */
     int dirty;          /* a write happened: seq is odd */
+    int failed;         /* ended by its owner after a failed write (the
+                           engine code), so nothing of it committed */
     int logged_all;     /* the whole data region is logged: log no more */
     int32_t slot;       /* read txn: the reader slot it counts in */
     int tracked;        /* set by the owner: list this txn */

@@ -546,6 +546,7 @@ stx_txn_init(stx_txn *txn, stx_segment *seg, int write)
     txn->seg = seg;
     txn->write = write;
     txn->dirty = 0;
+    txn->failed = 0;
     txn->logged_all = 0;
     txn->slot = -1;
     txn->serial++;
