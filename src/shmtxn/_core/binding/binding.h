@@ -427,6 +427,11 @@ Py_ssize_t dict_len(DictObject *d, stx_txn *txn);
 /* A list of the keys (what=0), values (1) or (key, value) pairs (2), in
  * insertion order, inside `txn` or (NULL) in a read txn of its own. */
 PyObject *dict_snapshot(DictObject *d, int what, stx_txn *txn);
+/* The values of `keys` (an iterable), `dflt` for the absent ones, as one
+ * list read in one snapshot: inside `txn` or (NULL) in a read txn of its
+ * own.  Every key is encoded before the txn begins. */
+PyObject *dict_get_many(DictObject *d, PyObject *keys, PyObject *dflt,
+                        stx_txn *txn);
 /* Before `dt`'s txn ends: put freed blocks on the free lists (commit) or
  * forget them.  -1 with an exception if that failed (txn rolled back). */
 int dict_txn_finish(DictObject *d, stx_dict_txn *dt, int commit);

@@ -289,6 +289,75 @@ dict_snapshot(DictObject *d, int what, stx_txn *txn)
     return list;
 }
 
+/* The values of the `n` encoded keys `ks`, `dflt` for absent ones, read
+ * inside an open txn. */
+static PyObject *
+get_many_locked(DictObject *d, const stx_key *ks, Py_ssize_t n,
+                PyObject *dflt)
+{
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
+        int missing;
+        PyObject *v = read_locked(d, &ks[i], 1, &missing);
+        if (v == NULL && missing) {
+            v = Py_NewRef(dflt);
+        }
+        if (v == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
+}
+
+PyObject *
+dict_get_many(DictObject *d, PyObject *keys, PyObject *dflt, stx_txn *txn)
+{
+    if (txn == NULL && handle_check_open(&d->h) < 0) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(keys, "get_many() takes an iterable "
+                                    "of keys");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), encoded = 0;
+    key_buf *kbs = PyMem_New(key_buf, n ? n : 1);
+    stx_key *ks = PyMem_New(stx_key, n ? n : 1);
+    PyObject *list = NULL;
+    if (kbs == NULL || ks == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; encoded < n; encoded++) {
+        if (dict_key(d, PySequence_Fast_GET_ITEM(seq, encoded),
+                     &kbs[encoded], &ks[encoded]) < 0) {
+            goto done;
+        }
+    }
+    if (txn != NULL) {
+        list = get_many_locked(d, ks, n, dflt);
+    }
+    else {
+        stx_txn own = {0};
+        if (txn_open(&d->h, &own, 0, -1) == 0) {
+            list = get_many_locked(d, ks, n, dflt);
+            if (txn_close(&d->h, &own, 1) < 0) {
+                Py_CLEAR(list);
+            }
+        }
+    }
+done:
+    for (Py_ssize_t i = 0; i < encoded; i++) {
+        key_buf_release(&kbs[i]);
+    }
+    PyMem_Free(kbs);
+    PyMem_Free(ks);
+    Py_DECREF(seq);
+    return list;
+}
+
 /* ------------------------------------------------------------------ */
 /* writes                                                              */
 

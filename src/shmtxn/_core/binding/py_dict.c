@@ -124,6 +124,19 @@ Dict_get(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
     return v;
 }
 
+/* get_many(keys, default=None): one consistent snapshot of many keys. */
+static PyObject *
+Dict_get_many(DictObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"keys", "default", NULL};
+    PyObject *keys, *dflt = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_many", kwlist,
+                                     &keys, &dflt)) {
+        return NULL;
+    }
+    return dict_get_many(self, keys, dflt, NULL);
+}
+
 static Py_ssize_t
 Dict_length(DictObject *self)
 {
@@ -232,6 +245,10 @@ Dict_verify(DictObject *self, PyObject *unused)
 }
 
 static PyMethodDef Dict_methods[] = {
+    {"get_many", (PyCFunction)(void (*)(void))Dict_get_many,
+     METH_VARARGS | METH_KEYWORDS,
+     "get_many(keys, default=None) -> list: the values of keys (default "
+     "for absent ones), all read in one consistent snapshot"},
     {"get", (PyCFunction)(void (*)(void))Dict_get, METH_FASTCALL,
      "get(key, default=None)"},
     {"clear", (PyCFunction)Dict_clear, METH_NOARGS,

@@ -149,6 +149,20 @@ DictTxn_snapshot(DictTxnObject *self, PyObject *arg)
     return dict_snapshot(DICT(self), what, TXN(self));
 }
 
+/* t.get_many(keys, default=None): many keys, read inside this txn. */
+static PyObject *
+DictTxn_get_many(DictTxnObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"keys", "default", NULL};
+    PyObject *keys, *dflt = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_many", kwlist,
+                                     &keys, &dflt)
+        || txn_check_usable(&self->base) < 0) {
+        return NULL;
+    }
+    return dict_get_many(DICT(self), keys, dflt, TXN(self));
+}
+
 static PyObject *
 DictTxn_clear(DictTxnObject *self, PyObject *unused)
 {
@@ -163,6 +177,9 @@ static PyMethodDef DictTxn_methods[] = {
     TXN_BASE_METHODS,
     {"get", (PyCFunction)(void (*)(void))DictTxn_get, METH_FASTCALL,
      "get(key, default=None)"},
+    {"get_many", (PyCFunction)(void (*)(void))DictTxn_get_many,
+     METH_VARARGS | METH_KEYWORDS, "get_many(keys, default=None) -> list of the values "
+     "of keys (default for absent ones)"},
     {"clear", (PyCFunction)DictTxn_clear, METH_NOARGS, "Delete every key."},
     {"_snapshot", (PyCFunction)DictTxn_snapshot, METH_O,
      "_snapshot(what) -> list of keys (0), values (1) or items (2)"},

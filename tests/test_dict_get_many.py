@@ -1,0 +1,88 @@
+"""SharedDict.get_many(keys, default=None): many keys in one call, all read
+in one consistent snapshot (DESIGN §2)."""
+
+import multiprocessing
+
+import pytest
+
+import shmtxn
+from shmtxn import SharedDict
+
+CTX = multiprocessing.get_context("fork")
+WAIT = 60
+
+
+def test_values_and_defaults_in_key_order(name):
+    with SharedDict(name, create=True) as d:
+        d.update({"a": 1, ("t", 2): [2], b"c": b"3", 4.0: None})
+        assert d.get_many(["a", "zz", ("t", 2), b"c", 4]) == [
+            1, None, [2], b"3", None]
+        assert d.get_many(iter(["zz", "a"]), default=-1) == [-1, 1]
+        assert d.get_many([]) == []
+        assert d.get_many(["a"] * 3) == [1, 1, 1]
+
+
+def test_bad_keys_raise_before_anything_is_read(name):
+    with SharedDict(name, create=True) as d:
+        d["a"] = 1
+        with pytest.raises(TypeError, match="keys must be"):
+            d.get_many(["a", ["unhashable"]])
+        with pytest.raises(TypeError, match="iterable of keys"):
+            d.get_many(5)
+        # no read txn was left open: a write goes through at once
+        with d.txn(timeout=1) as t:
+            t["a"] = 2
+        assert d.get_many(["a"]) == [2]
+    with pytest.raises(shmtxn.SegmentClosedError):
+        d.get_many(["a"])
+
+
+def test_inside_a_txn_it_sees_the_txns_own_writes(name):
+    with SharedDict(name, create=True) as d:
+        d["a"] = 1
+        with d.txn() as t:
+            t["a"] = 10
+            t["b"] = 20
+            assert t.get_many(["a", "b", "c"], 0) == [10, 20, 0]
+        with d.txn(write=False) as t:
+            assert t.get_many(["a", "b"]) == [10, 20]
+        t2 = d.txn()
+        with pytest.raises(shmtxn.TransactionClosedError):
+            t2.get_many(["a"])
+
+
+def keep_pairs_equal(name, rounds, conn):
+    """Child: set "x" and "y" to the same new value in one txn, many
+    times; the invariant x == y holds in every committed state."""
+    d = SharedDict(name)
+    conn.send("started")
+    for i in range(rounds):
+        with d.txn() as t:
+            t["x"] = i
+            t["y"] = i
+    conn.send("done")
+
+
+def test_one_snapshot_for_all_keys_beside_a_writer(name):
+    with SharedDict(name, create=True) as d:
+        d.update({"x": -1, "y": -1})
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=keep_pairs_equal, args=(name, 3000, child),
+                        daemon=True)
+        p.start()
+        try:
+            assert parent.poll(WAIT) and parent.recv() == "started"
+            seen = set()
+            while not parent.poll():
+                x, y = d.get_many(["x", "y"])
+                assert x == y, (x, y)
+                seen.add(x)
+            assert parent.recv() == "done"
+            assert d.get_many(["x", "y"]) == [2999, 2999]
+            assert len(seen) > 1, "the writer never showed a new state"
+        finally:
+            p.join(WAIT)
+            if p.is_alive():
+                p.kill()
+                p.join(WAIT)
+        assert p.exitcode == 0
