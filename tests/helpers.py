@@ -106,6 +106,16 @@ def hold_write_txn(name, conn):
 
 
 
+def join_or_kill(proc, timeout=60):
+    """Join a child that should be ending; kill it (by pid, it is ours)
+    if it has not ended within `timeout` seconds.  Returns its exit code."""
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(timeout)
+    return proc.exitcode
+
+
 def kill(proc):
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()

@@ -5,6 +5,8 @@ import multiprocessing
 
 import pytest
 
+import helpers
+
 import shmtxn
 from shmtxn import SharedDict
 
@@ -81,8 +83,5 @@ def test_one_snapshot_for_all_keys_beside_a_writer(name):
             assert d.get_many(["x", "y"]) == [2999, 2999]
             assert len(seen) > 1, "the writer never showed a new state"
         finally:
-            p.join(WAIT)
-            if p.is_alive():
-                p.kill()
-                p.join(WAIT)
-        assert p.exitcode == 0
+            exitcode = helpers.join_or_kill(p, WAIT)
+        assert exitcode == 0

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+import helpers
+
 import shmtxn
 from shmtxn import SharedDict, admin
 from test_capacity import run_in_small_tmpfs
@@ -95,11 +97,8 @@ def test_a_reader_sees_the_dict_grow_past_64_mib(name, method):
             assert parent.recv() == 100
             assert d.stats()["heap_reserved"] > 100 * MB
         finally:
-            p.join(WAIT)
-            if p.is_alive():
-                p.kill()
-                p.join(WAIT)
-        assert p.exitcode == 0
+            exitcode = helpers.join_or_kill(p, WAIT)
+        assert exitcode == 0
 
 
 SMALL_TMPFS_DICT = r"""
