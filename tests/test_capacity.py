@@ -83,8 +83,10 @@ def test_a_whole_array_txn_on_300_mib_commits_at_default_settings(big):
     # the 300 MiB the txn logged stay for the next big txn, and go back
     # with the next smaller one
     assert allocated(shr.name) > at_rest(shr) + (299 << 20)
+    assert shr.info()["undo_reserved"] > 300 << 20
     small_txn(shr)
     assert allocated(shr.name) <= at_rest(shr)
+    assert shr.info()["undo_reserved"] == UNDO_BASE
 
 
 def test_a_whole_array_txn_rolls_back_on_exception(big):

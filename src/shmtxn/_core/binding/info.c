@@ -156,6 +156,13 @@ segment_info(stx_segment *seg)
         "modified_ns", (unsigned long long)atomic_load(&h->modified_ns),
         "processes", processes, "beacons", beacons,
         "unrecoverable", unusable);
+    PyObject *reserved = info == NULL ? NULL : PyLong_FromUnsignedLongLong(
+        atomic_load(&h->undo_reserved));
+    if (reserved == NULL
+        || PyDict_SetItemString(info, "undo_reserved", reserved) < 0) {
+        Py_CLEAR(info);
+    }
+    Py_XDECREF(reserved);
     if (info != NULL && add_dict_stats(seg, info) < 0) {
         Py_CLEAR(info);
     }
