@@ -10,7 +10,7 @@ import pytest
 
 import helpers
 import shmtxn
-from shmtxn import SharedMemory, admin
+from shmtxn import SharedDict, SharedMemory, admin
 from test_crash import run_crashing_child, start_child
 
 
@@ -139,6 +139,13 @@ def test_json_carries_the_fields_of_the_table(name):
         assert info["first_items"] == [0.0, 0.0]
         assert info["processes"][0]["pid"] == os.getpid()
         assert shr.info()["name"] == name
+
+
+def test_ls_counts_a_dicts_keys(name):
+    with SharedDict(name, create=True) as d:
+        d.update({"a": 1, "b": 2, "c": 3})
+        row = cli("ls", "--prefix", name).stdout.splitlines()[1].split()
+        assert row[1:4] == ["dict", "3", "keys"]
 
 
 def test_python_api_lists_what_the_cli_lists(name):

@@ -47,17 +47,25 @@ def lock_text(info: dict) -> str:
     return f"{verb} {info['writer_pid']}"
 
 
+def items_text(info: dict) -> str:
+    """What a segment holds: a slots segment's item format and shape
+    ("d[4]"), a dict's number of keys ("3 keys")."""
+    if info["layout"] == "dict":
+        count = info.get("dict", {}).get("count")
+        return "? keys" if count is None else f"{count} keys"
+    return f"{info['format']}[{'x'.join(str(d) for d in info['shape'])}]"
+
+
 def ls_row(info: dict) -> list[str]:
     if info["state"] != "ready":
         size = human_bytes(info.get("file_size", 0))
         return [info["name"], info["state"], "-", size,
                 human_bytes(info.get("used_bytes", 0)), "-", "-", "-", "-",
                 "-", "-"]
-    shape = "x".join(str(d) for d in info["shape"])
     creator = (f"{info['creator_pid']}"
                f"{'' if info['creator_alive'] else ' (gone)'}")
     attached = ",".join(map(str, info["attached"])) or "none (orphaned)"
-    return [info["name"], info["layout"], f"{info['format']}[{shape}]",
+    return [info["name"], info["layout"], items_text(info),
             human_bytes(info["data_size"]), human_bytes(info["used_bytes"]),
             creator, attached, lock_text(info), str(info["active_readers"]),
             when(info["created_ns"]), when(info["modified_ns"])]
