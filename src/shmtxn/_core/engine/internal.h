@@ -76,6 +76,12 @@ uint64_t stx_fs_free_bytes(int fd);
 /* Total bytes of the file system holding the segment directory; 0 if it
  * cannot tell. */
 uint64_t stx_shm_dir_total_bytes(void);
+/* Grow the pages backing a region of the file at `region_off` from
+ * `from` bytes to *want, or -- when that much does not fit the file
+ * system and *want > `exact` -- to `exact` only (then *want = exact).
+ * Returns 0 or posix_fallocate's errno. */
+int stx_grow_backing(stx_segment *seg, uint64_t region_off, uint64_t from,
+                     uint64_t *want, uint64_t exact);
 /* Make sure the first `claimed` bytes of the region at file offset
  * `region_off` are backed by pages before they are written or read, not
  * only because a counter in shared memory says so: `*backed` is this

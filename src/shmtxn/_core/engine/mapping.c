@@ -285,6 +285,21 @@ stx_fs_free_bytes(int fd)
 }
 
 int
+stx_grow_backing(stx_segment *seg, uint64_t region_off, uint64_t from,
+                 uint64_t *want, uint64_t exact)
+{
+    int fd = seg->file->fd;
+    int err = posix_fallocate(fd, (off_t)(region_off + from),
+                              (off_t)(*want - from));
+    if ((err == ENOSPC || err == EFBIG) && *want > exact) {
+        *want = exact; /* the step does not fit: just what is needed */
+        err = posix_fallocate(fd, (off_t)(region_off + from),
+                              (off_t)(exact - from));
+    }
+    return err;
+}
+
+int
 stx_ensure_backed(stx_segment *seg, uint64_t region_off, uint64_t *backed,
                   uint64_t claimed, const char *what)
 {

@@ -190,15 +190,6 @@ undo_base(const stx_segment *seg)
     return seg->undo_size < UNDO_BASE ? seg->undo_size : UNDO_BASE;
 }
 
-/* Back [reserved, want) of the undo region with pages. */
-static int
-fallocate_log(stx_segment *seg, uint64_t reserved, uint64_t want)
-{
-    return posix_fallocate(seg->file->fd,
-                           (off_t)(seg->hdr->undo_off + reserved),
-                           (off_t)(want - reserved));
-}
-
 /* Make sure the first `need` bytes of the undo log are backed by pages
  * before a record is written there (caller holds the writer mutex and
  * checked need <= undo_size).  STX_EFULL, with the numbers, if the file
@@ -221,11 +212,8 @@ reserve_log(stx_segment *seg, uint64_t need)
     uint64_t exact = stx_round_up(need, STX_PAGE);
     want = want < exact ? exact : want;
     want = want > seg->undo_size ? seg->undo_size : want;
-    int err = fallocate_log(seg, reserved, want);
-    if ((err == ENOSPC || err == EFBIG) && want > exact) {
-        want = exact; /* the slack does not fit: try what this record needs */
-        err = fallocate_log(seg, reserved, want);
-    }
+    int err = stx_grow_backing(seg, seg->hdr->undo_off, reserved, &want,
+                               exact);
     if (err == ENOSPC || err == EFBIG) {
         return stx_fail(STX_EFULL, "a transaction on '%s' needs %llu bytes "
                         "of undo log, %llu more than are reserved, but %s "

@@ -173,20 +173,13 @@ reserve_heap(stx_segment *seg, uint64_t end)
     }
     uint64_t step = reserved / 8 > RESERVE_STEP ? reserved / 8 : RESERVE_STEP;
     uint64_t want = end > reserved + step ? end : reserved + step;
-    want = (want + STX_PAGE - 1) & ~(uint64_t)(STX_PAGE - 1);
+    want = stx_round_up(want, STX_PAGE);
     if (want > seg->data_size) {
         want = seg->data_size;
     }
-    int err = posix_fallocate(seg->file->fd,
-                              (off_t)(seg->hdr->data_off + reserved),
-                              (off_t)(want - reserved));
-    uint64_t exact = (end + STX_PAGE - 1) & ~(uint64_t)(STX_PAGE - 1);
-    if ((err == ENOSPC || err == EFBIG) && want > exact) {
-        want = exact; /* the step does not fit: try what is needed */
-        err = posix_fallocate(seg->file->fd,
-                              (off_t)(seg->hdr->data_off + reserved),
-                              (off_t)(want - reserved));
-    }
+    uint64_t exact = stx_round_up(end, STX_PAGE);
+    int err = stx_grow_backing(seg, seg->hdr->data_off, reserved, &want,
+                               exact);
     if (err == ENOSPC || err == EFBIG) {
         return stx_fail(STX_EFULL, "SharedDict '%s' could not grow its "
                         "heap from %llu to %llu bytes: %s has %llu bytes "

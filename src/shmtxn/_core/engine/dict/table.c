@@ -221,7 +221,9 @@ new_record(stx_dict_txn *dt, const stx_key *key, uint8_t key_kind,
 static int
 is_fresh(const stx_dict_txn *dt, uint64_t record)
 {
-    for (int i = 0; i < STX_DICT_FRESH_RING; i++) {
+    unsigned n = dt->fresh_next < STX_DICT_FRESH_RING ? dt->fresh_next
+                                                      : STX_DICT_FRESH_RING;
+    for (unsigned i = 0; i < n; i++) {
         if (dt->fresh[i] == record) {
             return 1;
         }
