@@ -432,6 +432,9 @@ PyObject *dict_snapshot(DictObject *d, int what, stx_txn *txn);
  * own.  Every key is encoded before the txn begins. */
 PyObject *dict_get_many(DictObject *d, PyObject *keys, PyObject *dflt,
                         stx_txn *txn);
+/* get_many(keys, default=None)'s arguments, parsed, then dict_get_many. */
+PyObject *dict_get_many_call(DictObject *d, PyObject *args, PyObject *kwds,
+                             stx_txn *txn);
 /* Before `dt`'s txn ends: put freed blocks on the free lists (commit) or
  * forget them.  -1 with an exception if that failed (txn rolled back). */
 int dict_txn_finish(DictObject *d, stx_dict_txn *dt, int commit);

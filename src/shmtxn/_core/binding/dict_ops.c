@@ -358,6 +358,19 @@ done:
     return list;
 }
 
+PyObject *
+dict_get_many_call(DictObject *d, PyObject *args, PyObject *kwds,
+                   stx_txn *txn)
+{
+    static char *kwlist[] = {"keys", "default", NULL};
+    PyObject *keys, *dflt = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_many", kwlist,
+                                     &keys, &dflt)) {
+        return NULL;
+    }
+    return dict_get_many(d, keys, dflt, txn);
+}
+
 /* ------------------------------------------------------------------ */
 /* writes                                                              */
 

@@ -128,13 +128,7 @@ Dict_get(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 Dict_get_many(DictObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"keys", "default", NULL};
-    PyObject *keys, *dflt = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_many", kwlist,
-                                     &keys, &dflt)) {
-        return NULL;
-    }
-    return dict_get_many(self, keys, dflt, NULL);
+    return dict_get_many_call(self, args, kwds, NULL);
 }
 
 static Py_ssize_t

@@ -153,14 +153,8 @@ DictTxn_snapshot(DictTxnObject *self, PyObject *arg)
 static PyObject *
 DictTxn_get_many(DictTxnObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"keys", "default", NULL};
-    PyObject *keys, *dflt = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:get_many", kwlist,
-                                     &keys, &dflt)
-        || txn_check_usable(&self->base) < 0) {
-        return NULL;
-    }
-    return dict_get_many(DICT(self), keys, dflt, TXN(self));
+    return txn_check_usable(&self->base) < 0
+           ? NULL : dict_get_many_call(DICT(self), args, kwds, TXN(self));
 }
 
 static PyObject *
