@@ -40,7 +40,7 @@ SLOTS_OFF, NSLOTS, UNDO_OFF, UNDO_SIZE, DATA_OFF, DATA_SIZE = (
 UNDO_USED = 320
 SLOT_SIZE = 64
 # ---- the dict (docs/format.md) ----
-DICT_STATE = [(8 * i, 8) for i in range(12)] + [(128, 8)]
+DICT_STATE = [(8 * i, 8) for i in range(16)] + [(128, 8)]
 FREE_HEADS, CLASSES = 192, 176
 RECORD_FIELDS = [(0, 8), (8, 8), (16, 4), (20, 1), (21, 1), (22, 2),
                  (24, 8)]
@@ -344,11 +344,13 @@ def dict_fields(img):
     out += [(data + FREE_HEADS + 8 * c, 8) for c in range(CLASSES)
             if u(img, data + FREE_HEADS + 8 * c, 8)]
     index_off, cap = u(img, data + 16, 8), u(img, data + 24, 8)
-    entries_off, used = u(img, data + 32, 8), u(img, data + 48, 8)
+    entries_off, used = u(img, data + 32, 8), u(img, data + 104, 8)
     top = u(img, data + 64, 8)
     if None in (index_off, cap, entries_off, used, top) or top > len(img):
         return out
-    out += [(data + index_off + 4 * i, 4) for i in range(min(cap, 64))]
+    out += [(data + index_off + 8 * i, 8) for i in range(min(cap, 64))]
+    out += [(data + index_off + 8 * cap + 4 * i, 4)
+            for i in range(min(cap, 64))]
     for e in range(min(used, 64)):
         at = data + entries_off + 16 * e
         out += [(at, 8), (at + 8, 8)]

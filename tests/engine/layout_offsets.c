@@ -75,20 +75,22 @@ main(void)
     SIZE(stx_undo_record);
 
     FIELD(stx_dict_header, magic);
-    FIELD(stx_dict_header, count);
+    FIELD(stx_dict_header, reserved0);
     FIELD(stx_dict_header, index_off);
     FIELD(stx_dict_header, index_cap);
     FIELD(stx_dict_header, entries_off);
     FIELD(stx_dict_header, entries_cap);
-    FIELD(stx_dict_header, entries_used);
+    FIELD(stx_dict_header, reserved1);
     FIELD(stx_dict_header, heap_off);
     FIELD(stx_dict_header, heap_top);
     FIELD(stx_dict_header, live_bytes);
     FIELD(stx_dict_header, free_bytes);
     FIELD(stx_dict_header, rebuilds);
-    FIELD(stx_dict_header, reserved);
-    FIELD(stx_dict_header, heap_reserved);
+    FIELD(stx_dict_header, count);
+    FIELD(stx_dict_header, entries_used);
     FIELD(stx_dict_header, reserved2);
+    FIELD(stx_dict_header, heap_reserved);
+    FIELD(stx_dict_header, reserved3);
     FIELD(stx_dict_header, free_heads);
     SIZE(stx_dict_header);
 

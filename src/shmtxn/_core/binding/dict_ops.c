@@ -168,7 +168,7 @@ seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
     for (int attempt = 0; attempt < STX_SEQLOCK_TRIES; attempt++) {
         uint64_t seq;
         if (stx_seq_begin(seg, &seq) != 0) {
-            continue;
+            break; /* a writer is mid-txn: wait for it in a read txn */
         }
         stx_found f;
         int pickled = 0;
@@ -289,18 +289,30 @@ dict_snapshot(DictObject *d, int what, stx_txn *txn)
     return list;
 }
 
-/* The values of the `n` encoded keys `ks`, `dflt` for absent ones, read
- * inside an open txn. */
+/* The values of the `n` keys found as `found`/`rcs` (STX_ENOENT: `dflt`),
+ * decoded from their records (inside a txn) or, `copies` not NULL, from
+ * the copies of their values made lock-free. */
 static PyObject *
-get_many_locked(DictObject *d, const stx_key *ks, Py_ssize_t n,
-                PyObject *dflt)
+decode_many(DictObject *d, const stx_found *found, const int *rcs,
+            Py_ssize_t n, PyObject *dflt, const uint8_t *copies)
 {
     PyObject *list = PyList_New(n);
     for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
-        int missing;
-        PyObject *v = read_locked(d, &ks[i], 1, &missing);
-        if (v == NULL && missing) {
+        PyObject *v;
+        if (rcs[i] == STX_ENOENT) {
             v = Py_NewRef(dflt);
+        }
+        else if (copies == NULL) {
+            v = found_value(&d->h, &found[i]);
+        }
+        else {
+            int pickled;
+            v = value_decode(&d->h, found[i].value_tag, copies,
+                             found[i].value_len, &pickled);
+            copies += found[i].value_len;
+            if (v != NULL && pickled) {
+                Py_SETREF(v, value_unpickle(&d->h, v));
+            }
         }
         if (v == NULL) {
             Py_CLEAR(list);
@@ -308,6 +320,127 @@ get_many_locked(DictObject *d, const stx_key *ks, Py_ssize_t n,
         }
         PyList_SET_ITEM(list, i, v);
     }
+    return list;
+}
+
+/* The bytes of every found value, copied into *arena (grown as needed)
+ * one after another: 0, 1 if a value's length is impossible (a torn
+ * read: the caller checks seq), or -1 with an exception. */
+static int
+copy_values_out(const stx_found *found, const int *rcs, Py_ssize_t n,
+                uint8_t **arena, size_t *cap)
+{
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (rcs[i] == 0) {
+            if (found[i].value_len > PY_SSIZE_T_MAX - total) {
+                return 1;
+            }
+            total += found[i].value_len;
+        }
+    }
+    if (total > *cap) {
+        uint8_t *grown = PyMem_Realloc(*arena, total);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        *arena = grown;
+        *cap = total;
+    }
+    uint8_t *at = *arena;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (rcs[i] == 0) {
+            stx_load_relaxed(at, found[i].value, found[i].value_len);
+            at += found[i].value_len;
+        }
+    }
+    return 0;
+}
+
+/* get_many without a lock: every key found under one even `seq` (the
+ * engine prefetches across keys), the values copied out, `seq` checked
+ * again, then decoded -- one snapshot.  NULL without an exception when a
+ * writer is mid-txn or every attempt was torn: take a read txn. */
+static PyObject *
+get_many_seqlock(DictObject *d, const stx_key *ks, Py_ssize_t n,
+                 PyObject *dflt, stx_found *found, int *rcs)
+{
+    stx_segment *seg = &d->h.seg;
+    uint8_t *arena = NULL;
+    size_t cap = 0;
+    PyObject *list = NULL;
+    for (int attempt = 0; attempt < STX_SEQLOCK_TRIES; attempt++) {
+        uint64_t seq;
+        if (stx_seq_begin(seg, &seq) != 0) {
+            break;
+        }
+        int rc = stx_dict_lookup_many(seg, ks, (size_t)n, found, rcs);
+        /* lengths must be committed ones before they size the arena */
+        if (!stx_seq_still(seg, seq)) {
+            continue;
+        }
+        if (rc != 0) {
+            handle_error(&d->h, rc);
+            break;
+        }
+        int copied = copy_values_out(found, rcs, n, &arena, &cap);
+        if (copied < 0) {
+            break;
+        }
+        if (copied == 0 && stx_seq_still(seg, seq)) {
+            list = decode_many(d, found, rcs, n, dflt, arena);
+            break;
+        }
+    }
+    PyMem_Free(arena);
+    return list;
+}
+
+/* get_many inside an open txn: the engine's batched lookup, decoded
+ * straight from the records. */
+static PyObject *
+get_many_locked(DictObject *d, const stx_key *ks, Py_ssize_t n,
+                PyObject *dflt, stx_found *found, int *rcs)
+{
+    int rc = stx_dict_lookup_many(&d->h.seg, ks, (size_t)n, found, rcs);
+    if (rc != 0) {
+        handle_error(&d->h, rc);
+        return NULL;
+    }
+    return decode_many(d, found, rcs, n, dflt, NULL);
+}
+
+/* get_many of encoded keys: in `txn`, else lock-free, else in a read txn
+ * of its own. */
+static PyObject *
+get_many_encoded(DictObject *d, const stx_key *ks, Py_ssize_t n,
+                 PyObject *dflt, stx_txn *txn)
+{
+    stx_found *found = PyMem_New(stx_found, n ? n : 1);
+    int *rcs = PyMem_New(int, n ? n : 1);
+    PyObject *list = NULL;
+    if (found == NULL || rcs == NULL) {
+        PyErr_NoMemory();
+    }
+    else if (txn != NULL) {
+        list = get_many_locked(d, ks, n, dflt, found, rcs);
+    }
+    else {
+        if (d->h.seg.file->ntxn == 0) {
+            list = get_many_seqlock(d, ks, n, dflt, found, rcs);
+        }
+        stx_txn own = {0};
+        if (list == NULL && !PyErr_Occurred()
+            && txn_open(&d->h, &own, 0, -1) == 0) {
+            list = get_many_locked(d, ks, n, dflt, found, rcs);
+            if (txn_close(&d->h, &own, 1) < 0) {
+                Py_CLEAR(list);
+            }
+        }
+    }
+    PyMem_Free(found);
+    PyMem_Free(rcs);
     return list;
 }
 
@@ -336,18 +469,7 @@ dict_get_many(DictObject *d, PyObject *keys, PyObject *dflt, stx_txn *txn)
             goto done;
         }
     }
-    if (txn != NULL) {
-        list = get_many_locked(d, ks, n, dflt);
-    }
-    else {
-        stx_txn own = {0};
-        if (txn_open(&d->h, &own, 0, -1) == 0) {
-            list = get_many_locked(d, ks, n, dflt);
-            if (txn_close(&d->h, &own, 1) < 0) {
-                Py_CLEAR(list);
-            }
-        }
-    }
+    list = get_many_encoded(d, ks, n, dflt, txn);
 done:
     for (Py_ssize_t i = 0; i < encoded; i++) {
         key_buf_release(&kbs[i]);

@@ -1419,7 +1419,7 @@ shmtxn_dict_load(shmtxn_seg *seg, const shmtxn_key *key, int *tag,
         uint64_t seq;
         stx_found f;
         if (stx_seq_begin(&seg->seg, &seq) != 0) {
-            continue;
+            break;
         }
         rc = stx_dict_lookup(&seg->seg, &k, &f);
         /* tag and length must be committed ones before they are trusted:

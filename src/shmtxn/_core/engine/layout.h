@@ -32,7 +32,7 @@
 /* Stored first, while the creator builds the header: tells a half-built
  * shmtxn segment from another program's zero-filled one. */
 #define STX_MAGIC_BUILDING 0x444c4955425854ULL /* "TXBUILD" */
-#define STX_FORMAT_VERSION 3u
+#define STX_FORMAT_VERSION 4u
 #define STX_CACHE_LINE 64u
 #define STX_PAGE 4096u
 #define STX_MAX_NDIM 8u
@@ -259,9 +259,13 @@ _Static_assert(sizeof(stx_reader_slot) == STX_CACHE_LINE,
 #define STX_DICT_CLASSES 176u
 /* Heap blocks start on, and are sized in, multiples of this. */
 #define STX_BLOCK_ALIGN 16u
-/* Index slot values besides "entry number + 1". */
+/* Index slot values besides a live slot (see stx_dict_header). */
 #define STX_INDEX_EMPTY 0u
-#define STX_INDEX_DELETED 0xffffffffu
+#define STX_INDEX_DELETED 1u
+/* A live index slot: the key hash's top 16 bits above the record's block
+ * offset / STX_BLOCK_ALIGN (48 bits: offsets below 4 PiB). */
+#define STX_SLOT_TAG_SHIFT 48u
+#define STX_SLOT_OFFSET_MASK ((1ull << STX_SLOT_TAG_SHIFT) - 1)
 
 /*
  * The dict header: at offset 0 of the data region.
@@ -270,11 +274,28 @@ _Static_assert(sizeof(stx_reader_slot) == STX_CACHE_LINE,
  * [ unused up to data_size ).  Everything else -- the index, the entry
  * array and every key/value record -- is a block of the heap (alloc.c).
  *
- * The table is CPython's compact layout: `index` is an open-addressed
- * (linear probing) array of uint32 slots holding an entry number + 1, and
- * the entries {hash, record offset} lie in insertion order, so iteration
- * follows insertion like a dict.  A deleted key leaves a DELETED index
- * slot and an entry with record 0 until the next rebuild (table.c).
+ * The table keeps CPython's compact split -- an open-addressed index
+ * (linear probing) over an entry array in insertion order -- with the
+ * read path cut to two cache misses: one to the index, one to the record.
+ *
+ *   index block payload: index_cap uint64 slots, then index_cap uint32
+ *                        entry numbers (slot i's entry, for writers)
+ *   slot:   0 empty, 1 deleted, else tag << 48 | record / 16, where tag
+ *           is the key hash's top 16 bits: a lookup reads the record
+ *           only when the tag matches (1 in 65536 for another key), so
+ *           absent keys and collisions cost no further miss
+ *   entries: {hash, record offset} in insertion order (record 0: deleted)
+ *           -- iteration, rebuilds and verification read them, lookups
+ *           never do
+ *
+ * A deleted key leaves a DELETED slot and an entry with record 0 until
+ * the next rebuild (table.c).
+ *
+ * The header is split by who writes it.  Line 0 is the table's geometry,
+ * changed only by a rebuild: lock-free lookups read it and nothing else
+ * of the header, so a writer's inserts and deletes (line 1: counters and
+ * the heap top) do not take that line from readers' caches.  Lookups
+ * bound offsets by `heap_reserved` (line 2, only grows), not heap_top.
  *
  * Write protocol: every change to bytes that committed state references
  * goes through the undo log; bytes that only this txn's allocations
@@ -286,32 +307,36 @@ _Static_assert(sizeof(stx_reader_slot) == STX_CACHE_LINE,
  * bring back.
  *
  * Lock-free readers (seqlock) may see any mix of old and new bytes: they
- * load every offset and count once, bounds-check it against `heap_top`,
- * and trust nothing they built until `seq` proves it was committed.
+ * load every offset and count once, bounds-check it against
+ * `heap_reserved` (backed pages: never a SIGBUS), and trust nothing they
+ * built until `seq` proves it was committed.
  */
 typedef struct stx_dict_header {
-    /* --- the table and allocator state: logged as one range --- */
+    /* --- logged as one range (both lines) --- */
+    /* line 0: the geometry, changed only by a rebuild */
     uint64_t magic;          /* STX_DICT_MAGIC */
-    uint64_t count;          /* live keys */
-    uint64_t index_off;      /* uint32 index slots (a heap block's payload) */
+    uint64_t reserved0;
+    uint64_t index_off;      /* the index block's payload (see above) */
     uint64_t index_cap;      /* a power of two */
     uint64_t entries_off;    /* stx_dict_entry array (a block's payload) */
     uint64_t entries_cap;    /* index_cap * 2 / 3 */
-    uint64_t entries_used;   /* appended so far, deleted ones included */
+    uint64_t reserved1;
     uint64_t heap_off;       /* first heap byte: just past this header */
+    /* line 1: what inserts, deletes and the allocator change */
     uint64_t heap_top;       /* end of the bump-allocated heap */
     uint64_t live_bytes;     /* bytes in allocated blocks */
     uint64_t free_bytes;     /* bytes in free lists */
     uint64_t rebuilds;       /* table rebuilds (growth or compaction) */
-    uint64_t reserved[4];
+    uint64_t count;          /* live keys */
+    uint64_t entries_used;   /* appended so far, deleted ones included */
+    uint64_t reserved2[2];
     /* --- not logged: only grows, and stays true after any rollback --- */
     alignas(STX_CACHE_LINE) _Atomic uint64_t heap_reserved; /* bytes of the
                               data region backed by posix_fallocate */
-    uint64_t reserved2[7];
+    uint64_t reserved3[7];
     /* --- free lists: one head (block offset, 0 = empty) per class --- */
     uint64_t free_heads[STX_DICT_CLASSES];
 } stx_dict_header;
-
 /* The logged part of the dict header. */
 #define STX_DICT_STATE_BYTES offsetof(stx_dict_header, heap_reserved)
 
@@ -346,6 +371,8 @@ _Static_assert(sizeof(stx_dict_header) % STX_BLOCK_ALIGN == 0,
                "the heap starts aligned");
 _Static_assert(offsetof(stx_dict_header, heap_reserved) == 128,
                "format.md: dict state is 128 bytes");
+_Static_assert(offsetof(stx_dict_header, heap_top) == STX_CACHE_LINE,
+               "format.md: the geometry is line 0 of the dict header");
 _Static_assert(sizeof(stx_record) == 32, "format.md: record header");
 
 #endif /* STX_LAYOUT_H */

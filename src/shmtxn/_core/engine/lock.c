@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "seqlock.h"
 
 /* Polls of a busy lock or reader count before sleeping: a cross-CPU
  * wake-up costs tens of microseconds here, a short spin much less. */
@@ -30,17 +31,6 @@
 /* Longest single sleep while waiting for readers to leave: bounds how
  * long a dead reader is noticed late. */
 #define DRAIN_NAP_NS 2000000ull
-
-/* A polite pause inside a spin loop. */
-static inline void
-cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
 
 /* Nanoseconds on CLOCK_MONOTONIC. */
 static inline uint64_t
@@ -243,7 +233,7 @@ lock_writer(stx_segment *seg, uint64_t slice_ns)
     }
     int rc = try_writer(seg);
     for (int i = 0; rc == STX_EAGAIN && i < SPIN_TRIES; i++) {
-        cpu_relax();
+        stx_cpu_relax();
         if ((i & 63) == 63) {
             rc = try_writer(seg);
         }
@@ -297,7 +287,7 @@ drain_slot(stx_segment *seg, stx_reader_slot *slot, uint64_t deadline)
     stx_header *hdr = seg->hdr;
     for (int i = 0; atomic_load(&slot->readers) != 0; i++) {
         if (i < SPIN_TRIES) {
-            cpu_relax();
+            stx_cpu_relax();
             continue;
         }
         int32_t pid = atomic_load(&slot->pid);
@@ -354,7 +344,7 @@ still_ours(const stx_reader_slot *slot)
         if (pid >= 0) {
             return 0;
         }
-        cpu_relax();
+        stx_cpu_relax();
     }
     return 0;
 }

@@ -7,10 +7,14 @@
  * copied committed bytes only.  Readers write nothing shared: two reader
  * processes never touch a common cache line for writing.
  *
- * A reader that sees seq odd (a writer is mid-txn, or died mid-txn) retries
- * a bounded number of times and then reports STX_EAGAIN; the caller falls
- * back to a read txn, which waits for the writer -- or recovers it, since
- * taking the writer mutex of a dead owner rolls its txn back.
+ * A reader that sees seq odd (a writer is mid-txn, or died mid-txn) spins
+ * a little while for it to turn even -- a write's odd window is about as
+ * long as the commit itself, so beside a busy writer of single ops the
+ * wait is short -- and then reports STX_EAGAIN; the caller falls back to
+ * a read txn, which waits for the writer with the GIL released -- or
+ * recovers it, since taking the writer mutex of a dead owner rolls its
+ * txn back.  A reader whose seq moved under it (a commit happened) retries
+ * up to STX_SEQLOCK_TRIES times: a retry finds its lines in cache.
  *
  * No data races in the C11 sense: the optimistic copy races with the
  * writer by design, so both sides touch bytes that lock-free readers can
@@ -36,6 +40,21 @@
 
 /* Read attempts before giving up to the locked path. */
 #define STX_SEQLOCK_TRIES 64
+
+/* Pauses stx_seq_begin() waits for an odd seq to turn even (a few
+ * microseconds) before it reports the writer. */
+#define STX_SEQ_SPINS 128
+
+/* A polite pause inside a spin loop. */
+static inline void
+stx_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
 
 /* Copies at least this long are bulk copies (see above). */
 #define STX_BULK_BYTES (4u << 10)
@@ -137,19 +156,44 @@ stx_store_relaxed(void *dst, const void *src, size_t n)
     }
 }
 
+/* Start a lock-free read of anything in the data region: 0 and *seq
+ * once no write is in progress (waiting up to STX_SEQ_SPINS pauses for
+ * one to end), STX_EAGAIN if one still is: take the locked path. */
+static inline int
+stx_seq_begin(const stx_segment *seg, uint64_t *seq)
+{
+    for (unsigned spin = 0;; spin++) {
+        *seq = atomic_load_explicit(&seg->hdr->seq, memory_order_acquire);
+        if ((*seq & 1u) == 0) {
+            return 0;
+        }
+        if (spin == STX_SEQ_SPINS) {
+            return STX_EAGAIN;
+        }
+        stx_cpu_relax();
+    }
+}
+
+/* 1 if nothing was written since stx_seq_begin() returned `seq`: what was
+ * read in between was committed data. */
+static inline int
+stx_seq_still(const stx_segment *seg, uint64_t seq)
+{
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(&seg->hdr->seq, memory_order_relaxed) == seq;
+}
+
 /* Copy `length` bytes at data `offset` without locking.  The caller has
  * checked the range.  Returns 0, or STX_EAGAIN to take the locked path. */
 static inline int
 stx_seqlock_read(const stx_segment *seg, uint64_t offset, void *dst,
                  uint64_t length)
 {
-    const stx_header *hdr = seg->hdr;
     const uint8_t *src = seg->data + offset;
     for (int attempt = 0; attempt < STX_SEQLOCK_TRIES; attempt++) {
-        uint64_t before = atomic_load_explicit(&hdr->seq,
-                                               memory_order_acquire);
-        if (before & 1u) {
-            continue;
+        uint64_t before;
+        if (stx_seq_begin(seg, &before) != 0) {
+            break;
         }
         switch ((length && offset % length == 0) ? length : 0) {
         case 8: {
@@ -167,32 +211,11 @@ stx_seqlock_read(const stx_segment *seg, uint64_t offset, void *dst,
         default:
             stx_load_relaxed(dst, src, length);
         }
-        atomic_thread_fence(memory_order_acquire);
-        uint64_t after = atomic_load_explicit(&hdr->seq,
-                                              memory_order_relaxed);
-        if (before == after) {
+        if (stx_seq_still(seg, before)) {
             return 0;
         }
     }
     return STX_EAGAIN;
-}
-
-/* Start a lock-free read of anything in the data region: 0 and *seq if
- * no write is in progress, STX_EAGAIN if one is (retry or lock). */
-static inline int
-stx_seq_begin(const stx_segment *seg, uint64_t *seq)
-{
-    *seq = atomic_load_explicit(&seg->hdr->seq, memory_order_acquire);
-    return (*seq & 1u) ? STX_EAGAIN : 0;
-}
-
-/* 1 if nothing was written since stx_seq_begin() returned `seq`: what was
- * read in between was committed data. */
-static inline int
-stx_seq_still(const stx_segment *seg, uint64_t seq)
-{
-    atomic_thread_fence(memory_order_acquire);
-    return atomic_load_explicit(&seg->hdr->seq, memory_order_relaxed) == seq;
 }
 
 #endif /* STX_SEQLOCK_H */

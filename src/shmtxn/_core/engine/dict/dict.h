@@ -83,7 +83,7 @@ typedef struct stx_value {
  * valid inside a txn, or until the seqlock check for lock-free readers. */
 typedef struct stx_found {
     uint64_t slot;           /* index slot */
-    uint64_t entry;          /* entry number */
+    uint64_t entry;          /* entry number (UINT64_MAX from a lookup) */
     uint64_t record;         /* block offset */
     const uint8_t *key;
     uint32_t key_len;
@@ -106,6 +106,13 @@ int stx_dict_format(stx_segment *seg, uint64_t reserved);
  * segment a writer is changing (every load is checked). */
 int stx_dict_lookup(const stx_segment *seg, const stx_key *key,
                     stx_found *found);
+/* Find `n` keys at once, overlapping their cache misses (prefetching
+ * every key's index slot, then the records they name, a batch at a
+ * time): rcs[i] is 0 (and found[i] filled) or STX_ENOENT.  Returns 0, or
+ * the first other error (STX_ECORRUPT).  Safe lock-free, as
+ * stx_dict_lookup. */
+int stx_dict_lookup_many(const stx_segment *seg, const stx_key *keys,
+                         size_t n, stx_found *found, int *rcs);
 /* Insert or replace. */
 int stx_dict_put(stx_dict_txn *dt, const stx_key *key,
                  const stx_value *value);

@@ -22,8 +22,10 @@
 
 /* The smallest index; entries_cap is two thirds of index_cap. */
 #define MIN_INDEX_CAP 8u
-/* Index slots hold an entry number + 1 in 32 bits. */
+/* Entry numbers are 32 bits. */
 #define MAX_INDEX_CAP (1ull << 31)
+/* Bytes per index slot: the slot and its entry number (layout.h). */
+#define INDEX_SLOT_BYTES (sizeof(uint64_t) + sizeof(uint32_t))
 /* One relaxed load of a shared field. */
 #define LOAD(field) STX_LOAD(field)
 /* Heap bytes a new dict backs with pages at once; alloc.c reserves the
@@ -32,10 +34,11 @@
 
 /* The table fields of the dict header, loaded once and checked. */
 typedef struct table_view {
-    uint64_t top;            /* heap_top */
+    uint64_t top;            /* heap_top; heap_reserved for lookups */
     uint64_t index_off, index_cap;
     uint64_t entries_off, entries_cap, entries_used, count;
-    uint32_t *index;
+    uint64_t *slots;         /* index_cap slots (layout.h) */
+    uint32_t *entry_of;      /* index_cap entry numbers, after the slots */
     stx_dict_entry *entries;
 } table_view;
 
@@ -55,14 +58,70 @@ payload_fits(uint64_t off, uint64_t n, uint64_t size, uint64_t top)
            && off <= top && n <= (top - off) / size;
 }
 
-/* Load and check the table fields of `seg`'s dict header. */
-static int
-load_table(const stx_segment *seg, table_view *t)
+/* The dict header of `seg`, or NULL (and a detail) if it is missing. */
+static stx_dict_header *
+dict_header_of(const stx_segment *seg)
 {
     stx_dict_header *dh = (stx_dict_header *)seg->data;
     if (seg->data_size < sizeof(stx_dict_header)
         || LOAD(dh->magic) != STX_DICT_MAGIC) {
-        return corrupt(seg, "its dict header is missing");
+        corrupt(seg, "its dict header is missing");
+        return NULL;
+    }
+    return dh;
+}
+
+/* Check the geometry in `t` against its bound t->top and point t's
+ * arrays into the segment. */
+static int
+check_geometry(const stx_segment *seg, table_view *t)
+{
+    if (t->top > seg->data_size || t->index_cap < MIN_INDEX_CAP
+        || t->index_cap > MAX_INDEX_CAP
+        || (t->index_cap & (t->index_cap - 1)) != 0
+        || t->entries_cap >= t->index_cap
+        || !payload_fits(t->index_off, t->index_cap, INDEX_SLOT_BYTES,
+                         t->top)
+        || !payload_fits(t->entries_off, t->entries_cap,
+                         sizeof(stx_dict_entry), t->top)
+        || t->entries_off % 8 != 0 || t->index_off % 8 != 0) {
+        return corrupt(seg, "its table header is impossible");
+    }
+    t->slots = (uint64_t *)(seg->data + t->index_off);
+    t->entry_of = (uint32_t *)(t->slots + t->index_cap);
+    t->entries = (stx_dict_entry *)(seg->data + t->entries_off);
+    return 0;
+}
+
+/* Load and check what a lookup needs: the geometry (line 0 of the dict
+ * header), bounded by the heap's reservation -- no line a writer's
+ * inserts change (layout.h). */
+static int
+load_geometry(const stx_segment *seg, table_view *t)
+{
+    stx_dict_header *dh = dict_header_of(seg);
+    if (dh == NULL) {
+        return STX_ECORRUPT;
+    }
+    uint64_t reserved = atomic_load_explicit(&dh->heap_reserved,
+                                             memory_order_relaxed);
+    t->top = reserved < seg->data_size ? reserved : seg->data_size;
+    t->index_off = LOAD(dh->index_off);
+    t->index_cap = LOAD(dh->index_cap);
+    t->entries_off = LOAD(dh->entries_off);
+    t->entries_cap = LOAD(dh->entries_cap);
+    t->entries_used = t->count = 0; /* not loaded */
+    return check_geometry(seg, t);
+}
+
+/* Load and check the whole table state: the geometry bounded by
+ * heap_top, and the counters. */
+static int
+load_table(const stx_segment *seg, table_view *t)
+{
+    stx_dict_header *dh = dict_header_of(seg);
+    if (dh == NULL) {
+        return STX_ECORRUPT;
     }
     t->top = LOAD(dh->heap_top);
     t->index_off = LOAD(dh->index_off);
@@ -71,21 +130,19 @@ load_table(const stx_segment *seg, table_view *t)
     t->entries_cap = LOAD(dh->entries_cap);
     t->entries_used = LOAD(dh->entries_used);
     t->count = LOAD(dh->count);
-    if (t->top > seg->data_size || t->index_cap < MIN_INDEX_CAP
-        || t->index_cap > MAX_INDEX_CAP
-        || (t->index_cap & (t->index_cap - 1)) != 0
-        || t->entries_cap >= t->index_cap
-        || t->entries_used > t->entries_cap || t->count > t->entries_used
-        || !payload_fits(t->index_off, t->index_cap, sizeof(uint32_t),
-                         t->top)
-        || !payload_fits(t->entries_off, t->entries_cap,
-                         sizeof(stx_dict_entry), t->top)
-        || t->entries_off % 8 != 0 || t->index_off % 4 != 0) {
+    if (t->entries_used > t->entries_cap || t->count > t->entries_used) {
         return corrupt(seg, "its table header is impossible");
     }
-    t->index = (uint32_t *)(seg->data + t->index_off);
-    t->entries = (stx_dict_entry *)(seg->data + t->entries_off);
-    return 0;
+    return check_geometry(seg, t);
+}
+
+/* The live slot for the record at block `record` of a key hashing to
+ * `hash`. */
+static uint64_t
+slot_value(uint64_t hash, uint64_t record)
+{
+    return (hash >> STX_SLOT_TAG_SHIFT) << STX_SLOT_TAG_SHIFT
+           | record / STX_BLOCK_ALIGN;
 }
 
 /* Load and check the record at block `offset` into `f`. */
@@ -114,33 +171,32 @@ load_record(const stx_segment *seg, uint64_t offset, uint64_t top,
     return 0;
 }
 
-/* Probe for `key`: 0 and *f if found; STX_ENOENT and *free_slot (the
- * first deleted or empty slot on its path) if not. */
+/* Probe for `key`: 0 and *f if found (f->entry not set: entry_of());
+ * STX_ENOENT and *free_slot (the first deleted or empty slot on its
+ * path) if not.  A slot whose tag differs from the key's costs no load
+ * beyond the index. */
 static int
 probe(const stx_segment *seg, const table_view *t, const stx_key *key,
       stx_found *f, uint64_t *free_slot)
 {
     uint64_t mask = t->index_cap - 1;
     uint64_t i = key->hash & mask;
+    uint64_t tag = key->hash >> STX_SLOT_TAG_SHIFT;
     uint64_t first_free = UINT64_MAX;
     for (uint64_t n = 0; n < t->index_cap; n++, i = (i + 1) & mask) {
-        uint32_t ix = LOAD(t->index[i]);
-        if (ix == STX_INDEX_EMPTY || ix == STX_INDEX_DELETED) {
+        uint64_t slot = LOAD(t->slots[i]);
+        if (slot <= STX_INDEX_DELETED) {
             first_free = first_free == UINT64_MAX ? i : first_free;
-            if (ix == STX_INDEX_EMPTY) {
+            if (slot == STX_INDEX_EMPTY) {
                 *free_slot = first_free;
                 return STX_ENOENT;
             }
             continue;
         }
-        uint64_t e = (uint64_t)ix - 1;
-        if (e >= t->entries_used) {
-            return corrupt(seg, "an index slot names no entry");
-        }
-        uint64_t record = LOAD(t->entries[e].record);
-        if (LOAD(t->entries[e].hash) != key->hash || record == 0) {
+        if (slot >> STX_SLOT_TAG_SHIFT != tag) {
             continue;
         }
+        uint64_t record = (slot & STX_SLOT_OFFSET_MASK) * STX_BLOCK_ALIGN;
         int rc = load_record(seg, record, t->top, f);
         if (rc != 0) {
             return rc;
@@ -148,11 +204,24 @@ probe(const stx_segment *seg, const table_view *t, const stx_key *key,
         if (f->key_len == key->len
             && stx_equal_relaxed(f->key, key->bytes, key->len)) {
             f->slot = i;
-            f->entry = e;
+            f->entry = UINT64_MAX;
             return 0;
         }
     }
     return corrupt(seg, "its index has no empty slot");
+}
+
+/* The entry of the found record `f` (a write txn's view `t`): checked
+ * against the entries, into f->entry. */
+static int
+entry_of(const stx_segment *seg, const table_view *t, stx_found *f)
+{
+    uint64_t e = t->entry_of[f->slot];
+    if (e >= t->entries_used || t->entries[e].record != f->record) {
+        return corrupt(seg, "an index slot names no entry");
+    }
+    f->entry = e;
+    return 0;
 }
 
 int
@@ -160,8 +229,67 @@ stx_dict_lookup(const stx_segment *seg, const stx_key *key, stx_found *f)
 {
     table_view t;
     uint64_t free_slot;
-    int rc = load_table(seg, &t);
+    int rc = load_geometry(seg, &t);
     return rc != 0 ? rc : probe(seg, &t, key, f, &free_slot);
+}
+
+/* Where a lookup of `key` in `t` starts: its index slot's line. */
+static const void *
+home_slot(const table_view *t, const stx_key *key)
+{
+    return &t->slots[key->hash & (t->index_cap - 1)];
+}
+
+/* The record the first slot of `key`'s probe names if its tag matches,
+ * else NULL: what to prefetch next (nothing is loaded through it). */
+static const void *
+likely_record(const stx_segment *seg, const table_view *t,
+              const stx_key *key)
+{
+    uint64_t slot = LOAD(*(const uint64_t *)home_slot(t, key));
+    uint64_t record = (slot & STX_SLOT_OFFSET_MASK) * STX_BLOCK_ALIGN;
+    if (slot <= STX_INDEX_DELETED
+        || slot >> STX_SLOT_TAG_SHIFT != key->hash >> STX_SLOT_TAG_SHIFT
+        || record >= t->top) {
+        return NULL;
+    }
+    return seg->data + record;
+}
+
+/* Keys per prefetch round of stx_dict_lookup_many: enough misses in
+ * flight to hide memory latency, few enough lines to stay in L1. */
+#define LOOKUP_BATCH 16u
+
+int
+stx_dict_lookup_many(const stx_segment *seg, const stx_key *keys, size_t n,
+                     stx_found *found, int *rcs)
+{
+    table_view t;
+    int rc = load_geometry(seg, &t);
+    if (rc != 0) {
+        return rc;
+    }
+    for (size_t at = 0; at < n; at += LOOKUP_BATCH) {
+        size_t end = n - at < LOOKUP_BATCH ? n : at + LOOKUP_BATCH;
+        for (size_t i = at; i < end; i++) {
+            __builtin_prefetch(home_slot(&t, &keys[i]));
+        }
+        for (size_t i = at; i < end; i++) {
+            const void *record = likely_record(seg, &t, &keys[i]);
+            if (record != NULL) {
+                __builtin_prefetch(record);
+                __builtin_prefetch((const uint8_t *)record + 64);
+            }
+        }
+        for (size_t i = at; i < end; i++) {
+            uint64_t free_slot;
+            rcs[i] = probe(seg, &t, &keys[i], &found[i], &free_slot);
+            if (rcs[i] != 0 && rcs[i] != STX_ENOENT) {
+                return rcs[i];
+            }
+        }
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -231,7 +359,7 @@ is_fresh(const stx_dict_txn *dt, uint64_t record)
     return 0;
 }
 
-/* Allocate a zeroed index of `cap` slots and an entry array; the new
+/* Allocate an index of `cap` slots (zeroed) and an entry array; the new
  * blocks' payload offsets go to *index_off and *entries_off. */
 static int
 alloc_table(stx_dict_txn *dt, uint64_t cap, uint64_t *index_off,
@@ -239,7 +367,7 @@ alloc_table(stx_dict_txn *dt, uint64_t cap, uint64_t *index_off,
 {
     uint64_t ecap = cap * 2 / 3;
     uint64_t ib, eb;
-    int rc = stx_heap_alloc(dt, sizeof(stx_block) + cap * sizeof(uint32_t),
+    int rc = stx_heap_alloc(dt, sizeof(stx_block) + cap * INDEX_SLOT_BYTES,
                             &ib);
     if (rc == 0) {
         rc = stx_heap_alloc(dt, sizeof(stx_block)
@@ -250,38 +378,39 @@ alloc_table(stx_dict_txn *dt, uint64_t cap, uint64_t *index_off,
     }
     *index_off = ib + sizeof(stx_block);
     *entries_off = eb + sizeof(stx_block);
-    uint8_t *index = stx_fresh(dt->txn, *index_off, cap * sizeof(uint32_t));
+    uint8_t *index = stx_fresh(dt->txn, *index_off, cap * INDEX_SLOT_BYTES);
     if (index == NULL) {
         return corrupt(dt->txn->seg, "a new table lies outside the heap");
     }
-    stx_zero_relaxed(index, cap * sizeof(uint32_t));
+    stx_zero_relaxed(index, cap * sizeof(uint64_t));
     return 0;
 }
 
-/* Copy the live entries of `t` into the fresh table (compacting them). */
+/* Put the live entries of `from` (its first `used`) into the table `to`,
+ * whose slots are zeroed: compacted, in order, each entry rehashed into
+ * the index.  `to` may be `from` (compaction in place: an entry only
+ * moves down).  *live is how many there were. */
 static int
-copy_live(stx_dict_txn *dt, const table_view *t, uint64_t cap,
-          uint64_t index_off, uint64_t entries_off, uint64_t *live)
+fill_table(const stx_segment *seg, const stx_dict_entry *from,
+           uint64_t used, const table_view *to, uint64_t *live)
 {
-    stx_segment *seg = dt->txn->seg;
-    uint32_t *index = (uint32_t *)(seg->data + index_off);
-    stx_dict_entry *entries = (stx_dict_entry *)(seg->data + entries_off);
-    uint64_t mask = cap - 1, n = 0;
-    for (uint64_t e = 0; e < t->entries_used; e++) {
-        stx_dict_entry entry = t->entries[e];
+    uint64_t mask = to->index_cap - 1, n = 0;
+    for (uint64_t e = 0; e < used; e++) {
+        stx_dict_entry entry = from[e];
         if (entry.record == 0) {
             continue;
         }
-        if (n >= cap * 2 / 3) {
+        if (n >= to->entries_cap) {
             return corrupt(seg, "it holds more live entries than its count");
         }
-        STX_STORE(entries[n].hash, entry.hash);
-        STX_STORE(entries[n].record, entry.record);
+        STX_STORE(to->entries[n].hash, entry.hash);
+        STX_STORE(to->entries[n].record, entry.record);
         uint64_t i = entry.hash & mask;
-        while (index[i] != STX_INDEX_EMPTY) {
+        while (to->slots[i] != STX_INDEX_EMPTY) {
             i = (i + 1) & mask;
         }
-        STX_STORE(index[i], (uint32_t)(n + 1));
+        STX_STORE(to->slots[i], slot_value(entry.hash, entry.record));
+        to->entry_of[i] = (uint32_t)n; /* writers only read it */
         n++;
     }
     *live = n;
@@ -303,7 +432,7 @@ index_cap_for(uint64_t want)
 static uint64_t
 table_bytes(const table_view *t)
 {
-    return t->index_cap * sizeof(uint32_t)
+    return t->index_cap * INDEX_SLOT_BYTES
            + t->entries_used * sizeof(stx_dict_entry);
 }
 
@@ -322,7 +451,7 @@ static int
 compact_in_place(stx_dict_txn *dt, const table_view *t, int keep)
 {
     int rc = stx_undo_prepare(dt->txn, t->index_off,
-                              t->index_cap * sizeof(uint32_t));
+                              t->index_cap * INDEX_SLOT_BYTES);
     if (rc == 0) {
         rc = stx_undo_prepare(dt->txn, t->entries_off,
                               t->entries_used * sizeof(stx_dict_entry));
@@ -331,21 +460,12 @@ compact_in_place(stx_dict_txn *dt, const table_view *t, int keep)
     if (rc != 0) {
         return rc;
     }
-    uint64_t mask = t->index_cap - 1, n = 0;
-    stx_zero_relaxed(t->index, t->index_cap * sizeof(uint32_t));
-    for (uint64_t e = 0; keep && e < t->entries_used; e++) {
-        stx_dict_entry entry = t->entries[e];
-        if (entry.record == 0) {
-            continue;
-        }
-        STX_STORE(t->entries[n].hash, entry.hash);
-        STX_STORE(t->entries[n].record, entry.record);
-        uint64_t i = entry.hash & mask;
-        while (t->index[i] != STX_INDEX_EMPTY) {
-            i = (i + 1) & mask;
-        }
-        STX_STORE(t->index[i], (uint32_t)(n + 1));
-        n++;
+    uint64_t n = 0;
+    stx_zero_relaxed(t->slots, t->index_cap * sizeof(uint64_t));
+    rc = keep ? fill_table(dt->txn->seg, t->entries, t->entries_used, t, &n)
+              : 0;
+    if (rc != 0) {
+        return rc;
     }
     STX_STORE(dh->entries_used, n);
     STX_STORE(dh->count, n);
@@ -372,7 +492,13 @@ rebuild(stx_dict_txn *dt, const table_view *t, uint64_t want, int keep)
     uint64_t index_off, entries_off, live = 0;
     int rc = alloc_table(dt, cap, &index_off, &entries_off);
     if (rc == 0 && keep) {
-        rc = copy_live(dt, t, cap, index_off, entries_off, &live);
+        stx_segment *seg = dt->txn->seg;
+        table_view to = {.index_cap = cap, .entries_cap = cap * 2 / 3,
+                         .slots = (uint64_t *)(seg->data + index_off),
+                         .entries = (stx_dict_entry *)(seg->data
+                                                       + entries_off)};
+        to.entry_of = (uint32_t *)(to.slots + cap);
+        rc = fill_table(seg, t->entries, t->entries_used, &to, &live);
     }
     stx_dict_header *dh = rc == 0 ? state_for_write(dt, &rc) : NULL;
     if (rc == 0) {
@@ -411,11 +537,30 @@ fits_in_place(uint64_t need, uint64_t size)
  * cheaper than the allocator. */
 #define STX_OUT_OF_PLACE_BYTES 4096
 
+/* Point the found key's index slot and entry at new values (logged):
+ * another record, or DELETED and 0. */
+static int
+repoint(stx_dict_txn *dt, const table_view *t, stx_found *f, uint64_t slot,
+        uint64_t record)
+{
+    int rc = entry_of(dt->txn->seg, t, f);
+    if (rc == 0) {
+        rc = stx_write(dt->txn, t->index_off + f->slot * sizeof(slot),
+                       &slot, sizeof(slot));
+    }
+    if (rc == 0) {
+        rc = stx_write(dt->txn, t->entries_off + f->entry
+                       * sizeof(stx_dict_entry) + sizeof(uint64_t),
+                       &record, sizeof(record));
+    }
+    return rc;
+}
+
 /* Replace the value of the found record: in place when the new record is
  * small and needs the same block size, else in a new block (the old one
  * is freed when the txn commits, so a rollback still finds it). */
 static int
-replace(stx_dict_txn *dt, const table_view *t, const stx_found *f,
+replace(stx_dict_txn *dt, const table_view *t, stx_found *f,
         const stx_key *key, const stx_value *value)
 {
     stx_segment *seg = dt->txn->seg;
@@ -439,11 +584,26 @@ replace(stx_dict_txn *dt, const table_view *t, const stx_found *f,
     uint64_t fresh;
     int rc = new_record(dt, key, f->key_kind, value, &fresh);
     if (rc == 0) {
-        rc = stx_write(dt->txn, t->entries_off + f->entry
-                       * sizeof(stx_dict_entry) + sizeof(uint64_t),
-                       &fresh, sizeof(fresh));
+        rc = repoint(dt, t, f, slot_value(key->hash, fresh), fresh);
     }
     return rc == 0 ? stx_heap_free_later(dt, f->record) : rc;
+}
+
+/* Set the entry number of the free index slot `slot` to `e`.  An empty
+ * slot's number is nobody's (a rollback leaves the slot empty), so it is
+ * written unlogged; a deleted slot may have been live when this txn
+ * began, and a rollback needs its old number back. */
+static int
+set_entry_of(stx_dict_txn *dt, const table_view *t, uint64_t slot,
+             uint32_t e)
+{
+    if (t->slots[slot] == STX_INDEX_EMPTY) {
+        t->entry_of[slot] = e;
+        return 0;
+    }
+    return stx_write(dt->txn, (uint64_t)((uint8_t *)&t->entry_of[slot]
+                                         - dt->txn->seg->data), &e,
+                     sizeof(e));
 }
 
 /* Insert a key that is not there: rebuild if the entries are used up,
@@ -477,10 +637,13 @@ insert(stx_dict_txn *dt, table_view *t, const stx_key *key,
     stx_dict_entry entry = {.hash = key->hash, .record = record};
     rc = stx_write_fresh(dt->txn, t->entries_off + e * sizeof(entry),
                          &entry, sizeof(entry));
-    uint32_t ix = (uint32_t)(e + 1);
     if (rc == 0) {
-        rc = stx_write(dt->txn, t->index_off + slot * sizeof(ix), &ix,
-                       sizeof(ix));
+        rc = set_entry_of(dt, t, slot, (uint32_t)e);
+    }
+    uint64_t live = slot_value(key->hash, record);
+    if (rc == 0) {
+        rc = stx_write(dt->txn, t->index_off + slot * sizeof(live), &live,
+                       sizeof(live));
     }
     if (rc == 0) {
         STX_STORE(dh->entries_used, e + 1);
@@ -521,17 +684,8 @@ stx_dict_delete(stx_dict_txn *dt, const stx_key *key)
         rc = probe(dt->txn->seg, &t, key, &f, &slot);
     }
     stx_dict_header *dh = rc == 0 ? state_for_write(dt, &rc) : NULL;
-    if (rc != 0) {
-        return rc;
-    }
-    uint32_t deleted = STX_INDEX_DELETED;
-    uint64_t gone = 0;
-    rc = stx_write(dt->txn, t.index_off + f.slot * sizeof(deleted),
-                   &deleted, sizeof(deleted));
     if (rc == 0) {
-        rc = stx_write(dt->txn, t.entries_off + f.entry
-                       * sizeof(stx_dict_entry) + sizeof(uint64_t), &gone,
-                       sizeof(gone));
+        rc = repoint(dt, &t, &f, STX_INDEX_DELETED, 0);
     }
     if (rc == 0) {
         STX_STORE(dh->count, t.count - 1);
@@ -559,6 +713,9 @@ stx_dict_clear(stx_dict_txn *dt)
 /* ------------------------------------------------------------------ */
 /* reading                                                             */
 
+/* How many entries ahead stx_dict_next() prefetches a record. */
+#define NEXT_AHEAD 4u
+
 int
 stx_dict_next(const stx_segment *seg, uint64_t *pos, stx_found *f)
 {
@@ -566,6 +723,14 @@ stx_dict_next(const stx_segment *seg, uint64_t *pos, stx_found *f)
     int rc = load_table(seg, &t);
     for (uint64_t e = *pos; rc == 0 && e < t.entries_used; e++) {
         uint64_t record = LOAD(t.entries[e].record);
+        if (e + NEXT_AHEAD < t.entries_used) {
+            /* the record a few calls ahead: its miss overlaps this one's
+             * decoding (a prefetch never faults; bounded all the same) */
+            uint64_t ahead = LOAD(t.entries[e + NEXT_AHEAD].record);
+            if (ahead < t.top) {
+                __builtin_prefetch(seg->data + ahead);
+            }
+        }
         if (record != 0) {
             rc = load_record(seg, record, t.top, f);
             f->entry = e;
@@ -624,7 +789,7 @@ int
 stx_dict_format(stx_segment *seg, uint64_t reserved)
 {
     uint64_t index_block = stx_class_size(stx_class_of(
-        sizeof(stx_block) + MIN_INDEX_CAP * sizeof(uint32_t)));
+        sizeof(stx_block) + MIN_INDEX_CAP * INDEX_SLOT_BYTES));
     uint64_t entries_block = stx_class_size(stx_class_of(
         sizeof(stx_block) + MIN_INDEX_CAP * 2 / 3 * sizeof(stx_dict_entry)));
     if (seg->data_size < sizeof(stx_dict_header) + index_block
@@ -642,7 +807,7 @@ stx_dict_format(stx_segment *seg, uint64_t reserved)
     dh->entries_cap = MIN_INDEX_CAP * 2 / 3;
     dh->index_off = format_block(dh, seg->data, index_block);
     dh->entries_off = format_block(dh, seg->data, entries_block);
-    memset(seg->data + dh->index_off, 0, MIN_INDEX_CAP * sizeof(uint32_t));
+    memset(seg->data + dh->index_off, 0, MIN_INDEX_CAP * INDEX_SLOT_BYTES);
     atomic_store(&dh->heap_reserved, reserved);
     return 0;
 }
@@ -684,19 +849,21 @@ const stx_layout stx_dict_layout = {
     .format = stx_dict_format,
 };
 
-/* Check every index slot: empty, deleted, or naming a live entry; as
- * many name entries as the dict has keys. */
+/* Check every index slot: empty, deleted, or a live one whose entry
+ * number names a live entry with the same record and tag; as many live
+ * slots as the dict has keys. */
 static int
 verify_index(const stx_segment *seg, const table_view *t)
 {
     uint64_t named = 0;
     for (uint64_t i = 0; i < t->index_cap; i++) {
-        uint32_t ix = t->index[i];
-        if (ix == STX_INDEX_EMPTY || ix == STX_INDEX_DELETED) {
+        uint64_t slot = t->slots[i];
+        if (slot <= STX_INDEX_DELETED) {
             continue;
         }
-        if ((uint64_t)ix - 1 >= t->entries_used
-            || t->entries[ix - 1].record == 0) {
+        uint64_t e = t->entry_of[i];
+        if (e >= t->entries_used
+            || slot != slot_value(t->entries[e].hash, t->entries[e].record)) {
             return corrupt(seg, "an index slot names no live entry");
         }
         named++;
@@ -706,7 +873,7 @@ verify_index(const stx_segment *seg, const table_view *t)
 }
 
 /* Check every live entry: a valid record, the stored hash matches the
- * key, and probing finds it. */
+ * key, and probing finds it through the slot that names the entry. */
 static int
 verify_entries(const stx_segment *seg, const table_view *t)
 {
@@ -728,7 +895,8 @@ verify_entries(const stx_segment *seg, const table_view *t)
         if (key.hash != entry.hash) {
             return corrupt(seg, "an entry's hash does not match its key");
         }
-        if (probe(seg, t, &key, &g, &slot) != 0 || g.entry != e) {
+        if (probe(seg, t, &key, &g, &slot) != 0 || g.record != entry.record
+            || t->entry_of[g.slot] != e) {
             return corrupt(seg, "an entry cannot be found from the index");
         }
         live++;
@@ -812,7 +980,7 @@ claim_table(const stx_segment *seg, const table_view *t, heap_map *m)
 {
     uint64_t size;
     int rc = claim(seg, m, t->index_off - sizeof(stx_block), t->top,
-                   sizeof(stx_block) + t->index_cap * sizeof(uint32_t),
+                   sizeof(stx_block) + t->index_cap * INDEX_SLOT_BYTES,
                    &size);
     m->live += rc == 0 ? size : 0;
     if (rc == 0) {
@@ -892,10 +1060,10 @@ stx_dict_verify(const stx_segment *seg)
     table_view t;
     int rc = load_table(seg, &t);
     if (rc == 0) {
-        rc = verify_index(seg, &t);
+        rc = verify_entries(seg, &t); /* the most precise message first */
     }
     if (rc == 0) {
-        rc = verify_entries(seg, &t);
+        rc = verify_index(seg, &t);
     }
     return rc == 0 ? verify_heap(seg, &t) : rc;
 }
