@@ -1,8 +1,9 @@
 /*
  * unit_table.c -- the dict table: growth through several rebuilds with a
  * full stx_dict_verify after each, lookups and insertion-order iteration
- * across them, replace, delete, compaction, clear, and a rolled-back
- * growth leaving the old table whole.
+ * across them, replace, delete, compaction, clear, a rolled-back
+ * growth leaving the old table whole, keys told apart by tag and bytes
+ * (format 4's index slots), and a deleted slot reused then rolled back.
  */
 #include "unit.h"
 
@@ -201,11 +202,95 @@ test_a_rolled_back_growth_leaves_the_old_table(void)
     unit_drop(&seg, name);
 }
 
+/* Keys given hashes by hand: the same home slot and tag (told apart by
+ * their bytes), the same home slot and another tag (never read), and an
+ * absent key on the same path.  (No verify: it rehashes keys.) */
+static void
+test_keys_told_apart_by_tag_then_bytes(void)
+{
+    stx_segment seg;
+    char name[STX_NAME_MAX + 1];
+    unit_dict(&seg, name, SIZE, 0);
+    uint64_t h = 0xabcd000000000003ull;
+    stx_key a = {.bytes = (const uint8_t *)"a", .len = 1, .hash = h};
+    stx_key b = {.bytes = (const uint8_t *)"b", .len = 1, .hash = h};
+    stx_key c = {.bytes = (const uint8_t *)"c", .len = 1,
+                 .hash = h ^ (1ull << 60)}; /* same home, other tag */
+    stx_key absent = {.bytes = (const uint8_t *)"z", .len = 1, .hash = h};
+    stx_value va = {.bytes = (const uint8_t *)"A", .len = 1, .tag = 'b'};
+    stx_value vb = {.bytes = (const uint8_t *)"B", .len = 1, .tag = 'b'};
+    stx_value vc = {.bytes = (const uint8_t *)"C", .len = 1, .tag = 'b'};
+    unit_dict_txn w;
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
+    CHECK_EQ(stx_dict_put(&w.dt, &c, &vc), 0);
+    CHECK_EQ(stx_dict_put(&w.dt, &a, &va), 0);
+    CHECK_EQ(stx_dict_put(&w.dt, &b, &vb), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
+    stx_found f;
+    CHECK(stx_dict_lookup(&seg, &a, &f) == 0 && f.value[0] == 'A');
+    CHECK(stx_dict_lookup(&seg, &b, &f) == 0 && f.value[0] == 'B');
+    CHECK(stx_dict_lookup(&seg, &c, &f) == 0 && f.value[0] == 'C');
+    CHECK_EQ(stx_dict_lookup(&seg, &absent, &f), STX_ENOENT);
+    /* a batched lookup finds the same */
+    stx_key keys[4] = {a, absent, c, b};
+    stx_found found[4];
+    int rcs[4];
+    CHECK_EQ(stx_dict_lookup_many(&seg, keys, 4, found, rcs), 0);
+    CHECK(rcs[0] == 0 && found[0].value[0] == 'A');
+    CHECK_EQ(rcs[1], STX_ENOENT);
+    CHECK(rcs[2] == 0 && found[2].value[0] == 'C');
+    CHECK(rcs[3] == 0 && found[3].value[0] == 'B');
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
+    CHECK_EQ(stx_dict_delete(&w.dt, &a), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
+    CHECK_EQ(stx_dict_lookup(&seg, &a, &f), STX_ENOENT);
+    CHECK(stx_dict_lookup(&seg, &b, &f) == 0 && f.value[0] == 'B');
+    unit_drop(&seg, name);
+}
+
+/* A txn deletes a key and inserts another into its (now deleted) index
+ * slot, then rolls back: the slot's entry number must come back too. */
+static void
+test_a_reused_deleted_slot_rolls_back(void)
+{
+    stx_segment seg;
+    char name[STX_NAME_MAX + 1];
+    unit_dict(&seg, name, SIZE, 0);
+    uint64_t cap = stats_of(&seg).index_cap;
+    char kb0[32], kb[32];
+    stx_key first = key_of(&seg, 0, kb0);
+    int other = 1;
+    for (stx_key k = key_of(&seg, other, kb);
+         ((k.hash ^ first.hash) & (cap - 1)) != 0;
+         k = key_of(&seg, ++other, kb)) {
+    }
+    unit_dict_txn w;
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
+    CHECK_EQ(put(&w, 0, 0), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
+    CHECK_EQ(stx_dict_delete(&w.dt, &first), 0);
+    CHECK_EQ(put(&w, other, 0), 0); /* takes key 0's deleted home slot */
+    CHECK_EQ(unit_dict_end(&w, 0), 0);
+    CHECK_EQ(stx_dict_verify(&seg), 0);
+    CHECK(has(&seg, 0, 0));
+    CHECK(!has(&seg, other, 0));
+    /* and delete it now: the entry number must be key 0's */
+    CHECK_EQ(unit_dict_open(&w, &seg), 0);
+    CHECK_EQ(stx_dict_delete(&w.dt, &first), 0);
+    CHECK_EQ(unit_dict_end(&w, 1), 0);
+    CHECK_EQ(stx_dict_verify(&seg), 0);
+    CHECK_EQ(stats_of(&seg).count, 0);
+    unit_drop(&seg, name);
+}
+
 int
 main(void)
 {
     UNIT_RUN(test_growth_through_rebuilds);
     UNIT_RUN(test_replace_delete_compact_clear);
     UNIT_RUN(test_a_rolled_back_growth_leaves_the_old_table);
+    UNIT_RUN(test_keys_told_apart_by_tag_then_bytes);
+    UNIT_RUN(test_a_reused_deleted_slot_rolls_back);
     return unit_report();
 }

@@ -165,6 +165,7 @@ seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
                int *missing)
 {
     stx_segment *seg = &d->h.seg;
+    stx_dict_prefetch(seg, k);
     for (int attempt = 0; attempt < STX_SEQLOCK_TRIES; attempt++) {
         uint64_t seq;
         if (stx_seq_begin(seg, &seq) != 0) {

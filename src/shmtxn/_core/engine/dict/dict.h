@@ -106,6 +106,11 @@ int stx_dict_format(stx_segment *seg, uint64_t reserved);
  * segment a writer is changing (every load is checked). */
 int stx_dict_lookup(const stx_segment *seg, const stx_key *key,
                     stx_found *found);
+/* Bring `key`'s index slot and the record it names into cache, trusting
+ * nothing (a hint: no error, no result).  A lock-free reader calls it
+ * before its seqlock section, which then runs on cached lines: a shorter
+ * section is less likely to see a writer's commit and retry. */
+void stx_dict_prefetch(const stx_segment *seg, const stx_key *key);
 /* Find `n` keys at once, overlapping their cache misses (prefetching
  * every key's index slot, then the records they name, a batch at a
  * time): rcs[i] is 0 (and found[i] filled) or STX_ENOENT.  Returns 0, or

@@ -256,6 +256,19 @@ likely_record(const stx_segment *seg, const table_view *t,
     return seg->data + record;
 }
 
+void
+stx_dict_prefetch(const stx_segment *seg, const stx_key *key)
+{
+    table_view t;
+    if (load_geometry(seg, &t) == 0) {
+        const void *record = likely_record(seg, &t, key);
+        if (record != NULL) {
+            __builtin_prefetch(record);
+            __builtin_prefetch((const uint8_t *)record + 64);
+        }
+    }
+}
+
 /* Keys per prefetch round of stx_dict_lookup_many: enough misses in
  * flight to hide memory latency, few enough lines to stay in L1. */
 #define LOOKUP_BATCH 16u
