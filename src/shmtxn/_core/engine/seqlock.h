@@ -21,8 +21,9 @@
  * see only through relaxed atomic accesses (stx_load_relaxed here,
  * stx_store_relaxed in the writer's paths), a word at a time on the same
  * 8-byte grid.  Relaxed 64-bit accesses compile to plain moves, so the
- * copies stay at cache speed.  One exception, for bandwidth: a bulk copy
- * (load or store) of STX_BULK_BYTES or more goes through libc's memcpy,
+ * copies stay at cache speed.  One exception, for speed: a bulk copy
+ * (a load of STX_BULK_LOAD_BYTES or more, a store of STX_BULK_BYTES or
+ * more) goes through libc's memcpy,
  * whose wide vector moves (and non-temporal stores for large arrays, no
  * read-for-ownership) copy several times faster than word moves.  memcpy
  * is opaque to the compiler, so nothing can be optimised on the
@@ -58,6 +59,10 @@ stx_cpu_relax(void)
 
 /* Copies at least this long are bulk copies (see above). */
 #define STX_BULK_BYTES (4u << 10)
+/* Loads go through memcpy from this length: libc's unaligned vector
+ * moves beat a word loop with byte loops at both ends (a value after a
+ * key rarely starts on a word). */
+#define STX_BULK_LOAD_BYTES 64u
 
 /* Copy `n` bytes out of shared memory that a writer may be changing:
  * relaxed atomic loads, 8-byte words where `src` is word aligned (bulk
@@ -67,7 +72,7 @@ stx_load_relaxed(void *dst, const void *src, size_t n)
 {
     uint8_t *d = dst;
     const uint8_t *s = src;
-    if (n >= STX_BULK_BYTES) {
+    if (n >= STX_BULK_LOAD_BYTES) {
         memcpy(d, s, n);
         return;
     }

@@ -259,13 +259,25 @@ likely_record(const stx_segment *seg, const table_view *t,
 void
 stx_dict_prefetch(const stx_segment *seg, const stx_key *key)
 {
-    table_view t;
-    if (load_geometry(seg, &t) == 0) {
-        const void *record = likely_record(seg, &t, key);
-        if (record != NULL) {
-            __builtin_prefetch(record);
-            __builtin_prefetch((const uint8_t *)record + 64);
-        }
+    /* a hint: the fields are loaded unchecked but for what keeps the
+     * addresses inside the backed heap (a prefetch never faults, but an
+     * address must not be computed from an overflow) */
+    const stx_dict_header *dh = (const stx_dict_header *)seg->data;
+    uint64_t top = atomic_load_explicit(&dh->heap_reserved,
+                                        memory_order_relaxed);
+    uint64_t index_off = LOAD(dh->index_off), cap = LOAD(dh->index_cap);
+    uint64_t at = index_off + (key->hash & (cap - 1)) * sizeof(uint64_t);
+    if (top > seg->data_size || top < sizeof(stx_dict_header)
+        || index_off >= top || cap > MAX_INDEX_CAP
+        || at > top - sizeof(uint64_t)) {
+        return;
+    }
+    uint64_t slot = LOAD(*(const uint64_t *)(seg->data + at));
+    uint64_t record = (slot & STX_SLOT_OFFSET_MASK) * STX_BLOCK_ALIGN;
+    if (slot > STX_INDEX_DELETED && record < top
+        && slot >> STX_SLOT_TAG_SHIFT == key->hash >> STX_SLOT_TAG_SHIFT) {
+        __builtin_prefetch(seg->data + record);
+        __builtin_prefetch(seg->data + record + 64);
     }
 }
 
