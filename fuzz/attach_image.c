@@ -143,11 +143,17 @@ read_dict(stx_segment *seg)
     stx_dict_stats stats;
     stx_dict_stats_get(seg, &stats);
     static const char *const probes[] = {"k1", "k2", "big", "new", "s", ""};
-    for (size_t i = 0; i < sizeof(probes) / sizeof(probes[0]); i++) {
-        stx_key key = key_of(seg, probes[i], (uint32_t)strlen(probes[i]));
+    enum { NPROBES = sizeof(probes) / sizeof(probes[0]) };
+    stx_key keys[NPROBES];
+    for (size_t i = 0; i < NPROBES; i++) {
+        keys[i] = key_of(seg, probes[i], (uint32_t)strlen(probes[i]));
         stx_found f;
-        stx_dict_lookup(seg, &key, &f);
+        stx_dict_prefetch(seg, &keys[i]);
+        stx_dict_lookup(seg, &keys[i], &f);
     }
+    stx_found many[NPROBES];
+    int rcs[NPROBES];
+    stx_dict_lookup_many(seg, keys, NPROBES, many, rcs);
     uint64_t pos = 0;
     stx_found f;
     for (int n = 0; n < 512 && stx_dict_next(seg, &pos, &f) == 0; n++) {
