@@ -597,12 +597,16 @@ def main(argv=None):
                          "with --quick); 0 skips them")
     ap.add_argument("--no-manager", action="store_true",
                     help="leave out Manager().dict()")
+    ap.add_argument("--samples", type=int,
+                    help="samples per candidate and row (default 5; 3 "
+                         "with --quick); more steady the medians on a noisy machine")
     args = ap.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     if args.rw_size is None:
         args.rw_size = (max(sizes) if args.quick or 100_000 not in sizes
                         else 100_000)
     samples, min_sample = (3, 0.02) if args.quick else (5, 0.2)
+    samples = args.samples or samples
     print(f"Machine: {machine()}")
     print("Command: " + " ".join(["python benchmarks/bench_dict.py"]
                                  + argv))
