@@ -88,6 +88,72 @@ def join_all(procs, timeout: float = WORKER_TIMEOUT) -> None:
                    for p in failed]))
 
 
+def receive(conn, procs, timeout: float = WORKER_TIMEOUT):
+    """The next message on pipe end `conn` from one of the workers `procs`.
+    Raises WorkerFailed (after stopping them all) if a worker exits with
+    an error, or they all exit, or nothing arrives within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not conn.poll(0.1):
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        gone = all(p.exitcode is not None for p in procs)
+        late = time.monotonic() > deadline
+        if dead or gone or late:
+            if conn.poll():  # it did report before it went
+                break
+            stop_processes(procs)
+            why = (", ".join(f"worker {p.pid} exited with code {p.exitcode}"
+                             for p in dead)
+                   or ("the workers exited without reporting" if gone else
+                       f"no result within {timeout:g} s"))
+            raise WorkerFailed(f"benchmark stopped: {why}; its numbers are "
+                               "missing")
+    return conn.recv()
+
+
+class Stream:
+    """Hands out the items of a pre-built list in order, wrapping around,
+    so successive samples walk the whole list (at 1M keys a sample touches
+    keys all over the table, not the same first few again).
+
+    ``take(n)`` returns parts whose lengths sum to ``n``: the list itself
+    for each whole pass, slices (copied before the clock starts) for the
+    rest.  A runner times ``for part in parts: loop(target, part)``, and
+    ``loop`` is the lean loop ``for k in part: target[k]``: the per-part
+    call is paid once per pass or slice, not per operation."""
+
+    def __init__(self, items: list):
+        self.items = items
+        self.pos = 0
+
+    def take(self, n: int) -> list[list]:
+        items, size = self.items, len(self.items)
+        parts = []
+        while n > 0:
+            if self.pos == 0 and n >= size:
+                parts.append(items)
+                n -= size
+                continue
+            k = min(n, size - self.pos)
+            parts.append(items[self.pos:self.pos + k])
+            self.pos = (self.pos + k) % size
+            n -= k
+        return parts
+
+
+def lean(loop: Callable, target, items: list) -> Runner:
+    """A runner: ``loop(target, part)`` over the next ``n`` items of
+    `items` (see Stream); only the loops are timed."""
+    stream = Stream(items)
+
+    def run(n: int) -> float:
+        parts = stream.take(n)
+        start = time.perf_counter()
+        for part in parts:
+            loop(target, part)
+        return time.perf_counter() - start
+    return run
+
+
 @dataclass
 class Result:
     name: str
@@ -131,18 +197,26 @@ def fmt_time(seconds: float) -> str:
 
 
 def table(title: str, results: dict[str, Result], floor: str,
-          note: str = "") -> str:
-    """A Markdown table: median, min, max, ratio to the floor's median."""
+          note: str = "", per: tuple[str, int] | None = None) -> str:
+    """A Markdown table: median, min, max, ratio to the floor's median.
+    With ``per=("key", 100)`` it adds the median divided by 100, headed
+    "median per key" (for an operation that handles 100 keys)."""
     base = results[floor].median
     lines = [f"### {title}", ""]
     if note:
         lines += [note, ""]
-    lines += ["| candidate | median | min | max | × floor |",
-              "|---|---:|---:|---:|---:|"]
+    head = "| candidate | median | min | max |"
+    rule = "|---|---:|---:|---:|"
+    if per:
+        head += f" median per {per[0]} |"
+        rule += "---:|"
+    lines += [head + " × floor |", rule + "---:|"]
     for r in results.values():
-        lines.append(
-            f"| {r.name} | {fmt_time(r.median)} | {fmt_time(min(r.per_op))}"
-            f" | {fmt_time(max(r.per_op))} | {r.median / base:.2f} |")
+        row = (f"| {r.name} | {fmt_time(r.median)} | "
+               f"{fmt_time(min(r.per_op))} | {fmt_time(max(r.per_op))} |")
+        if per:
+            row += f" {fmt_time(r.median / per[1])} |"
+        lines.append(row + f" {r.median / base:.2f} |")
     return "\n".join(lines) + "\n"
 
 
