@@ -231,6 +231,53 @@ def dict_rounds_forever(name, n, conn):
                 told = True
 
 
+def dict_churn_state(r):
+    """The dict state after round r of dict_churn_forever: about 40 keys
+    of round r's choosing, values of every kind, some over 4 KiB (their
+    records are replaced out of place)."""
+    import random
+    rng = random.Random(r)
+    state = {"round": r}
+    for i in range(40):
+        if rng.random() < 0.7:
+            state[f"k{i}"] = rng.choice([b"B" * rng.randint(4100, 9000),
+                                         "s" * rng.randint(0, 100), r, None])
+    return state
+
+
+def dict_churn_forever(name, conn):
+    """Txns forever that take blocks off the free lists and free them again
+    in the same txn: keys inserted and deleted at once (and the table
+    compacted in place by the churn), a clear() every fourth round, then
+    the round's state written over the last."""
+    import random
+    from shmtxn import SharedDict
+    d = SharedDict(name)
+    r = d["round"]
+    told = False
+    while True:
+        r += 1
+        rng = random.Random(-r)
+        new = dict_churn_state(r)
+        with d.txn() as t:
+            if r % 4 == 0:
+                t.clear()
+            for j in range(rng.randint(0, 60)):
+                t[("j", j)] = j
+                del t[("j", j)]
+            for key in [k for k in t.keys() if k not in new]:
+                del t[key]
+            t.update(new)
+            if rng.random() < 0.3:
+                for key in new:
+                    if key != "round":
+                        del t[key]
+                        t[key] = new[key]
+            if not told:  # the parent kills at random from here on
+                conn.send("in txn")
+                told = True
+
+
 def dict_read_in_child(name, conn):
     from shmtxn import SharedDict
     with SharedDict(name) as d:

@@ -290,9 +290,9 @@ dict_snapshot(DictObject *d, int what, stx_txn *txn)
     return list;
 }
 
-/* The values of the `n` keys found as `found`/`rcs` (STX_ENOENT: `dflt`),
- * decoded from their records (inside a txn) or, `copies` not NULL, from
- * the copies of their values made lock-free. */
+/* The values of the `n` keys found lock-free as `found`/`rcs`
+ * (STX_ENOENT: `dflt`), decoded from `copies`, the copies of their
+ * values one after another. */
 static PyObject *
 decode_many(DictObject *d, const stx_found *found, const int *rcs,
             Py_ssize_t n, PyObject *dflt, const uint8_t *copies)
@@ -302,9 +302,6 @@ decode_many(DictObject *d, const stx_found *found, const int *rcs,
         PyObject *v;
         if (rcs[i] == STX_ENOENT) {
             v = Py_NewRef(dflt);
-        }
-        else if (copies == NULL) {
-            v = found_value(&d->h, &found[i]);
         }
         else {
             int pickled;
@@ -398,8 +395,10 @@ get_many_seqlock(DictObject *d, const stx_key *ks, Py_ssize_t n,
     return list;
 }
 
-/* get_many inside an open txn: the engine's batched lookup, decoded
- * straight from the records. */
+/* get_many inside an open txn: the engine's batched lookup brings every
+ * key's slot and record into cache; then each key is looked up again
+ * (on cached lines) right before its value is decoded, since unpickling
+ * one value may run code that writes through this very txn. */
 static PyObject *
 get_many_locked(DictObject *d, const stx_key *ks, Py_ssize_t n,
                 PyObject *dflt, stx_found *found, int *rcs)
@@ -409,7 +408,20 @@ get_many_locked(DictObject *d, const stx_key *ks, Py_ssize_t n,
         handle_error(&d->h, rc);
         return NULL;
     }
-    return decode_many(d, found, rcs, n, dflt, NULL);
+    PyObject *list = PyList_New(n);
+    for (Py_ssize_t i = 0; list != NULL && i < n; i++) {
+        int missing;
+        PyObject *v = read_locked(d, &ks[i], 1, &missing);
+        if (v == NULL && missing) {
+            v = Py_NewRef(dflt);
+        }
+        if (v == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    return list;
 }
 
 /* get_many of encoded keys: in `txn`, else lock-free, else in a read txn

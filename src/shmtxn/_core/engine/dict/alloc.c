@@ -23,7 +23,9 @@
  * allocates are filled without logging; the blocks it frees wait in the
  * writer's own memory (stx_dict_txn) until stx_dict_flush() links them in
  * just before commit -- writing only their `next_free`, which no live
- * block uses, so that needs no undo record either.  Lowering `heap_top`
+ * block uses, so that needs no undo record either; except in a block this
+ * txn took off a free list, where `next_free` was a committed link that a
+ * rollback must restore (logged).  Lowering `heap_top`
  * over free blocks logs their headers: the space above the top is fresh,
  * written unlogged, and a rollback must find those blocks whole.
  */
@@ -77,6 +79,31 @@ stx_class_of(uint64_t bytes)
     uint64_t step = (bytes - (1ull << e) + quarter - 1) / quarter; /* 1..4 */
     uint64_t c = SMALL_CLASSES + (uint64_t)(e - 8) * 4 + (step - 1);
     return c < STX_DICT_CLASSES ? (uint32_t)c : STX_DICT_CLASSES;
+}
+
+/* Append `offset` to `list`: 0, or STX_ENOMEM. */
+static int
+offsets_push(stx_offsets *list, uint64_t offset)
+{
+    if (list->n == list->cap) {
+        size_t cap = list->cap ? list->cap * 2 : 16;
+        uint64_t *grown = realloc(list->at, cap * sizeof(uint64_t));
+        if (grown == NULL) {
+            return stx_fail(STX_ENOMEM, "out of memory");
+        }
+        list->at = grown;
+        list->cap = cap;
+    }
+    list->at[list->n++] = offset;
+    return 0;
+}
+
+/* Empty `list` and free its array. */
+static void
+offsets_drop(stx_offsets *list)
+{
+    free(list->at);
+    *list = (stx_offsets){0};
 }
 
 /* The dict header of `seg`. */
@@ -145,7 +172,10 @@ pop_free(stx_dict_txn *dt, uint32_t c, uint64_t *offset)
                         (unsigned long long)stx_class_size(c));
     }
     const stx_block *b = (const stx_block *)(seg->data + head);
-    int rc = set_free_head(dt, c, b->next_free);
+    int rc = offsets_push(&dt->popped, head);
+    if (rc == 0) {
+        rc = set_free_head(dt, c, b->next_free);
+    }
     if (rc == 0) {
         uint64_t left = dh->free_bytes;
         STX_STORE(dh->free_bytes, left - (size < left ? size : left));
@@ -488,20 +518,32 @@ stx_heap_alloc(stx_dict_txn *dt, uint64_t bytes, uint64_t *offset)
 int
 stx_heap_free_later(stx_dict_txn *dt, uint64_t offset)
 {
-    if (dt->nfreed == dt->freed_cap) {
-        size_t cap = dt->freed_cap ? dt->freed_cap * 2 : 16;
-        uint64_t *grown = realloc(dt->freed, cap * sizeof(uint64_t));
-        if (grown == NULL) {
-            return stx_fail(STX_ENOMEM, "out of memory");
-        }
-        dt->freed = grown;
-        dt->freed_cap = cap;
-    }
-    dt->freed[dt->nfreed++] = offset;
-    return 0;
+    return offsets_push(&dt->freed, offset);
 }
 
-/* Return one block to the heap: lower the top, or push it on its list. */
+/* qsort order of block offsets: ascending. */
+static int
+offset_order(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* 1 if this txn took the block at `offset` off a free list (the popped
+ * offsets are sorted: stx_dict_flush). */
+static int
+was_popped(const stx_dict_txn *dt, uint64_t offset)
+{
+    return dt->popped.n > 0
+           && bsearch(&offset, dt->popped.at, dt->popped.n, sizeof(uint64_t),
+                      offset_order) != NULL;
+}
+
+/* Return one block to the heap: lower the top, or push it on its list.
+ * A block on a free list at the start of this txn had its `next_free` in
+ * a committed chain; if this txn popped it and now frees it again, the
+ * new link is logged (an unlogged one would survive a rollback and cut
+ * or cross the restored chain). */
 static int
 release_block(stx_dict_txn *dt, uint64_t offset)
 {
@@ -521,29 +563,39 @@ release_block(stx_dict_txn *dt, uint64_t offset)
         return 0;
     }
     stx_block *b = (stx_block *)(seg->data + offset);
-    STX_STORE(b->next_free, dh->free_heads[c]); /* unused while live */
-    STX_STORE(dh->free_bytes, dh->free_bytes + size);
-    return set_free_head(dt, c, offset);
+    uint64_t next = dh->free_heads[c];
+    int rc = 0;
+    if (was_popped(dt, offset)) {
+        /* this txn took it off a free list: a rollback puts it back
+         * there, and its committed link with it */
+        rc = stx_write(dt->txn, offset + offsetof(stx_block, next_free),
+                       &next, sizeof(next));
+    }
+    else {
+        STX_STORE(b->next_free, next); /* unused while it was live */
+    }
+    if (rc == 0) {
+        STX_STORE(dh->free_bytes, dh->free_bytes + size);
+        rc = set_free_head(dt, c, offset);
+    }
+    return rc;
 }
 
-/* qsort order of block offsets: ascending. */
-static int
-offset_order(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
 
 int
 stx_dict_flush(stx_dict_txn *dt)
 {
-    int rc = dt->nfreed ? log_state(dt) : 0;
+    stx_offsets *freed = &dt->freed;
+    int rc = freed->n ? log_state(dt) : 0;
     /* highest first, so that freed blocks ending the heap all go back */
-    if (dt->nfreed > 1) {
-        qsort(dt->freed, dt->nfreed, sizeof(uint64_t), offset_order);
+    if (freed->n > 1) {
+        qsort(freed->at, freed->n, sizeof(uint64_t), offset_order);
     }
-    while (rc == 0 && dt->nfreed > 0) {
-        rc = release_block(dt, dt->freed[--dt->nfreed]);
+    if (freed->n > 0 && dt->popped.n > 1) {
+        qsort(dt->popped.at, dt->popped.n, sizeof(uint64_t), offset_order);
+    }
+    while (rc == 0 && freed->n > 0) {
+        rc = release_block(dt, freed->at[--freed->n]);
     }
     return rc;
 }
@@ -551,9 +603,8 @@ stx_dict_flush(stx_dict_txn *dt)
 void
 stx_dict_txn_reset(stx_dict_txn *dt)
 {
-    free(dt->freed);
-    dt->freed = NULL;
-    dt->nfreed = dt->freed_cap = 0;
+    offsets_drop(&dt->freed);
+    offsets_drop(&dt->popped);
     memset(dt->fresh, 0, sizeof(dt->fresh));
     dt->fresh_next = 0;
 }

@@ -23,17 +23,24 @@ uint64_t stx_siphash13(const uint64_t key[2], const void *data, size_t len);
 /* Record blocks a dict txn remembers as its own (see stx_dict_txn). */
 #define STX_DICT_FRESH_RING 16
 
+/* A growable array of block offsets in the writer's own memory. */
+typedef struct stx_offsets {
+    uint64_t *at;            /* malloc'd */
+    size_t n;
+    size_t cap;
+} stx_offsets;
+
 /*
  * stx_dict_txn -- the dict state of one write txn, in the writer's own
  * memory: the blocks it freed, which go on the free lists only at
  * stx_dict_flush() (just before commit), so that this txn never reuses a
- * block its rollback would bring back.
+ * block its rollback would bring back; and the blocks it took off free
+ * lists, whose `next_free` a rollback needs if this txn frees them again.
  */
 typedef struct stx_dict_txn {
     stx_txn *txn;
-    uint64_t *freed;         /* block offsets, malloc'd */
-    size_t nfreed;
-    size_t freed_cap;
+    stx_offsets freed;
+    stx_offsets popped;
     /* the record blocks this txn wrote most recently (a ring; 0 = none):
      * no committed state references them, so replacing one of their
      * values again rewrites it in place, unlogged, and a txn that sets a

@@ -1,7 +1,7 @@
-"""Review of dict format 4 (issue #12): defects found by attacking the new
-table, the lock-free get_many and the crash safety around them.  Each test
-fails on the code it was written against and passes once the defect is
-fixed."""
+"""Defects an outside review of dict format 4 (issue #12) found: a crash
+after the freed blocks are linked into the free lists, and get_many inside
+a txn whose unpickling writes through that txn.  Each test failed on the
+code it was written against."""
 
 from shmtxn import SharedDict
 from test_crash import run_crashing_child
