@@ -24,7 +24,7 @@ SIZES = [1 << 16, 1 << 18, 1 << 20]
 PROFILES = {"mixed": (0, 16), "small": (0, 8)}
 HEAP_OFF = 1600          # docs/format.md: the dict header
 RECORD = 32              # docs/format.md: record header
-SEQ = 264                # docs/format.md: header.seq
+SEQ = 448                # docs/format.md: header.seq
 
 
 def class_sizes():

@@ -51,7 +51,7 @@ main(void)
     FIELD(stx_header, checksum);
     FIELD(stx_header, writer_flag);
     FIELD(stx_header, writer_pid);
-    FIELD(stx_header, seq);
+    FIELD(stx_header, reserved1);
     FIELD(stx_header, drain_futex);
     FIELD(stx_header, slots_hwm);
     FIELD(stx_header, unrecoverable);
@@ -62,6 +62,7 @@ main(void)
     FIELD(stx_header, modified_ns);
     FIELD(stx_header, undo_reserved);
     FIELD(stx_header, writer_mutex);
+    FIELD(stx_header, seq);
     SIZE(stx_header);
 
     FIELD(stx_reader_slot, pid);

@@ -109,10 +109,12 @@ typedef struct stx_reader_slot {
  * Write protocol (lock.c, undo.c): a writer holds `writer_mutex` (robust,
  * process-shared) for its whole txn and sets `writer_flag` to turn readers
  * away (lock first, then `writer_flag` = 1, then `writer_pid`, then wait
- * for the readers to drain).  Before its first write it makes `seq` odd;
- * each write first appends {offset, length, old bytes} to the undo log
- * and publishes the new `undo_used` with a release store, then writes in
- * place.  Ending a txn that wrote (lock.c, finish_writes and
+ * for the readers to drain).  Each write first appends {offset, length,
+ * old bytes} to the undo log and publishes the new `undo_used` with a
+ * release store, then -- on the txn's first write -- makes `seq` odd,
+ * then writes in place.  (Logging changes no byte a reader sees, so `seq`
+ * turns odd as late as it may: lock-free readers beside a busy writer
+ * wait only for its stores, not its logging.)  Ending a txn that wrote (lock.c, finish_writes and
  * release_writer), in this order: on rollback, replay the log; then
  * `undo_used` = 0 (release) -- the commit point --, then `seq` + 1, even
  * again (release), then `modified_ns` and `commits` (commit only), then
@@ -200,7 +202,7 @@ typedef struct stx_header {
     /* --- writer state: written by the writer, read by every reader --- */
     alignas(STX_CACHE_LINE) _Atomic uint32_t writer_flag;
     _Atomic int32_t writer_pid;      /* informational: who holds the lock */
-    _Atomic uint64_t seq;            /* odd while a writer has written */
+    uint64_t reserved1;              /* (seq before format 4) */
     _Atomic uint32_t drain_futex;    /* bumped by readers a writer waits on */
     _Atomic uint32_t slots_hwm;      /* slots at or above this are unused */
     _Atomic uint32_t unrecoverable;  /* 0, or why the segment is unusable:
@@ -218,6 +220,13 @@ typedef struct stx_header {
 
     /* --- the writer mutex: robust and process-shared --- */
     alignas(STX_CACHE_LINE) pthread_mutex_t writer_mutex;
+
+    /* --- seq, alone on its line: lock-free readers load it twice per
+     * read, so only the two stores of a write txn (odd, then even) take
+     * the line from their caches, not the lock's and unlock's stores to
+     * the writer line --- */
+    alignas(STX_CACHE_LINE) _Atomic uint64_t seq; /* odd while a writer
+                                                    has written */
 } stx_header;
 
 /*
@@ -247,6 +256,7 @@ _Static_assert(offsetof(stx_header, undo_reserved) == 352,
                "format.md: undo_reserved");
 _Static_assert(offsetof(stx_header, writer_mutex) == 384,
                "format.md: mutex");
+_Static_assert(offsetof(stx_header, seq) == 448, "format.md: seq line");
 _Static_assert(sizeof(stx_reader_slot) == STX_CACHE_LINE,
                "a reader slot is one cache line");
 

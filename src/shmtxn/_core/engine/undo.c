@@ -5,10 +5,11 @@
  * trailer holding the record's total size, so rollback walks the log from
  * its end without any memory of its own (it runs in recovery, too).
  *
- * Publication order for one write (see layout.h): make seq odd if this is
- * the txn's first write; reserve undo space if the record would end past
- * `undo_reserved`; write the record past `undo_used`; store the new
- * `undo_used` with release order; only then write the data in place.  A
+ * Publication order for one write (see layout.h): reserve undo space if
+ * the record would end past `undo_reserved`; write the record past
+ * `undo_used`; store the new `undo_used` with release order; make seq odd
+ * if this is the txn's first write (the log changes nothing readers see);
+ * only then write the data in place.  A
  * writer killed between any two of these leaves either an unpublished
  * record (ignored, data untouched) or a published one (replayed: the data
  * gets its old bytes back, whether or not it was changed), and perhaps
@@ -402,14 +403,18 @@ stx_undo_prepare(stx_txn *txn, uint64_t offset, uint64_t length)
     if (rc != 0 || length == 0) {
         return rc;
     }
+    int appended = !already_logged(txn, offset, length);
+    if (appended) {
+        rc = append_record(txn, offset, length);
+    }
     if (!txn->dirty) {
+        /* also after a failed append: the txn then ends through the
+         * rollback path, which restores whatever the log holds */
         mark_dirty(txn);
     }
-    if (already_logged(txn, offset, length)) {
-        return 0;
+    if (appended) {
+        stx_crash_point("write:after_log");
     }
-    rc = append_record(txn, offset, length);
-    stx_crash_point("write:after_log");
     return rc;
 }
 
