@@ -73,6 +73,9 @@ typedef struct stx_file {
     int fd;
     int refs;
     int creating;       /* this process is initialising the segment */
+    int verified;       /* the name named this file while we held our
+                           beacon and a lock on byte 0 (segment.c, "Who
+                           may reclaim"); 0 if only a probe opened it */
     uint8_t *maps[2];   /* mappings shared by this process's handles: */
     size_t map_sizes[2]; /* [0] read-write, [1] data read-only */
     int map_refs[2];
@@ -280,9 +283,20 @@ uint32_t stx_abi_word(void);
 /* 0 if `name` is a valid segment name (no '/', 1..STX_NAME_MAX chars). */
 int stx_check_name(const char *name);
 
-/* Create and initialise a new segment; `seg` is filled on success. */
+/* Create and initialise a new segment; `seg` is filled on success.  A
+ * leftover under the name that is provably unused (its creator died and
+ * no process has it open, or its creator died mid-creation) is removed
+ * first (segment.c, "Who may reclaim"); anything else there is
+ * STX_EEXIST, with stx_detail() saying why it stays. */
 int stx_create(stx_segment *seg, const char *name,
                const stx_create_opts *opts);
+/* Create and initialise a new segment (as stx_create) or, if the name
+ * exists, attach to it read-write (as stx_attach); *created says which.
+ * Races with other creators, attachers and removers are resolved inside,
+ * in a bounded number of rounds. */
+int stx_open_or_create(stx_segment *seg, const char *name,
+                       const stx_create_opts *opts, uint64_t timeout_ns,
+                       int *created);
 /* Attach to an existing segment, waiting at most `timeout_ns` for its
  * creator to finish initialising it; `populate` prefaults the mapping. */
 int stx_attach(stx_segment *seg, const char *name, int read_only,

@@ -108,8 +108,18 @@ void stx_files_unlock(void);
  * and close this one.  On failure the fd is closed. */
 int stx_file_adopt(int fd, const char *name, stx_file **out);
 /* Open the segment `name`, reusing this process's fd when it has one:
- * opening and closing a second fd would drop the beacon. */
+ * opening and closing a second fd would drop the beacon.  For looking
+ * only (stx_probe): the file is not `verified`. */
 int stx_file_open(const char *name, stx_file **out);
+/* Open the segment `name` to use it: as stx_file_open, but following the
+ * attach protocol (segment.c, "Who may reclaim"): the beacon is taken
+ * under a shared lock on byte 0, and the name must still name the file
+ * then.  Waits at most `timeout_ns` while another process holds byte 0
+ * exclusively (a creator building, a reclaimer checking): STX_EAGAIN. */
+int stx_file_attach(const char *name, uint64_t timeout_ns, stx_file **out);
+/* This process's stx_file of the file (dev, ino), or NULL; the caller
+ * holds the registry lock. */
+stx_file *stx_file_find(dev_t dev, ino_t ino);
 /* Drop one handle's reference; the last closes the fd (and with it the
  * beacon). */
 void stx_file_release(stx_file *file);

@@ -115,6 +115,12 @@ registry_find(dev_t dev, ino_t ino)
     return NULL;
 }
 
+stx_file *
+stx_file_find(dev_t dev, ino_t ino)
+{
+    return registry_find(dev, ino);
+}
+
 int
 stx_file_adopt(int fd, const char *name, stx_file **out)
 {
@@ -187,10 +193,10 @@ stx_file_open(const char *name, stx_file **out)
     return rc;
 }
 
-void
-stx_file_release(stx_file *file)
+/* Drop a reference (the registry lock held); the last closes the fd. */
+static void
+release_locked(stx_file *file)
 {
-    pthread_mutex_lock(&registry_lock);
     if (--file->refs == 0) {
         for (stx_file **p = &registry; *p != NULL; p = &(*p)->next) {
             if (*p == file) {
@@ -201,7 +207,103 @@ stx_file_release(stx_file *file)
         close(file->fd);
         free(file);
     }
+}
+
+void
+stx_file_release(stx_file *file)
+{
+    pthread_mutex_lock(&registry_lock);
+    release_locked(file);
     pthread_mutex_unlock(&registry_lock);
+}
+
+/* What one attempt of stx_file_attach found, besides 0 and errors. */
+enum { ATTACH_BUSY = 1, ATTACH_MOVED = 2 };
+
+/* One attempt at the attach protocol, the registry lock held throughout:
+ * no other thread of ours opens or closes an fd of the file meanwhile,
+ * so our fcntl locks on it are exactly the ones taken here (a classic
+ * lock belongs to the process, and closing any fd of the file drops it).
+ * 0 with *out; ATTACH_BUSY if byte 0 is held exclusively (nothing kept);
+ * ATTACH_MOVED if the name no longer names the file we opened (nothing
+ * kept); or an engine error. */
+static int
+attach_once(const char *name, const char *path, stx_file **out)
+{
+    struct stat st;
+    stx_file *f = NULL;
+    if (stat(path, &st) == 0) {
+        f = registry_find(st.st_dev, st.st_ino);
+        if (f != NULL && f->verified) {
+            f->refs++; /* our beacon has been held since it was verified */
+            *out = f;
+            return 0;
+        }
+    }
+    int fd = f != NULL ? f->fd : stx_open_segment_file(name, O_RDWR, 0);
+    if (fd < 0) {
+        int rc = stx_fail_errno(errno, "attach", name);
+        return rc == STX_ENOENT
+               ? stx_fail(STX_ENOENT, "no segment named '%s'", name) : rc;
+    }
+    if (stx_lock_byte(fd, F_RDLCK, STX_INIT_LOCK_BYTE, F_SETLK) != 0) {
+        if (f == NULL) {
+            close(fd); /* a file none of our handles has: no lock lost */
+        }
+        return ATTACH_BUSY;
+    }
+    int rc = 0;
+    if (f != NULL) {
+        f->refs++; /* a probe's: its beacon is held already */
+    }
+    else {
+        rc = stx_file_adopt(fd, name, &f); /* takes the beacon */
+        if (rc != 0) {
+            return rc; /* fd closed, and with it the lock on byte 0 */
+        }
+    }
+    int same = stat(path, &st) == 0 && st.st_dev == f->dev
+               && st.st_ino == f->ino;
+    stx_lock_byte(f->fd, F_UNLCK, STX_INIT_LOCK_BYTE, F_SETLK);
+    if (!same) {
+        release_locked(f);
+        return ATTACH_MOVED;
+    }
+    f->verified = 1;
+    *out = f;
+    return 0;
+}
+
+int
+stx_file_attach(const char *name, uint64_t timeout_ns, stx_file **out)
+{
+    char path[PATH_MAX];
+    int rc = stx_segment_path(name, path, sizeof(path));
+    uint64_t start = stx_now_ns(CLOCK_MONOTONIC);
+    /* each ATTACH_MOVED means another process replaced the file under the
+     * name meanwhile: progress, but bound it all the same */
+    for (int moved = 0; rc == 0 && moved < 1000;) {
+        pthread_mutex_lock(&registry_lock);
+        rc = attach_once(name, path, out);
+        pthread_mutex_unlock(&registry_lock);
+        if (rc == ATTACH_MOVED) {
+            moved++;
+            rc = 0;
+            continue;
+        }
+        if (rc != ATTACH_BUSY) {
+            return rc;
+        }
+        if (stx_now_ns(CLOCK_MONOTONIC) - start > timeout_ns) {
+            return stx_fail(STX_EAGAIN, "segment '%s' is still being "
+                            "created by another process", name);
+        }
+        struct timespec pause = {0, 200000};
+        nanosleep(&pause, NULL);
+        rc = 0;
+    }
+    return rc != 0 ? rc : stx_fail(STX_EAGAIN, "segment '%s' was replaced "
+                                   "1000 times while attaching", name);
 }
 
 void

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -320,6 +321,244 @@ build_segment(stx_segment *seg, const stx_create_opts *opts)
     return rc;
 }
 
+/*
+ * Who may reclaim a name (create over a leftover), and the attach
+ * protocol that makes it safe.
+ *
+ * A segment is *provably unused* when nobody can be using it or come to
+ * use it: either its creator died mid-creation (building magic, init lock
+ * free: no attach of it can ever succeed), or it is published, its
+ * creator is dead, and no process holds a liveness beacon on it.  Only
+ * such a leftover is reclaimed, i.e. its name unlinked so that a create
+ * can take it; anything else under the name stays, and creating is
+ * STX_EEXIST saying why.  A file without our magic is never touched.
+ *
+ * The race to close is an attacher that opened the old file but has not
+ * yet taken its beacon when a reclaimer looks: it would go on to use a
+ * file nobody else will ever find.  So byte 0 (the creator's init lock)
+ * also serialises attaching against reclaiming:
+ *
+ *   attacher (stx_file_attach): open the name; take a *shared* lock on
+ *     byte 0 (poll while it is held exclusively); take the beacon; check
+ *     the name still names the file it opened (else drop it and start
+ *     again); release byte 0.
+ *   reclaimer (reclaim_leftover): open the name; take an *exclusive* lock
+ *     on byte 0 without waiting (held: someone is creating or attaching
+ *     it, so it is in use); check the name still names that file; check
+ *     magic, header, creator and beacons; unlink; close.
+ *
+ * Either the attacher's beacon exists when the reclaimer looks (it then
+ * stays), or the reclaimer had unlinked before the attacher checked the
+ * name (the attacher then retries on whatever the name holds now).  Two
+ * reclaimers exclude each other on byte 0, and the loser finds the name
+ * moved.  A creator holds byte 0 exclusively from just after its O_EXCL
+ * open until it publishes, so nobody attaches or reclaims a segment
+ * under construction, and it unlinks on failure before letting go of
+ * byte 0.  fcntl locks belong to the process, so everything above runs
+ * under this process's registry lock (mapping.c): no other thread of
+ * ours opens, locks or closes the file meanwhile, and a file this
+ * process already has open is never reclaimed.
+ */
+
+static int header_validate(const stx_header *hdr, uint64_t file_size,
+                           const char *name);
+
+/* Why a leftover was not reclaimed, for the STX_EEXIST message. */
+#define WHY_SIZE 160
+
+/* 1 if no process `pid` exists any more (gone, or a zombie: its locks
+ * are gone with its life); 0 if it may still run (including when we
+ * cannot tell, e.g. another user's process). */
+static int
+pid_gone(int32_t pid)
+{
+    if (pid <= 0) {
+        return 0;
+    }
+    if (kill(pid, 0) != 0) {
+        return errno == ESRCH;
+    }
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return 0;
+    }
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')'); /* the name may hold ')' */
+    return paren != NULL && paren[1] == ' '
+           && (paren[2] == 'Z' || paren[2] == 'X');
+}
+
+/* The pid of a process holding a beacon on `fd`'s file, or 0: any lock
+ * past byte 0 by another process (F_GETLK never reports our own). */
+static int32_t
+beacon_holder(int fd)
+{
+    struct flock fl = {0};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = STX_INIT_LOCK_BYTE + 1;
+    fl.l_len = 0;
+    if (fcntl(fd, F_GETLK, &fl) != 0) {
+        return -1; /* cannot tell: in use */
+    }
+    return fl.l_type == F_UNLCK ? 0 : fl.l_pid > 0 ? fl.l_pid : -1;
+}
+
+/* Is the file on `fd` (of `size` bytes, byte 0 locked by us) a provably
+ * unused shmtxn segment?  1 yes; 0 no, with why[] saying what keeps it. */
+static int
+leftover_unused(int fd, uint64_t size, const char *name, char *why)
+{
+    uint64_t magic = 0;
+    if (size < sizeof(magic)
+        || pread(fd, &magic, sizeof(magic), 0) != sizeof(magic)) {
+        snprintf(why, WHY_SIZE, "it is empty: a creator may have just "
+                 "made it");
+        return 0;
+    }
+    if (magic == STX_MAGIC_BUILDING) {
+        return 1; /* byte 0 was free: its creator died mid-creation, and no
+                     attach of it can succeed (any beacons there are
+                     attachers on their way to CorruptSegmentError) */
+    }
+    if (magic != STX_MAGIC || size < STX_PAGE) {
+        snprintf(why, WHY_SIZE, "it is not a shmtxn segment");
+        return 0;
+    }
+    stx_header *hdr = mmap(NULL, STX_PAGE, PROT_READ, MAP_SHARED, fd, 0);
+    if (hdr == MAP_FAILED) {
+        snprintf(why, WHY_SIZE, "it cannot be mapped to check");
+        return 0;
+    }
+    int ok = 0;
+    int32_t creator = hdr->creator_pid, holder;
+    if (header_validate(hdr, size, name) != 0) {
+        snprintf(why, WHY_SIZE, "%s", stx_detail());
+    }
+    else if (hdr->pid_ns != 0 && hdr->pid_ns != stx_own_pid_ns()) {
+        snprintf(why, WHY_SIZE, "it was created in another pid namespace");
+    }
+    else if (!pid_gone(creator)) {
+        snprintf(why, WHY_SIZE, "its creator, process %d, is still "
+                 "running", (int)creator);
+    }
+    else if ((holder = beacon_holder(fd)) != 0) {
+        snprintf(why, WHY_SIZE, "process %d has it open", (int)holder);
+    }
+    else {
+        ok = 1;
+    }
+    munmap(hdr, STX_PAGE);
+    return ok;
+}
+
+/* Unlink the leftover under `name` if it is provably unused (above).
+ * Called with the registry lock held, after O_EXCL found the name taken.
+ * 1: the name is free now (reclaimed, or gone meanwhile); 0: it stays,
+ * why[] says why. */
+static int
+reclaim_leftover(const char *name, const char *path, char *why)
+{
+    struct stat st, now;
+    if (stat(path, &st) != 0) {
+        return errno == ENOENT;
+    }
+    if (stx_file_find(st.st_dev, st.st_ino) != NULL) {
+        snprintf(why, WHY_SIZE, "this process has it open");
+        return 0; /* and must not open (and close) a second fd of it */
+    }
+    int fd = stx_open_segment_file(name, O_RDWR, 0);
+    if (fd < 0) {
+        int err = errno;
+        snprintf(why, WHY_SIZE, "it cannot be opened (%s)", strerror(err));
+        return err == ENOENT;
+    }
+    int rc = 0;
+    if (fstat(fd, &st) != 0 || stx_file_find(st.st_dev, st.st_ino) != NULL) {
+        /* renamed to a file of ours since the stat: keep our locks */
+        stx_file *f = stx_file_find(st.st_dev, st.st_ino);
+        close(fd);
+        if (f != NULL) {
+            stx_take_beacon(f->fd);
+        }
+        snprintf(why, WHY_SIZE, "this process has it open");
+        return 0;
+    }
+    if (stx_lock_byte(fd, F_WRLCK, STX_INIT_LOCK_BYTE, F_SETLK) != 0) {
+        snprintf(why, WHY_SIZE, "another process is creating or attaching "
+                 "it right now");
+    }
+    else if (stat(path, &now) != 0 || now.st_dev != st.st_dev
+             || now.st_ino != st.st_ino) {
+        rc = 1; /* someone else reclaimed it: the name is for the taking */
+    }
+    else if (leftover_unused(fd, (uint64_t)st.st_size, name, why)) {
+        stx_crash_point("reclaim:before_unlink");
+        rc = unlink(path) == 0 || errno == ENOENT;
+        if (!rc) {
+            snprintf(why, WHY_SIZE, "it cannot be removed (%s)",
+                     strerror(errno));
+        }
+    }
+    close(fd); /* drops our lock on byte 0 */
+    return rc;
+}
+
+/* Take the init lock on a file we just created.  Others hold byte 0 only
+ * for a few system calls (an attacher's shared lock, a reclaimer's
+ * check), so wait for them, but boundedly. */
+static int
+take_init_lock(int fd)
+{
+    for (int i = 0; i < 20000; i++) { /* 20000 x 100 us: 2 s */
+        if (stx_lock_byte(fd, F_WRLCK, STX_INIT_LOCK_BYTE, F_SETLK) == 0) {
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EACCES) {
+            return -1;
+        }
+        struct timespec pause = {0, 100000};
+        nanosleep(&pause, NULL);
+    }
+    errno = EAGAIN;
+    return -1;
+}
+
+/* open(O_CREAT | O_EXCL) of `name`, reclaiming a provably unused leftover
+ * that holds the name.  Registry lock held.  The fd, or -1 with the
+ * engine error in *rc. */
+static int
+open_new(const char *name, const char *path, unsigned mode, int *rc)
+{
+    char why[WHY_SIZE] = "";
+    for (int attempt = 0; attempt < 4; attempt++) {
+        int fd = stx_open_segment_file(name, O_RDWR | O_CREAT | O_EXCL,
+                                       mode);
+        if (fd >= 0) {
+            return fd;
+        }
+        int err = errno;
+        if (err != EEXIST) {
+            *rc = stx_fail_create(err, name);
+            return -1;
+        }
+        if (!reclaim_leftover(name, path, why)) {
+            break;
+        }
+        snprintf(why, sizeof(why), "another process took the name first");
+    }
+    *rc = stx_fail(STX_EEXIST, "a segment named '%s' already exists (%s)",
+                   name, why);
+    return -1;
+}
+
 int
 stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
 {
@@ -335,26 +574,21 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
     if (rc != 0) {
         return rc;
     }
+    unsigned mode = opts->mode ? opts->mode : 0600;
     stx_files_lock();
-    int fd = stx_open_segment_file(name, O_RDWR | O_CREAT | O_EXCL,
-                                   opts->mode ? opts->mode : 0600);
+    int fd = open_new(name, path, mode, &rc);
     if (fd < 0) {
-        int err = errno;
         stx_files_unlock();
-        rc = stx_fail_create(err, name);
-        if (rc == STX_EEXIST) {
-            rc = stx_fail(STX_EEXIST, "a segment named '%s' already exists",
-                          name);
-        }
         return rc;
     }
     /* the mode given is the mode the file gets: the umask does not
-     * narrow it (fchmod on our own fd, never on the name) */
-    if (fchmod(fd, opts->mode ? opts->mode : 0600) != 0
-        || stx_lock_byte(fd, F_WRLCK, STX_INIT_LOCK_BYTE, F_SETLK) != 0) {
+     * narrow it (fchmod on our own fd, never on the name).  On failure
+     * unlink before closing: until then nobody else can have the name
+     * (it holds no magic a reclaimer would take, or we hold byte 0). */
+    if (fchmod(fd, mode) != 0 || take_init_lock(fd) != 0) {
         rc = stx_fail_errno(errno, "setting the mode or init lock of", name);
-        close(fd);
         unlink(path);
+        close(fd);
         stx_files_unlock();
         return rc;
     }
@@ -364,20 +598,31 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
     uint64_t building = STX_MAGIC_BUILDING;
     if (pwrite(fd, &building, sizeof(building), 0) != sizeof(building)) {
         rc = stx_fail_errno(errno, "create", name);
-        close(fd);
         unlink(path);
+        close(fd);
         stx_files_unlock();
         return rc;
     }
     stx_crash_point("create:after_open");
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        rc = stx_fail_errno(errno, "fstat", name);
+        unlink(path);
+        close(fd);
+        stx_files_unlock();
+        return rc;
+    }
     rc = stx_file_adopt(fd, name, &seg->file);
+    if (rc == 0) {
+        seg->file->verified = 1; /* made by us, and byte 0 is ours */
+    }
     stx_files_unlock();
     if (rc == 0) {
         seg->file->creating = 1;
         rc = build_segment(seg, opts);
         seg->file->creating = 0;
         if (rc != 0) {
-            unlink(path);
+            unlink(path); /* still holding byte 0: still our file */
             stx_file_release(seg->file);
             seg->file = NULL;
             return rc;
@@ -385,12 +630,12 @@ stx_create(stx_segment *seg, const char *name, const stx_create_opts *opts)
         stx_lock_byte(seg->file->fd, F_UNLCK, STX_INIT_LOCK_BYTE, F_SETLK);
         rc = stx_slot_ensure(seg);
         if (rc != 0) {
+            stx_unlink(name, seg->file->dev, seg->file->ino);
             stx_close(seg);
-            unlink(path);
         }
     }
     else {
-        unlink(path);
+        stx_unlink(name, st.st_dev, st.st_ino); /* adopt closed the fd */
     }
     return rc;
 }
@@ -412,8 +657,11 @@ check_region(const char *what, uint64_t off, uint64_t len, uint64_t total,
     return 0;
 }
 
-/* 1 if shape[0] * ... * shape[ndim-1] * itemsize == data_size, computed
- * without overflow (ndim 0: no shape, as for a dict). */
+/* 1 if the items of the shape, shape[0] * ... * shape[ndim-1] *
+ * itemsize bytes (computed without overflow), fill data_size but for a
+ * tail shorter than one item (a segment created with a size that is no
+ * multiple of its item: SharedMemory(create=True, size=10) holds one
+ * 8-byte item and 10 bytes).  ndim 0: no shape, as for a dict. */
 static int
 shape_matches(const stx_header *hdr)
 {
@@ -427,7 +675,7 @@ shape_matches(const stx_header *hdr)
         }
         bytes *= hdr->shape[i];
     }
-    return bytes == hdr->data_size;
+    return bytes <= hdr->data_size && hdr->data_size - bytes < hdr->itemsize;
 }
 
 /* Check that header, slot table, undo log and data lie inside the file,
@@ -547,8 +795,7 @@ header_validate(const stx_header *hdr, uint64_t file_size, const char *name)
         || hdr->ndim > STX_MAX_NDIM
         || hdr->layout_kind < STX_LAYOUT_SLOTS
         || hdr->layout_kind > STX_LAYOUT_LAST
-        || hdr->itemsize == 0 || hdr->data_size % hdr->itemsize != 0
-        || !format_plausible(hdr)) {
+        || hdr->itemsize == 0 || !format_plausible(hdr)) {
         return stx_fail(STX_ECORRUPT, "segment '%s' is corrupt: its header"
                         " geometry is impossible", name);
     }
@@ -624,7 +871,7 @@ init_lock_free(stx_segment *seg)
 /* Wait until the creator has published the header, or report that it died
  * mid-creation (the init lock is free but nothing was published). */
 static int
-wait_for_creator(stx_segment *seg, uint64_t timeout_ns)
+wait_for_creator(stx_segment *seg, uint64_t timeout_ns, int *abandoned)
 {
     uint64_t start = stx_now_ns(CLOCK_MONOTONIC);
     for (;;) {
@@ -644,6 +891,8 @@ wait_for_creator(stx_segment *seg, uint64_t timeout_ns)
         }
         uint64_t waited = stx_now_ns(CLOCK_MONOTONIC) - start;
         if (free_now && (size > 0 || waited > CREATOR_GRACE_NS)) {
+            *abandoned = size >= sizeof(uint64_t)
+                         && read_magic(seg, size) == STX_MAGIC_BUILDING;
             return stx_fail(STX_ECORRUPT, "segment '%s' was never "
                             "finished: its creator died mid-creation, or "
                             "another program made it", seg->name);
@@ -711,11 +960,14 @@ attach_mapped(stx_segment *seg, int require_published)
     return rc;
 }
 
-int
-stx_attach(stx_segment *seg, const char *name, int read_only, int populate,
-           uint64_t timeout_ns)
+/* stx_attach; *abandoned set if the segment's creator died mid-creation
+ * (stx_open_or_create then reclaims it). */
+static int
+attach(stx_segment *seg, const char *name, int read_only, int populate,
+       uint64_t timeout_ns, int *abandoned)
 {
     memset(seg, 0, sizeof(*seg));
+    *abandoned = 0;
     int rc = stx_check_name(name);
     if (rc != 0) {
         return rc;
@@ -723,14 +975,17 @@ stx_attach(stx_segment *seg, const char *name, int read_only, int populate,
     snprintf(seg->name, sizeof(seg->name), "%s", name);
     seg->read_only = read_only;
     seg->populate = populate;
-    rc = stx_file_open(name, &seg->file);
+    uint64_t start = stx_now_ns(CLOCK_MONOTONIC);
+    rc = stx_file_attach(name, timeout_ns, &seg->file);
     if (rc != 0) {
         return rc;
     }
     stx_crash_point("attach:after_open");
     rc = attach_mapped(seg, 1); /* the common case: published long ago */
     if (rc == 1) {
-        rc = wait_for_creator(seg, timeout_ns);
+        uint64_t spent = stx_now_ns(CLOCK_MONOTONIC) - start;
+        rc = wait_for_creator(seg, spent < timeout_ns ? timeout_ns - spent
+                                                      : 0, abandoned);
         if (rc == 0) {
             rc = attach_mapped(seg, 0);
         }
@@ -740,6 +995,56 @@ stx_attach(stx_segment *seg, const char *name, int read_only, int populate,
         seg->file = NULL;
     }
     return rc;
+}
+
+int
+stx_attach(stx_segment *seg, const char *name, int read_only, int populate,
+           uint64_t timeout_ns)
+{
+    int abandoned;
+    return attach(seg, name, read_only, populate, timeout_ns, &abandoned);
+}
+
+/* Rounds of create-then-attach before stx_open_or_create gives up: each
+ * failed round means another process created or removed the name, or a
+ * dead creator's leftover is being cleared, in between. */
+#define OPEN_ROUNDS 200
+
+/*
+ * Open-or-create: try to create (O_EXCL, reclaiming a provably unused
+ * leftover); if the name is taken, attach; if it vanished before we
+ * could attach (its owner removed it), or its creator turns out to have
+ * died mid-creation, start again.  Creating first is what lets a
+ * leftover from a crashed run be reclaimed rather than attached to.
+ * Exactly one process creates any given file, so of processes racing on
+ * a fresh name exactly one gets *created = 1 and all end on its file.
+ */
+int
+stx_open_or_create(stx_segment *seg, const char *name,
+                   const stx_create_opts *opts, uint64_t timeout_ns,
+                   int *created)
+{
+    *created = 0;
+    for (int round = 0; round < OPEN_ROUNDS; round++) {
+        int rc = stx_create(seg, name, opts);
+        if (rc != STX_EEXIST) {
+            *created = rc == 0;
+            return rc;
+        }
+        int abandoned;
+        rc = attach(seg, name, 0, opts->populate, timeout_ns, &abandoned);
+        if (rc != STX_ENOENT && !abandoned) {
+            return rc;
+        }
+        if (abandoned && round > 0) {
+            /* someone else's attach to it may be holding it a moment */
+            struct timespec pause = {0, 200000};
+            nanosleep(&pause, NULL);
+        }
+    }
+    return stx_fail(STX_EAGAIN, "segment '%s' kept being created and "
+                    "removed by other processes: gave up after %d tries",
+                    name, OPEN_ROUNDS);
 }
 
 /* Classify a segment whose header is not (yet) valid. */
