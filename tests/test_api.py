@@ -228,7 +228,7 @@ def test_pickle_reattaches_by_name_keeping_read_only(name):
 @pytest.mark.parametrize("kwargs,error", [
     (dict(size=0), ValueError),
     (dict(size=-8), ValueError),
-    (dict(size=12), ValueError),                 # not a multiple of 8
+    (dict(size=12, format="q"), ValueError),     # format= given: whole items
     (dict(size=8, format="x"), ValueError),
     (dict(size=8, format="qq"), ValueError),
     (dict(size=8, format="=q"), ValueError),     # standard sizes: no

@@ -14,7 +14,7 @@ from collections.abc import (ItemsView, KeysView, Mapping, MutableMapping,
                              ValuesView)
 
 from . import _core
-from .memory import _check_mode
+from .memory import _MODE, _check_mode
 
 __all__ = ["SharedDict"]
 
@@ -136,18 +136,24 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
     values are anything picklable.  Each operation outside a txn is atomic
     on its own; ``with d.txn() as t:`` makes several atomic together.
     ``size`` is an optional cap on what the dict may hold (keys, values and
-    table); 0, the default, lets it grow until /dev/shm is full.  Pages are only
-    used as it fills.  Lifetimes, pickling, ``mode`` and errors
-    are those of ``SharedMemory``.  Values are pickles, and unpickling runs
-    code: share a dict only with processes you trust (docs/dict.md).
+    table); 0, the default, lets it grow until /dev/shm is full.  Pages
+    are only used as it fills.  ``create=None`` attaches if the name
+    exists, else creates (exactly one of racing processes creates;
+    ``created`` says which); the segment found must be a dict, and a
+    ``size`` (cap), ``max_processes`` or ``undo_size`` given must be its
+    own -- 0 accepts whatever it has.  Lifetimes, reclaiming a crashed
+    run's leftover, pickling, ``mode`` and errors are those of
+    ``SharedMemory``.  Values are pickles, and unpickling runs code: share
+    a dict only with processes you trust (docs/dict.md).
     """
 
     __slots__ = ()
 
-    def __init__(self, name=None, create=False, size=0, *, mode=0o600,
-                 **kwargs):
-        super().__init__(name, create, size, mode=_check_mode(mode),
-                         **kwargs)
+    def __init__(self, name=None, create=False, size=0, *, read_only=False,
+                 undo_size=0, max_processes=0, timeout=None, mode=_MODE):
+        super().__init__(name, create, size, read_only=read_only,
+                         undo_size=undo_size, max_processes=max_processes,
+                         timeout=timeout, mode=_check_mode(mode))
 
     def pop(self, key, default=_MISSING):
         with self.txn() as t:

@@ -69,6 +69,19 @@ def _check_mode(mode) -> int:
     return mode
 
 
+class _Octal(int):
+    """An int shown in octal: the default mode reads 0o600, not 384, in
+    help() and inspect.signature()."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        return f"0o{int(self):o}"
+
+
+_MODE = _Octal(0o600)
+
+
 def _reattach(cls, name, read_only):
     """Unpickle a handle: attach to the segment by name."""
     return cls(name, read_only=read_only)
@@ -77,41 +90,70 @@ def _reattach(cls, name, read_only):
 class SharedMemory(_core.Memory):
     """A named shared-memory segment of typed slots with transactions.
 
-    ``SharedMemory(name=None, create=False, size=0, *, read_only=False,
-    format="q", shape=None, data=None, undo_size=0, max_processes=0,
-    populate=False, timeout=None, mode=0o600)``
+    ``SharedMemory(name=None, create=False, size=0, *, track=True,
+    read_only=False, format=None, shape=None, data=None, undo_size=0,
+    max_processes=0, populate=False, timeout=None, mode=0o600)``
 
-    ``size`` is in bytes and must be a multiple of the item size of
-    ``format`` (a struct code or numpy dtype; the default ``"q"`` is an
-    8-byte signed integer, so ``size=80`` holds ten slots).  ``shape`` gives
-    the dimensions instead (``shape=(1000, 3), format="d"``); ``data`` is
-    the initial contents; ``populate`` prefaults the pages so the first
-    write runs at memory speed.  Attaching reads format, size and shape
-    from the segment.  ``mode`` is the new segment's permission bits,
-    exactly (the umask does not narrow it); attaching, even read-only,
-    needs read and write permission.  The handle that created a segment
-    owns it: leaving its ``with`` block closes *and* unlinks; other
-    handles only close.  See docs/semantics.md for the guarantees.
+    The stdlib's first four parameters mean what they mean there:
+    ``create=True`` makes a new segment (``name=None``: a fresh random
+    name), ``create=False`` attaches to an existing one.  ``create=None``
+    does either: it attaches if the name exists, else creates, and of
+    processes racing on one name exactly one creates and the others
+    attach (``created`` says which this handle did); the segment found
+    must be the one this call would have created (format, size, shape,
+    and ``max_processes``/``undo_size`` if given), else
+    ``IncompatibleSegmentError`` names what differs.  ``create=True`` and
+    ``create=None`` reclaim a leftover nobody can be using (its creator
+    died and no process has it open, or its creator died mid-creation);
+    anything else under the name is ``SegmentExistsError`` saying what
+    keeps it.
+
+    ``size`` is in bytes.  ``format`` (a struct code or numpy dtype;
+    default ``"q"``, an 8-byte signed integer) is the item type: ``len()``
+    counts whole items and ``buf`` covers every byte, so the stdlib's
+    ``SharedMemory(create=True, size=10)`` holds one item in 10 bytes.
+    With ``format=`` or ``shape=`` given, the size must be whole items.
+    ``shape`` gives the dimensions instead (``shape=(1000, 3),
+    format="d"``); ``data`` is the initial contents; ``populate``
+    prefaults the pages so the first write runs at memory speed.
+    Attaching reads format, size and shape from the segment.  ``mode`` is
+    the new segment's permission bits, exactly (the umask does not narrow
+    it; an attaching call ignores it); attaching, even read-only, needs
+    read and write permission.  ``timeout`` bounds the wait for a creator
+    still building the segment (default 5 s).  ``track`` is accepted as in
+    Python 3.13 and changes nothing: shmtxn never registers segments with
+    the stdlib's ``resource_tracker`` and never unlinks behind the owner's
+    back.  The handle that created a segment owns it: leaving its
+    ``with`` block closes *and* unlinks; other handles only close.  See
+    docs/semantics.md for the guarantees.
     """
 
     __slots__ = ()
 
-    def __init__(self, name=None, create=False, size=0, *, format=None,
-                 mode=0o600, **kwargs):
-        super().__init__(name, create, size, format=format_code(format),
-                         mode=_check_mode(mode), **kwargs)
+    def __init__(self, name=None, create=False, size=0, *, track=True,
+                 read_only=False, format=None, shape=None, data=None,
+                 undo_size=0, max_processes=0, populate=False, timeout=None,
+                 mode=_MODE):
+        super().__init__(name, create, size, read_only=read_only,
+                         format=format_code(format), shape=shape, data=data,
+                         undo_size=undo_size, max_processes=max_processes,
+                         populate=populate, timeout=timeout,
+                         mode=_check_mode(mode), track=track)
 
     @classmethod
     def from_array(cls, array, name=None, **kwargs):
         """A new segment holding a copy of `array` (any numpy array or
-        array-like; stored in C order), with its shape and dtype."""
+        array-like; stored in C order), with its shape and dtype.  With
+        ``create=None``: the segment under `name` if it exists (then of
+        that shape and dtype), else a new one holding `array`."""
         import numpy
 
         array = numpy.ascontiguousarray(array)
         if array.ndim == 0:
             array = array.reshape(1)
-        return cls(name, create=True, format=array.dtype,
-                   shape=array.shape, data=array, **kwargs)
+        kwargs.setdefault("create", True)
+        return cls(name, format=array.dtype, shape=array.shape, data=array,
+                   **kwargs)
 
     def __reduce__(self):
         if self.closed:

@@ -194,7 +194,8 @@ typedef struct HandleObject {
 typedef struct open_args {
     const char *name;
     const char *format;
-    int create, read_only, max_processes, mode, populate;
+    int create;                    /* OPEN_ATTACH, OPEN_CREATE, OPEN_EITHER */
+    int read_only, max_processes, mode, populate;
     Py_ssize_t size, undo_size;
     double timeout;
     uint32_t ndim;                 /* 0: no shape given */
@@ -319,6 +320,14 @@ int handle_error(HandleObject *h, int code);
 int handle_parse_timeout(PyObject *arg, double fallback, double *out);
 /* Check a.size and normalise a.name ("/x" is "x"); -1 if either is bad. */
 int handle_check_args(open_args *a);
+/* create=: False (attach), True (create) or None (either: create=None). */
+enum { OPEN_ATTACH = 0, OPEN_CREATE = 1, OPEN_EITHER = -1 };
+/* Parse create= (NULL: not given) into a->create; -1 with TypeError. */
+int handle_parse_create(PyObject *arg, open_args *a);
+/* After create=None attached instead of creating: max_processes= and
+ * undo_size=, when given, must be what the segment has.  -1 with
+ * IncompatibleSegmentError naming both. */
+int handle_check_either(HandleObject *h, const open_args *a);
 /* Create a segment as `opts` says (under a.name, or a fresh random one)
  * or attach to a.name, which must hold `opts->layout_kind`; then adopt
  * its name and identity.  -1 with an exception. */

@@ -13,40 +13,50 @@
 /* ------------------------------------------------------------------ */
 /* creation and attachment                                             */
 
+/* Dict(name=None, create=False, size=0, *, read_only, undo_size,
+ * max_processes, timeout, mode): dict.py's SharedDict.__init__ shows
+ * them with their defaults.  a->size stays 0 when not given (the caller
+ * picks the default cap for creating): an attacher then accepts any. */
 static int
 parse_open_args(PyObject *args, PyObject *kwds, open_args *a)
 {
     static char *kwlist[] = {"name", "create", "size", "read_only",
                              "undo_size", "max_processes", "timeout",
                              "mode", NULL};
-    PyObject *timeout_arg = NULL;
+    PyObject *create_arg = NULL, *timeout_arg = NULL;
     a->mode = 0600;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "|zpn$pniOi", kwlist, &a->name, &a->create,
+            args, kwds, "|zOn$pniOi", kwlist, &a->name, &create_arg,
             &a->size, &a->read_only, &a->undo_size, &a->max_processes,
             &timeout_arg, &a->mode)
+        || handle_parse_create(create_arg, a) < 0
         || handle_parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT,
                                 &a->timeout) < 0
         || handle_check_args(a) < 0) {
         return -1;
     }
-    if (a->create && a->size == 0) {
-        a->size = (Py_ssize_t)stx_dict_default_size();
-    }
     return 0;
 }
 
-/* After opening: the dict region must be sound, and an attacher's size=
- * (if given) the stored one. */
+/* After opening: the dict region must be sound.  When the handle
+ * attached, a size= given (the cap) must be the stored one, and with
+ * create=None so must max_processes= and undo_size=. */
 static int
 adopt_dict(DictObject *self, const open_args *a)
 {
     HandleObject *h = &self->h;
     stx_header *hdr = h->seg.hdr;
-    if (!a->create && a->size != 0 && (uint64_t)a->size != hdr->data_size) {
-        raise_error(h->st, STX_EINCOMPAT, "SharedDict '%s' has %llu bytes, "
-                    "not %zd; pass size=0 to accept its size", h->seg.name,
-                    (unsigned long long)hdr->data_size, a->size);
+    if (!h->created && a->size != 0 && (uint64_t)a->size != hdr->data_size) {
+        raise_error(h->st, STX_EINCOMPAT, "SharedDict '%s' has a size cap "
+                    "of %llu bytes, not %zd; pass size=%llu or size=0 (to "
+                    "accept its cap)%s", h->seg.name,
+                    (unsigned long long)hdr->data_size, a->size,
+                    (unsigned long long)hdr->data_size,
+                    a->create == OPEN_EITHER ? ", or use another name" : "");
+        return -1;
+    }
+    if (!h->created && a->create == OPEN_EITHER
+        && handle_check_either(h, a) < 0) {
         return -1;
     }
     uint64_t count;
@@ -71,12 +81,13 @@ Dict_init(DictObject *self, PyObject *args, PyObject *kwds)
     if (parse_open_args(args, kwds, &a) < 0) {
         return -1;
     }
+    uint64_t cap = a.size != 0 || a.create == OPEN_ATTACH
+                   ? (uint64_t)a.size : stx_dict_default_size();
     stx_create_opts opts = {
-        .layout = &stx_dict_layout, .data_size = (uint64_t)a.size,
+        .layout = &stx_dict_layout, .data_size = cap,
         .undo_size = (uint64_t)a.undo_size,
         .nslots = (uint32_t)a.max_processes, .format = "B", .itemsize = 1,
-        .ndim = 1, .shape = (const uint64_t[]){(uint64_t)a.size},
-        .mode = (unsigned)a.mode};
+        .ndim = 1, .shape = &cap, .mode = (unsigned)a.mode};
     if (handle_open(&self->h, &a, &opts) < 0) {
         return -1;
     }

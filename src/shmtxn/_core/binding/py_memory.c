@@ -54,9 +54,18 @@ resolve_geometry(HandleObject *self, open_args *a)
                      "holds %zd", a->data.len, a->size);
         return -1;
     }
-    if (a->size <= 0 || a->size % itemsize != 0) {
+    if (a->size <= 0) {
+        PyErr_Format(PyExc_ValueError, "size must be a positive number of "
+                     "bytes (got %zd)", a->size);
+        return -1;
+    }
+    /* The stdlib's call, SharedMemory(create=True, size=10), names bytes:
+     * without format= or shape= any size goes, len() counting whole items
+     * and `buf` every byte.  Whoever names the items gets them exactly. */
+    if (a->size % itemsize != 0 && (a->format != NULL || a->ndim > 0)) {
         PyErr_Format(PyExc_ValueError, "size must be a positive multiple "
-                     "of the %d-byte item of format '%c' (got %zd)",
+                     "of the %d-byte item of format '%c' (got %zd); "
+                     "without format= and shape=, any size is accepted",
                      itemsize, self->fmt->code, a->size);
         return -1;
     }
@@ -103,6 +112,72 @@ check_shape(HandleObject *self, const open_args *a)
         return -1;
     }
     return 0;
+}
+
+/* The shape of `ndim` dimensions as "(2, 3)" into buf. */
+static const char *
+shape_text(const uint64_t *shape, uint32_t ndim, char *buf, size_t size)
+{
+    size_t n = (size_t)snprintf(buf, size, "(");
+    for (uint32_t i = 0; i < ndim && n < size; i++) {
+        n += (size_t)snprintf(buf + n, size - n, "%s%llu", i ? ", " : "",
+                              (unsigned long long)shape[i]);
+    }
+    if (n < size) {
+        snprintf(buf + n, size - n, ndim == 1 ? ",)" : ")");
+    }
+    return buf;
+}
+
+/* After create=None attached instead of creating: the segment must be the
+ * one this call would have created (format, size and shape as resolved,
+ * defaults included), or which process came first would decide what
+ * everyone gets. */
+static int
+check_either(HandleObject *self, const open_args *a)
+{
+    stx_header *hdr = self->seg.hdr;
+    const item_format *stored = item_format_find(hdr->format);
+    char want[200], have[200];
+    if (stored == NULL || stored->size != hdr->itemsize) {
+        PyErr_Clear();
+        raise_error(self->st, STX_ECORRUPT, "segment '%s' has an unknown "
+                    "item format", self->seg.name);
+        return -1;
+    }
+    if (stored->code != self->fmt->code) {
+        raise_error(self->st, STX_EINCOMPAT, "segment '%s' exists with "
+                    "format '%c', but this create=None call would create "
+                    "format '%c'%s; pass format='%c' (what its creator "
+                    "used), or use another name", self->seg.name,
+                    stored->code, self->fmt->code,
+                    a->format ? "" : " (the default)", stored->code);
+        return -1;
+    }
+    if ((uint64_t)a->size != hdr->data_size) {
+        raise_error(self->st, STX_EINCOMPAT, "segment '%s' exists with "
+                    "size=%llu bytes, but this create=None call would "
+                    "create %zd; pass size=%llu (what its creator used), "
+                    "or use another name", self->seg.name,
+                    (unsigned long long)hdr->data_size, a->size,
+                    (unsigned long long)hdr->data_size);
+        return -1;
+    }
+    int same = a->ndim == hdr->ndim;
+    for (uint32_t i = 0; same && i < a->ndim; i++) {
+        same = a->shape[i] == hdr->shape[i];
+    }
+    if (!same) {
+        shape_text(hdr->shape, hdr->ndim, have, sizeof(have));
+        raise_error(self->st, STX_EINCOMPAT, "segment '%s' exists with "
+                    "shape=%s, but this create=None call would create "
+                    "shape=%s; pass shape=%s (what its creator used), or "
+                    "use another name", self->seg.name, have,
+                    shape_text(a->shape, a->ndim, want, sizeof(want)), have);
+        return -1;
+    }
+    self->fmt = stored;
+    return handle_check_either(self, a);
 }
 
 /* After attaching: the caller's size, format and shape must match. */
@@ -170,20 +245,27 @@ parse_shape(PyObject *arg, open_args *a)
     return rc;
 }
 
+/* Memory(name=None, create=False, size=0, *, read_only, format,
+ * undo_size, max_processes, timeout, mode, shape, data, populate, track):
+ * memory.py's SharedMemory.__init__ shows them with their defaults.
+ * track= is the stdlib's (3.13) and changes nothing here: no
+ * resource_tracker is ever involved (docs/semantics.md, Lifetimes). */
 static int
 parse_open_args(PyObject *args, PyObject *kwds, open_args *a)
 {
     static char *kwlist[] = {"name", "create", "size", "read_only",
                              "format", "undo_size", "max_processes",
                              "timeout", "mode", "shape", "data", "populate",
-                             NULL};
-    PyObject *timeout_arg = NULL, *shape_arg = NULL, *data_arg = NULL;
+                             "track", NULL};
+    PyObject *create_arg = NULL, *timeout_arg = NULL, *shape_arg = NULL,
+             *data_arg = NULL, *track_arg = NULL;
     a->mode = 0600;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "|zpn$pzniOiOOp", kwlist, &a->name, &a->create,
+            args, kwds, "|zOn$pzniOiOOpO", kwlist, &a->name, &create_arg,
             &a->size, &a->read_only, &a->format, &a->undo_size,
             &a->max_processes, &timeout_arg, &a->mode, &shape_arg,
-            &data_arg, &a->populate)
+            &data_arg, &a->populate, &track_arg)
+        || handle_parse_create(create_arg, a) < 0
         || handle_parse_timeout(timeout_arg, ATTACH_WAIT_DEFAULT,
                                 &a->timeout) < 0
         || parse_shape(shape_arg, a) < 0 || handle_check_args(a) < 0) {
@@ -229,7 +311,9 @@ Memory_init(HandleObject *self, PyObject *args, PyObject *kwds)
     if (rc == 0) {
         rc = handle_open(self, &a, &opts);
     }
-    if (rc == 0 && !a.create && check_attached(self, &a) < 0) {
+    if (rc == 0 && !self->created
+        && (a.create == OPEN_EITHER ? check_either(self, &a)
+                                    : check_attached(self, &a)) < 0) {
         stx_close(&self->seg);
         rc = -1;
     }

@@ -136,6 +136,25 @@ handle_check_args(open_args *a)
     return 0;
 }
 
+int
+handle_parse_create(PyObject *arg, open_args *a)
+{
+    if (arg == NULL || arg == Py_False) {
+        a->create = OPEN_ATTACH;
+    }
+    else if (arg == Py_None) {
+        a->create = OPEN_EITHER;
+    }
+    else {
+        int truth = PyObject_IsTrue(arg);
+        if (truth < 0) {
+            return -1;
+        }
+        a->create = truth ? OPEN_CREATE : OPEN_ATTACH;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ */
 /* creation and attachment                                             */
 
@@ -229,6 +248,74 @@ attach_segment(HandleObject *self, open_args *a, uint32_t kind)
     return 0;
 }
 
+/* create=None: attach to the segment if the name exists, else create
+ * it (the engine settles the races); self->created says which. */
+static int
+either_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
+{
+    if (a->name == NULL) {
+        return create_segment(self, a, opts); /* nothing to attach to */
+    }
+    if (a->undo_size < 0 || a->max_processes < 0) {
+        PyErr_SetString(PyExc_ValueError, "undo_size and max_processes "
+                        "must not be negative");
+        return -1;
+    }
+    int rc, created;
+    uint64_t wait_ns = (uint64_t)(a->timeout * 1e9);
+    Py_BEGIN_ALLOW_THREADS
+    rc = stx_open_or_create(&self->seg, a->name, opts, wait_ns, &created);
+    Py_END_ALLOW_THREADS
+    if (rc == STX_EAGAIN) {
+        raise_lock_timeout(self->st, a->name, a->timeout, 0);
+        return -1;
+    }
+    if (rc != 0) {
+        raise_engine_error(self->st, rc, a->name);
+        return -1;
+    }
+    if (created) {
+        self->created = 1;
+        self->creator_pid = (long)getpid();
+        return 0;
+    }
+    uint32_t stored = self->seg.hdr->layout_kind;
+    if (stored != opts->layout->kind) {
+        raise_error(self->st, STX_EINCOMPAT, "segment '%s' holds a %s, not "
+                    "a %s; open it with %s, or use another name", a->name,
+                    layout_class(stored), layout_class(opts->layout->kind),
+                    layout_class(stored));
+        stx_close(&self->seg);
+        return -1;
+    }
+    return 0;
+}
+
+int
+handle_check_either(HandleObject *h, const open_args *a)
+{
+    stx_header *hdr = h->seg.hdr;
+    if (a->max_processes != 0 && (uint32_t)a->max_processes != hdr->nslots) {
+        raise_error(h->st, STX_EINCOMPAT, "segment '%s' exists with "
+                    "max_processes=%u, not %d as asked; with create=None "
+                    "pass what its creator passed, or omit max_processes=",
+                    h->seg.name, hdr->nslots, a->max_processes);
+        return -1;
+    }
+    /* plan_layout (segment.c) gives undo_size=N as N rounded up to a page,
+     * plus a page for record headers */
+    uint64_t page = STX_PAGE, n = (uint64_t)a->undo_size;
+    if (n != 0 && (n + page - 1) / page * page + page != hdr->undo_size) {
+        raise_error(h->st, STX_EINCOMPAT, "segment '%s' exists with "
+                    "another undo_size= than %zd (its undo log has %llu "
+                    "bytes); with create=None pass what its creator passed, "
+                    "or omit undo_size=", h->seg.name, a->undo_size,
+                    (unsigned long long)hdr->undo_size);
+        return -1;
+    }
+    return 0;
+}
+
 int
 handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
 {
@@ -238,19 +325,22 @@ handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
         return -1;
     }
     int rc;
-    if (a->create && a->read_only) {
-        PyErr_SetString(PyExc_ValueError, "cannot create a segment "
-                        "read-only; create it, then open read_only=True "
-                        "handles on it");
+    if (a->create != OPEN_ATTACH && a->read_only) {
+        PyErr_Format(PyExc_ValueError, "cannot create a segment read-only "
+                     "(create=%s); create it, then open read_only=True "
+                     "handles on it", a->create == OPEN_EITHER ? "None"
+                                                               : "True");
         return -1;
     }
-    if (!a->create && a->name == NULL) {
+    if (a->create == OPEN_ATTACH && a->name == NULL) {
         PyErr_SetString(PyExc_ValueError, "name is required to attach "
                         "(or pass create=True)");
         return -1;
     }
-    rc = a->create ? create_segment(self, a, opts)
-                   : attach_segment(self, a, opts->layout->kind);
+    rc = a->create == OPEN_CREATE ? create_segment(self, a, opts)
+         : a->create == OPEN_EITHER ? either_segment(self, a, opts)
+                                    : attach_segment(self, a,
+                                                     opts->layout->kind);
     if (rc < 0) {
         return -1;
     }
@@ -477,11 +567,18 @@ Segment_get_name(HandleObject *self, void *closure)
     return Py_NewRef(self->name ? self->name : Py_None);
 }
 
+/* The data region's bytes, as the stdlib's `size` (which `buf` covers;
+ * it may end in a tail shorter than an item). */
 static PyObject *
 Segment_get_size(HandleObject *self, void *closure)
 {
-    return PyLong_FromSsize_t(self->nitems * (self->fmt ? self->fmt->size
-                                                        : 0));
+    return PyLong_FromUnsignedLongLong(self->fmt ? self->seg.data_size : 0);
+}
+
+static PyObject *
+Segment_get_created(HandleObject *self, void *closure)
+{
+    return PyBool_FromLong(self->created);
 }
 
 static PyObject *
@@ -530,6 +627,9 @@ static PyGetSetDef Segment_getset[] = {
     {"size", (getter)Segment_get_size, NULL, "data bytes", NULL},
     {"read_only", (getter)Segment_get_read_only, NULL, NULL, NULL},
     {"closed", (getter)Segment_get_closed, NULL, NULL, NULL},
+    {"created", (getter)Segment_get_created, NULL,
+     "True if opening this handle created the segment (create=True, or "
+     "create=None finding no segment), False if it attached", NULL},
     {"owner", (getter)Segment_get_owner, NULL,
      "True in the process whose handle created the segment", NULL},
     {NULL, NULL, NULL, NULL, NULL},
