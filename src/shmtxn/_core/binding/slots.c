@@ -402,6 +402,10 @@ slots_view(HandleObject *h, stx_txn *txn, Py_ssize_t start, Py_ssize_t count,
 {
     uint64_t offset = (uint64_t)(start * h->strides[0]);
     uint64_t length = (uint64_t)(count * h->strides[0]);
+    if (as_bytes && start + count == h->shape[0]) {
+        length = h->seg.data_size - offset; /* and the tail past the last
+                                               whole item, as shr.buf */
+    }
     if (txn->write) {
         int rc = stx_undo_prepare(txn, offset, length);
         if (rc != 0) {
