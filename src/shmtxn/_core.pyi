@@ -28,7 +28,7 @@ class Memory(_Items):
     def __init__(
         self,
         name: str | None = None,
-        create: bool = False,
+        create: bool | None = False,
         size: int = 0,
         *,
         read_only: bool = False,
@@ -40,7 +40,10 @@ class Memory(_Items):
         shape: int | tuple[int, ...] | None = None,
         data: Any = None,
         populate: bool = False,
-    ) -> None: ...
+        track: bool = True,
+    ) -> None:
+        """create: True (create), False (attach) or None (attach if the
+        name exists, else create); track: accepted, changes nothing."""
     @property
     def name(self) -> str: ...
     @property
@@ -55,6 +58,8 @@ class Memory(_Items):
     def shape(self) -> tuple[int, ...]: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def created(self) -> bool: ...
     @property
     def owner(self) -> bool: ...
     def txn(self, write: bool | None = None,
@@ -97,6 +102,8 @@ class Segment:
     @property
     def closed(self) -> bool: ...
     @property
+    def created(self) -> bool: ...
+    @property
     def owner(self) -> bool: ...
     def close(self) -> None: ...
     def unlink(self) -> None: ...
@@ -106,7 +113,7 @@ class Dict(Segment):
     def __init__(
         self,
         name: str | None = None,
-        create: bool = False,
+        create: bool | None = False,
         size: int = 0,
         *,
         read_only: bool = False,
