@@ -49,6 +49,22 @@ def test_leaked_segment_is_orphaned_and_gc_removes_it(name):
     assert not os.path.exists(f"/dev/shm/{name}")
 
 
+def test_gc_keeps_a_segment_attached_after_it_was_listed(name):
+    """gc lists, then removes: a process that attaches in between (here,
+    this one) keeps the segment -- gc removes under the attach/reclaim
+    protocol, not by a bare unlink."""
+    from shmtxn import admin
+    leak(name)
+    [info] = [i for i in admin.list_segments(prefix=name)]
+    assert info["orphaned"] is True
+    with SharedMemory(name) as shr:  # attached since the listing
+        assert admin._collect(info) is False
+        assert os.path.exists(f"/dev/shm/{name}")
+        shr[0] = 7
+    assert admin._collect(info) is True  # closed again: now it goes
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
 def test_attached_segment_survives_gc_and_rm_until_forced(name):
     seg = SharedMemory(name, create=True, size=16)
     seg.close()  # only the child keeps it attached from here on

@@ -200,14 +200,29 @@ def gc(dry_run: bool = False, prefix: str = "") -> list[dict]:
     file.  Returns what was (or, with ``dry_run``, would be) removed."""
     doomed = [info for info in list_segments(prefix=prefix)
               if info["state"] == "abandoned" or info.get("orphaned")]
+    removed = {}
     for info in doomed:
         if not dry_run:
-            try:
-                _core.unlink(info["name"])
-            except SegmentNotFoundError:
-                pass
+            removed[info["name"]] = _collect(info)
     return [{"name": i["name"], "state": i["state"], "reason": _why(i),
-             "removed": not dry_run} for i in doomed]
+             "removed": removed.get(i["name"], False)} for i in doomed]
+
+
+def _collect(info: dict) -> bool:
+    """Remove a segment gc found unused; False if it is in use by now.
+
+    A shmtxn segment is removed under the attach/reclaim protocol
+    (`_core.reclaim`): a process that attached since the listing -- even
+    one between opening the file and taking its beacon -- keeps it.  A
+    corrupt or other-version one (which nothing can attach) is unlinked.
+    """
+    try:
+        if info["state"] in ("ready", "abandoned"):
+            return _core.reclaim(info["name"], creator_may_live=True)
+        _core.unlink(info["name"])
+    except SegmentNotFoundError:
+        pass
+    return True
 
 
 def _why(info: dict) -> str:

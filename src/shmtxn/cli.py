@@ -192,7 +192,9 @@ def cmd_gc(args) -> int:
     removed = admin.gc(dry_run=args.dry_run, prefix=args.prefix)
     verb = "would remove" if args.dry_run else "removed"
     emit(args, removed, lambda rs: print(
-        "\n".join(f"{verb} {r['name']} ({r['reason']})" for r in rs)
+        "\n".join(f"{verb} {r['name']} ({r['reason']})" if r["removed"]
+                  or args.dry_run else f"kept {r['name']} (attached since "
+                  "it was listed)" for r in rs)
         or "nothing to remove"))
     return 0
 

@@ -26,6 +26,33 @@ core_unlink(PyObject *module, PyObject *arg)
     Py_RETURN_NONE;
 }
 
+/* _core.reclaim(name, creator_may_live=False): remove `name` if it is a
+ * provably unused segment; True if removed (or gone), False if it stays. */
+static PyObject *
+core_reclaim(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"name", "creator_may_live", NULL};
+    const char *name;
+    int creator_may_live = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "s|p:reclaim", kwlist,
+                                     &name, &creator_may_live)) {
+        return NULL;
+    }
+    name += name[0] == '/';
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = stx_reclaim(name, creator_may_live);
+    Py_END_ALLOW_THREADS
+    if (rc == STX_EEXIST) {
+        Py_RETURN_FALSE;
+    }
+    if (rc != 0) {
+        raise_engine_error(PyModule_GetState(module), rc, name);
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
 static const char *
 probe_state_name(int state)
 {
@@ -176,6 +203,10 @@ static PyMethodDef core_methods[] = {
      "probe(name) -> dict describing the segment, without attaching"},
     {"repair", core_repair, METH_VARARGS,
      "repair(name, timeout=5.0) -> dict: recover as the next txn would"},
+    {"reclaim", (PyCFunction)(void (*)(void))core_reclaim,
+     METH_VARARGS | METH_KEYWORDS,
+     "reclaim(name, creator_may_live=False): remove a provably unused "
+     "segment; True if removed (or gone), False if it stays"},
     {"unlink", core_unlink, METH_O,
      "unlink(name): remove a segment's name; SegmentNotFoundError if none"},
     {NULL, NULL, 0, NULL},

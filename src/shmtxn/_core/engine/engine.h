@@ -312,6 +312,14 @@ void stx_close(stx_segment *seg);
  * it names when ino == 0.  STX_ENOENT if the name is gone or names
  * another segment now. */
 int stx_unlink(const char *name, dev_t dev, ino_t ino);
+/* Remove `name` only if it is a provably unused shmtxn segment, under the
+ * attach/reclaim protocol on byte 0 (segment.c), so that no attacher
+ * between its open and its beacon loses the file: 0 (removed, or already
+ * gone), or STX_EEXIST with stx_detail() saying what keeps it.  With
+ * `creator_may_live`, a creator that is alive but has closed it (no
+ * beacon) does not keep it (`shmtxn gc`); else it must be dead (create's
+ * reclaim). */
+int stx_reclaim(const char *name, int creator_may_live);
 /* The kind word glibc gives our robust, process-shared mutex (-1 if not
  * known on this libc). */
 int stx_mutex_kind(void);

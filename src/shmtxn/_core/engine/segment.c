@@ -412,9 +412,12 @@ beacon_holder(int fd)
 }
 
 /* Is the file on `fd` (of `size` bytes, byte 0 locked by us) a provably
- * unused shmtxn segment?  1 yes; 0 no, with why[] saying what keeps it. */
+ * unused shmtxn segment?  1 yes; 0 no, with why[] saying what keeps it.
+ * With `creator_may_live` (`shmtxn gc`), a live creator that has closed
+ * the segment (no beacon) does not keep it. */
 static int
-leftover_unused(int fd, uint64_t size, const char *name, char *why)
+leftover_unused(int fd, uint64_t size, const char *name, char *why,
+                int creator_may_live)
 {
     uint64_t magic = 0;
     if (size < sizeof(magic)
@@ -445,7 +448,7 @@ leftover_unused(int fd, uint64_t size, const char *name, char *why)
     else if (hdr->pid_ns != 0 && hdr->pid_ns != stx_own_pid_ns()) {
         snprintf(why, WHY_SIZE, "it was created in another pid namespace");
     }
-    else if (!pid_gone(creator)) {
+    else if (!creator_may_live && !pid_gone(creator)) {
         snprintf(why, WHY_SIZE, "its creator, process %d, is still "
                  "running", (int)creator);
     }
@@ -459,12 +462,13 @@ leftover_unused(int fd, uint64_t size, const char *name, char *why)
     return ok;
 }
 
-/* Unlink the leftover under `name` if it is provably unused (above).
- * Called with the registry lock held, after O_EXCL found the name taken.
- * 1: the name is free now (reclaimed, or gone meanwhile); 0: it stays,
- * why[] says why. */
+/* Unlink the leftover under `name` if it is provably unused (above;
+ * `creator_may_live` as in leftover_unused).  Called with the registry
+ * lock held.  1: the name is free now (reclaimed, or gone meanwhile); 0:
+ * it stays, why[] says why. */
 static int
-reclaim_leftover(const char *name, const char *path, char *why)
+reclaim_leftover(const char *name, const char *path, char *why,
+                 int creator_may_live)
 {
     struct stat st, now;
     if (stat(path, &st) != 0) {
@@ -499,7 +503,8 @@ reclaim_leftover(const char *name, const char *path, char *why)
              || now.st_ino != st.st_ino) {
         rc = 1; /* someone else reclaimed it: the name is for the taking */
     }
-    else if (leftover_unused(fd, (uint64_t)st.st_size, name, why)) {
+    else if (leftover_unused(fd, (uint64_t)st.st_size, name, why,
+                             creator_may_live)) {
         stx_crash_point("reclaim:before_unlink");
         rc = unlink(path) == 0 || errno == ENOENT;
         if (!rc) {
@@ -549,7 +554,7 @@ open_new(const char *name, const char *path, unsigned mode, int *rc)
             *rc = stx_fail_create(err, name);
             return -1;
         }
-        if (!reclaim_leftover(name, path, why)) {
+        if (!reclaim_leftover(name, path, why, 0)) {
             break;
         }
         snprintf(why, sizeof(why), "another process took the name first");
@@ -1119,6 +1124,24 @@ stx_close(stx_segment *seg)
     seg->base = NULL;
     seg->hdr = NULL;
     seg->data = NULL;
+}
+
+int
+stx_reclaim(const char *name, int creator_may_live)
+{
+    int rc = stx_check_name(name);
+    char path[PATH_MAX], why[WHY_SIZE] = "";
+    if (rc == 0) {
+        rc = stx_segment_path(name, path, sizeof(path));
+    }
+    if (rc != 0) {
+        return rc;
+    }
+    stx_files_lock();
+    int gone = reclaim_leftover(name, path, why, creator_may_live);
+    stx_files_unlock();
+    return gone ? 0 : stx_fail(STX_EEXIST, "segment '%s' stays: %s", name,
+                               why);
 }
 
 int
