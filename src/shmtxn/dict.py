@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import (ItemsView, KeysView, Mapping, MutableMapping,
                              ValuesView)
 
-from . import _core
+from . import _core, _wait
 from .memory import _check_mode
 
 __all__ = ["SharedDict"]
@@ -166,6 +166,14 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
     def update(self, other=(), /, **kwds):
         with self.txn() as t:
             t.update(other, **kwds)
+
+    def wait_async(self, since=None, timeout=None):
+        """``await shr.wait_async(since=None, timeout=None)``: ``wait()``
+        for coroutines -- it sleeps on a worker thread, so the event loop
+        runs on (docs/coordination.md).  The new version, or ``since`` if
+        ``timeout`` seconds passed first; ``since=None`` is the version at
+        the call."""
+        return _wait.wait_async(self, since, timeout)
 
     def __reduce__(self):
         if self.closed:

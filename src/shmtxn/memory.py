@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from . import _core
+from . import _core, _wait
 
 __all__ = ["SharedMemory", "format_code"]
 
@@ -112,6 +112,14 @@ class SharedMemory(_core.Memory):
             array = array.reshape(1)
         return cls(name, create=True, format=array.dtype,
                    shape=array.shape, data=array, **kwargs)
+
+    def wait_async(self, since=None, timeout=None):
+        """``await shr.wait_async(since=None, timeout=None)``: ``wait()``
+        for coroutines -- it sleeps on a worker thread, so the event loop
+        runs on (docs/coordination.md).  The new version, or ``since`` if
+        ``timeout`` seconds passed first; ``since=None`` is the version at
+        the call."""
+        return _wait.wait_async(self, since, timeout)
 
     def __reduce__(self):
         if self.closed:
