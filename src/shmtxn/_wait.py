@@ -16,7 +16,6 @@ See docs/coordination.md.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -167,6 +166,8 @@ def wait_async(handle, since=None, timeout=None):
 
 
 async def _wait_async(handle, since, timeout, version):
+    import asyncio  # only here: importing shmtxn stays cheap
+
     if version != since or timeout == 0:
         return version
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import (ItemsView, KeysView, Mapping, MutableMapping,
                              ValuesView)
 
-from . import _core, _wait
+from . import _core
 from .memory import _check_mode
 
 __all__ = ["SharedDict"]
@@ -173,6 +173,8 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
         runs on (docs/coordination.md).  The new version, or ``since`` if
         ``timeout`` seconds passed first; ``since=None`` is the version at
         the call."""
+        from . import _wait  # threading and asyncio: only when used
+
         return _wait.wait_async(self, since, timeout)
 
     def __reduce__(self):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from . import _core, _wait
+from . import _core
 
 __all__ = ["SharedMemory", "format_code"]
 
@@ -119,6 +119,8 @@ class SharedMemory(_core.Memory):
         runs on (docs/coordination.md).  The new version, or ``since`` if
         ``timeout`` seconds passed first; ``since=None`` is the version at
         the call."""
+        from . import _wait  # threading and asyncio: only when used
+
         return _wait.wait_async(self, since, timeout)
 
     def __reduce__(self):
