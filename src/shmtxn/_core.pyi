@@ -1,6 +1,7 @@
 """Type stubs for the C extension shmtxn._core."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Iterable, overload
 
 FORMAT_VERSION: int
@@ -62,10 +63,24 @@ class Memory(_Items):
     def created(self) -> bool: ...
     @property
     def owner(self) -> bool: ...
+    @property
+    def version(self) -> int:
+        """Commits plus dead writers rolled back: moves on every change."""
+    def wait(self, since: int | None = None,
+             timeout: float | None = None) -> int:
+        """Sleep (no lock held, GIL released) until the version moves past
+        `since` (None: now); the new version, or `since` on timeout."""
+    @overload
     def txn(self, write: bool | None = None,
-            timeout: float | None = None) -> Txn:
+            timeout: float | None = None, *, until: None = None) -> Txn:
         """write: True, False or None (the handle's default); timeout:
         None (wait forever) or 0 to 1e9 seconds."""
+    @overload
+    def txn(self, write: bool | None = None,
+            timeout: float | None = None, *,
+            until: Callable[[Txn], object]) -> AbstractContextManager[Txn]:
+        """Enters once until(txn) holds; LockTimeout if it does not
+        within `timeout` seconds in all."""
     def ndarray(self, *, copy: bool = False) -> Any: ...
     def close(self) -> None: ...
     def unlink(self) -> None: ...
@@ -105,6 +120,10 @@ class Segment:
     def created(self) -> bool: ...
     @property
     def owner(self) -> bool: ...
+    @property
+    def version(self) -> int: ...
+    def wait(self, since: int | None = None,
+             timeout: float | None = None) -> int: ...
     def close(self) -> None: ...
     def unlink(self) -> None: ...
     def info(self) -> dict[str, Any]: ...
@@ -131,10 +150,18 @@ class Dict(Segment):
     def get(self, key: Any, default: Any = None) -> Any: ...
     def get_many(self, keys: Iterable[Any], default: Any = None) -> list[Any]: ...
     def clear(self) -> None: ...
+    @overload
     def txn(self, write: bool | None = None,
-            timeout: float | None = None) -> DictTxn:
+            timeout: float | None = None, *, until: None = None) -> DictTxn:
         """write: True, False or None (the handle's default); timeout:
         None (wait forever) or 0 to 1e9 seconds."""
+    @overload
+    def txn(self, write: bool | None = None,
+            timeout: float | None = None, *,
+            until: Callable[[DictTxn], object],
+            ) -> AbstractContextManager[DictTxn]:
+        """Enters once until(txn) holds; LockTimeout if it does not
+        within `timeout` seconds in all."""
     def stats(self) -> dict[str, Any]: ...
     def verify(self) -> None: ...
     def _snapshot(self, what: int) -> list[Any]: ...

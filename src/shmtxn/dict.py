@@ -173,6 +173,16 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
         with self.txn() as t:
             t.update(other, **kwds)
 
+    def wait_async(self, since=None, timeout=None):
+        """``await shr.wait_async(since=None, timeout=None)``: ``wait()``
+        for coroutines -- it sleeps on a worker thread, so the event loop
+        runs on (docs/coordination.md).  The new version, or ``since`` if
+        ``timeout`` seconds passed first; ``since=None`` is the version at
+        the call."""
+        from . import _wait  # threading and asyncio: only when used
+
+        return _wait.wait_async(self, since, timeout)
+
     def __reduce__(self):
         if self.closed:
             raise ValueError(f"cannot pickle closed SharedDict {self.name!r}")

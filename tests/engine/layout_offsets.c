@@ -63,11 +63,14 @@ main(void)
     FIELD(stx_header, undo_reserved);
     FIELD(stx_header, writer_mutex);
     FIELD(stx_header, seq);
+    FIELD(stx_header, change_futex);
+    FIELD(stx_header, change_waiters);
     SIZE(stx_header);
 
     FIELD(stx_reader_slot, pid);
     FIELD(stx_reader_slot, readers);
     FIELD(stx_reader_slot, attached_ns);
+    FIELD(stx_reader_slot, waiting);
     FIELD(stx_reader_slot, pad);
     SIZE(stx_reader_slot);
 

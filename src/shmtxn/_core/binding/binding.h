@@ -26,6 +26,8 @@
  * handle:
  *   py_segment.c   -- Segment, the base of Memory and Dict: open, close,
  *                     unlink, and the checks every operation makes
+ * waiting:
+ *   waiting.c      -- wait(): sleeping until a commit, the GIL released
  * views:
  *   py_view.c      -- View, a typed zero-copy export of a segment
  * leaves:
@@ -188,6 +190,9 @@ typedef struct HandleObject {
     PyObject *escaped;      /* list of Views that outlived their txn while
                                held elsewhere, or NULL */
     PyObject *weakrefs;
+    int waiting;            /* threads in wait() on this handle, */
+    uint64_t wait_gen;      /* ...in this process generation */
+    int closing;            /* close() is waking them: leave */
 } HandleObject;
 
 /* Everything a SharedMemory(...) or SharedDict(...) call was given. */
@@ -335,6 +340,18 @@ int handle_open(HandleObject *h, open_args *a, const stx_create_opts *opts);
 /* Close `h` (Segment.close()); -1 with an exception. */
 int handle_close(HandleObject *h);
 
+/* ---- waiting for a change (waiting.c) ---- */
+
+/* Sleep until the version of `h`'s segment differs from `since`, at most
+ * `timeout` seconds (< 0: forever), the GIL released; *version is the new
+ * version, or `since` if the timeout expired.  -1 with an exception
+ * (KeyboardInterrupt, SegmentClosedError, a txn open in this thread). */
+int wait_for_change(HandleObject *h, uint64_t since, double timeout,
+                    uint64_t *version);
+/* Before `h` is unmapped: wake the threads waiting on it and let them
+ * leave (they raise SegmentClosedError). */
+void wait_release_waiters(HandleObject *h);
+
 /* ---- the txn driver and base (txn.c) ---- */
 
 /* Step an initialised `txn` until it is open, the GIL released around
@@ -351,11 +368,17 @@ int txn_close(HandleObject *h, stx_txn *txn, int commit);
 int txn_write_failed(HandleObject *h, stx_txn *txn, int code);
 /* -1 with ReadOnlyError if `txn` (open on `h`) is a read txn. */
 int txn_check_write(HandleObject *h, const stx_txn *txn);
-/* txn(write=None, timeout=None) of Memory and Dict: the one parser.
+/* txn(write=None, timeout=None, *, until=None) of Memory and Dict: the
+ * one parser (*until is NULL unless a predicate was given).
  * Rejects an argument given twice, a `write` that is not a bool or None,
  * a bad timeout, and write=True on a read-only handle. */
 int txn_parse_args(HandleObject *h, PyObject *const *args, Py_ssize_t nargs,
-                   PyObject *kwnames, int *write, double *timeout);
+                   PyObject *kwnames, int *write, double *timeout,
+                   PyObject **until);
+/* txn(until=pred, ...): the context manager of shmtxn._wait that opens a
+ * txn once `pred` holds in it (`timeout` < 0: wait forever). */
+PyObject *txn_until(HandleObject *h, PyObject *until, int write,
+                    double timeout);
 /* Set up a new txn object of `kind` on `h` (not yet entered). */
 void txn_base_init(TxnBase *t, HandleObject *h, int write, double timeout,
                    const txn_kind *kind);

@@ -185,16 +185,21 @@ Dict_clear(DictObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-/* d.txn(write=None, timeout=None): a new txn object, not yet entered. */
+/* d.txn(write=None, timeout=None, *, until=None): a new txn object, not
+ * yet entered (with `until`, a context manager that waits for it). */
 static PyObject *
 Dict_txn(DictObject *self, PyObject *const *args, Py_ssize_t nargs,
          PyObject *kwnames)
 {
     int write;
     double timeout;
-    if (txn_parse_args(&self->h, args, nargs, kwnames, &write, &timeout)
-        < 0) {
+    PyObject *until;
+    if (txn_parse_args(&self->h, args, nargs, kwnames, &write, &timeout,
+                       &until) < 0) {
         return NULL;
+    }
+    if (until != NULL) {
+        return txn_until(&self->h, until, write, timeout);
     }
     return dict_txn_new(self, write, timeout);
 }
@@ -260,7 +265,10 @@ static PyMethodDef Dict_methods[] = {
      "Delete every key, atomically."},
     {"txn", (PyCFunction)(void (*)(void))Dict_txn,
      METH_FASTCALL | METH_KEYWORDS,
-     "txn(write=None, timeout=None) -> a transaction to use with `with`"},
+     "txn($self, /, write=None, timeout=None, *, until=None)\n--\n\n"
+     "A transaction to use with `with`.  until=pred: open it once "
+     "pred(txn) holds, re-checked after each commit; the body runs in the "
+     "snapshot pred saw."},
     {"stats", (PyCFunction)Dict_stats, METH_NOARGS,
      "count, table capacity, heap used/free and fragmentation, as a dict"},
     {"verify", (PyCFunction)Dict_verify, METH_NOARGS,

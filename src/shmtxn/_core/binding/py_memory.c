@@ -353,15 +353,21 @@ Memory_iter(HandleObject *self)
     return it;
 }
 
-/* shr.txn(write=None, timeout=None): a new Txn, not yet entered. */
+/* shr.txn(write=None, timeout=None, *, until=None): a new Txn, not yet
+ * entered (with `until`, a context manager that waits for it to hold). */
 static PyObject *
 Memory_txn(HandleObject *self, PyObject *const *args, Py_ssize_t nargs,
            PyObject *kwnames)
 {
     int write;
     double timeout;
-    if (txn_parse_args(self, args, nargs, kwnames, &write, &timeout) < 0) {
+    PyObject *until;
+    if (txn_parse_args(self, args, nargs, kwnames, &write, &timeout,
+                       &until) < 0) {
         return NULL;
+    }
+    if (until != NULL) {
+        return txn_until(self, until, write, timeout);
     }
     return txn_new(self, write, timeout);
 }
@@ -471,7 +477,10 @@ Memory_get_itemsize(HandleObject *self, void *closure)
 static PyMethodDef Memory_methods[] = {
     {"txn", (PyCFunction)(void (*)(void))Memory_txn,
      METH_FASTCALL | METH_KEYWORDS,
-     "txn(write=None, timeout=None) -> a transaction to use with `with`"},
+     "txn($self, /, write=None, timeout=None, *, until=None)\n--\n\n"
+     "A transaction to use with `with`.  until=pred: open it once "
+     "pred(txn) holds, re-checked after each commit; the body runs in the "
+     "snapshot pred saw."},
     {"ndarray", (PyCFunction)(void (*)(void))Memory_ndarray,
      METH_VARARGS | METH_KEYWORDS,
      "ndarray(*, copy=False) -> read-only numpy array of the whole segment "

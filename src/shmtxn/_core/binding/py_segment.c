@@ -468,6 +468,7 @@ handle_close(HandleObject *self)
     if (self->exports > 0) {
         return refuse_close(self, self->exports);
     }
+    wait_release_waiters(self); /* before anything is unmapped */
     if (self->exported_directly) {
         /* ndarray(buffer=shr) keeps a reference to this handle and a
          * pointer, but no export: keep the mapping until the handle
@@ -610,7 +611,65 @@ Segment_info(HandleObject *self, PyObject *unused)
     return segment_info(&self->seg);
 }
 
+/* shr.version: commits + dead writers rolled back, read lock-free. */
+static PyObject *
+Segment_get_version(HandleObject *self, void *closure)
+{
+    if (handle_check_open(self) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(stx_version(&self->seg));
+}
+
+/* shr.wait(since=None, timeout=None): sleep until the version is no
+ * longer `since` (None: the version now); the new version, or `since`
+ * if the timeout expired. */
+static PyObject *
+Segment_wait(HandleObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"since", "timeout", NULL};
+    PyObject *since_arg = Py_None, *timeout_arg = Py_None;
+    double timeout;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OO:wait", kwlist,
+                                     &since_arg, &timeout_arg)
+        || handle_check_open(self) < 0
+        || handle_parse_timeout(timeout_arg, -1.0, &timeout) < 0) {
+        return NULL;
+    }
+    uint64_t since;
+    if (since_arg == Py_None) {
+        since = stx_version(&self->seg);
+    }
+    else if (!PyLong_Check(since_arg) || PyBool_Check(since_arg)) {
+        PyErr_Format(PyExc_TypeError, "since must be None or a version "
+                     "(an int from .version or wait()), not %.100s",
+                     Py_TYPE(since_arg)->tp_name);
+        return NULL;
+    }
+    else {
+        since = PyLong_AsUnsignedLongLong(since_arg);
+        if (since == (uint64_t)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "since must be a version: an "
+                         "int from 0 to 2**64-1, not %R", since_arg);
+            return NULL;
+        }
+    }
+    uint64_t version;
+    if (wait_for_change(self, since, timeout, &version) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(version);
+}
+
 static PyMethodDef Segment_methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))Segment_wait,
+     METH_VARARGS | METH_KEYWORDS,
+     "wait($self, /, since=None, timeout=None)\n--\n\n"
+     "Sleep until another commit (or the rollback of a dead writer) moves "
+     "the version past `since` (None: the version now), without holding "
+     "any lock; return the new version, or `since` itself if `timeout` "
+     "seconds passed first."},
     {"close", (PyCFunction)Segment_close, METH_NOARGS,
      "Unmap this handle (idempotent)."},
     {"unlink", (PyCFunction)Segment_unlink, METH_NOARGS,
@@ -630,6 +689,9 @@ static PyGetSetDef Segment_getset[] = {
     {"created", (getter)Segment_get_created, NULL,
      "True if opening this handle created the segment (create=True, or "
      "create=None finding no segment), False if it attached", NULL},
+    {"version", (getter)Segment_get_version, NULL,
+     "commits so far plus dead writers rolled back: moves on every change",
+     NULL},
     {"owner", (getter)Segment_get_owner, NULL,
      "True in the process whose handle created the segment", NULL},
     {NULL, NULL, NULL, NULL, NULL},

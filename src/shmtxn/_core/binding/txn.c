@@ -1,7 +1,8 @@
 /*
  * txn.c -- the txn driver: the waiting loop every transaction (explicit or
  * auto-committed) opens through, ending and dropping txns, the thread
- * guard, and the one parser of txn(write=None, timeout=None).  And
+ * guard, and the one parser of txn(write=None, timeout=None, *,
+ * until=None) (a predicate hands off to shmtxn._wait).  And
  * TxnBase, what Txn and DictTxn share: enter, exit, commit, abort, repr,
  * the write/active attributes and freeing (each type lists these methods
  * in its own table, TXN_BASE_METHODS: a method found on the object's own
@@ -225,9 +226,9 @@ txn_check_write(HandleObject *h, const stx_txn *txn)
 }
 
 /* ------------------------------------------------------------------ */
-/* txn(write=None, timeout=None)                                       */
+/* txn(write=None, timeout=None, *, until=None)                        */
 
-/* The argument `key` names, in `slots` (write, timeout); NULL with
+/* The argument `key` names, in `slots` (write, timeout, until); NULL with
  * TypeError for an unknown name or one given twice. */
 static PyObject **
 txn_arg_slot(binding_state *st, PyObject *key, PyObject **slots)
@@ -240,6 +241,9 @@ txn_arg_slot(binding_state *st, PyObject *key, PyObject **slots)
     else if (key == st->str_timeout
              || PyUnicode_CompareWithASCIIString(key, "timeout") == 0) {
         slot = &slots[1];
+    }
+    else if (PyUnicode_CompareWithASCIIString(key, "until") == 0) {
+        slot = &slots[2];
     }
     if (slot == NULL) {
         PyErr_Format(PyExc_TypeError, "txn() got an unexpected keyword "
@@ -255,17 +259,19 @@ txn_arg_slot(binding_state *st, PyObject *key, PyObject **slots)
 
 int
 txn_parse_args(HandleObject *h, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames, int *write, double *timeout)
+               PyObject *kwnames, int *write, double *timeout,
+               PyObject **until)
 {
+    *until = NULL;
     if (nargs == 0 && kwnames == NULL) { /* txn(): the common case */
         *write = !h->seg.read_only;
         *timeout = -1.0;
         return handle_check_open(h);
     }
-    PyObject *given[2] = {NULL, NULL}; /* write, timeout */
+    PyObject *given[3] = {NULL, NULL, NULL}; /* write, timeout, until */
     if (nargs > 2) {
         PyErr_Format(PyExc_TypeError, "txn() takes at most 2 arguments "
-                     "(write, timeout), %zd given", nargs);
+                     "(write, timeout; until= by keyword), %zd given", nargs);
         return -1;
     }
     for (Py_ssize_t i = 0; i < nargs; i++) {
@@ -287,6 +293,13 @@ txn_parse_args(HandleObject *h, PyObject *const *args, Py_ssize_t nargs,
                      Py_TYPE(w)->tp_name);
         return -1;
     }
+    PyObject *u = given[2];
+    if (u != NULL && u != Py_None && !PyCallable_Check(u)) {
+        PyErr_Format(PyExc_TypeError, "txn(): until must be a callable "
+                     "taking the transaction (a predicate), or None, not "
+                     "%.100s", Py_TYPE(u)->tp_name);
+        return -1;
+    }
     if (handle_check_open(h) < 0
         || handle_parse_timeout(given[1], -1.0, timeout) < 0) {
         return -1;
@@ -299,7 +312,26 @@ txn_parse_args(HandleObject *h, PyObject *const *args, Py_ssize_t nargs,
                     "read_only=False", h->seg.name);
         return -1;
     }
+    *until = u == Py_None ? NULL : u;
     return 0;
+}
+
+PyObject *
+txn_until(HandleObject *h, PyObject *until, int write, double timeout)
+{
+    PyObject *mod = PyImport_ImportModule("shmtxn._wait");
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *t = timeout < 0 ? Py_NewRef(Py_None)
+                              : PyFloat_FromDouble(timeout);
+    PyObject *r = t ? PyObject_CallMethod(mod, "txn_until", "OOOO", h,
+                                          until, write ? Py_True : Py_False,
+                                          t)
+                    : NULL;
+    Py_XDECREF(t);
+    Py_DECREF(mod);
+    return r;
 }
 
 /* ------------------------------------------------------------------ */

@@ -389,6 +389,35 @@ int stx_mark_unrecoverable(stx_segment *seg, uint32_t why);
 /* 0, or STX_ECORRUPT if the segment was marked unusable. */
 int stx_check_recoverable(const stx_segment *seg);
 
+/* 1 if the writer mutex is held by a process that is gone (its beacon,
+ * or the robust mutex's owner-died mark, says so) and not yet recovered. */
+int stx_writer_dead(const stx_segment *seg);
+/* Bump the change word and wake every waiter (what a commit does after
+ * unlocking); also how a closing handle wakes its own waiters early. */
+void stx_announce_change(stx_segment *seg);
+
+/* --- waiting for a change (wait.c) --- */
+
+/* One thread's wait, between stx_wait_begin and stx_wait_end. */
+typedef struct stx_waiter {
+    int32_t slot;       /* the reader slot it is counted in */
+    uint64_t fork_gen;
+} stx_waiter;
+
+/* The segment's version: commits + recoveries (moves on every commit of a
+ * txn that wrote and every rollback of a dead writer). */
+uint64_t stx_version(const stx_segment *seg);
+/* Count the calling thread as a waiter.  STX_ENESTED if it has a txn open
+ * on the segment (nothing could commit while it waits). */
+int stx_wait_begin(stx_segment *seg, stx_waiter *w);
+/* Sleep at most `slice_ns` (0: only look) until the version differs from
+ * `since`; 0 with *version the new one, STX_EAGAIN if the slice ran out
+ * (*version == since), or an error.  Rolls back a dead writer first. */
+int stx_wait_step(stx_segment *seg, uint64_t since, uint64_t slice_ns,
+                  uint64_t *version);
+/* Stop counting the wait begun with stx_wait_begin. */
+void stx_wait_end(stx_segment *seg, stx_waiter *w);
+
 /* --- undo log and data access (undo.c) --- */
 
 /* Log the old bytes of [offset, offset+length) unless already logged,

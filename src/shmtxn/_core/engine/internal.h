@@ -15,6 +15,7 @@
  *   slots.c     the slots layout
  *   undo.c      the undo log; reads and writes of the data region
  *   lock.c      txns: writer mutex, readers meeting writers, recovery
+ *   wait.c      waiting for a change (a futex on the commit counter)
  *   engine.c    stx_engine_init and the fork handler
  *   dict/       the dict layout (dict/dict.h), on undo.c
  *   api.c       the public C API (include/shmtxn.h), over all of these

@@ -32,7 +32,7 @@
 /* Stored first, while the creator builds the header: tells a half-built
  * shmtxn segment from another program's zero-filled one. */
 #define STX_MAGIC_BUILDING 0x444c4955425854ULL /* "TXBUILD" */
-#define STX_FORMAT_VERSION 4u
+#define STX_FORMAT_VERSION 5u
 #define STX_CACHE_LINE 64u
 #define STX_PAGE 4096u
 #define STX_MAX_NDIM 8u
@@ -81,12 +81,20 @@ enum stx_layout_kind {
  * neither.  Threads of one process share their process's slot (a count,
  * not a bit).  A reader that takes the mutex and still finds the flag up
  * knows it is stale (only the mutex holder raises it) and lowers it.
+ *
+ * `waiting` counts the owner's threads inside a wait for a change (see
+ * "Waiting for a change" above stx_header); a reaper subtracts it from
+ * header.change_waiters (exchange to 0 first, then subtract: a reaper
+ * killed in between leaves the count too high, which costs writers a
+ * wake-up call, never a missed one).
  */
 typedef struct stx_reader_slot {
     _Atomic int32_t pid;      /* 0 = free */
     _Atomic uint32_t readers; /* read txns open in this process */
     uint64_t attached_ns;     /* CLOCK_REALTIME when claimed (for `ls`) */
-    uint8_t pad[STX_CACHE_LINE - 16];
+    _Atomic uint32_t waiting; /* this process's threads waiting for a
+                                 change (counted in change_waiters too) */
+    uint8_t pad[STX_CACHE_LINE - 20];
 } stx_reader_slot;
 
 /*
@@ -173,6 +181,23 @@ typedef struct stx_reader_slot {
  * Lock-free single reads (seqlock.h): read `seq` (acquire), the item
  * (relaxed), acquire fence, `seq` again; equal and even means a committed
  * value.
+ *
+ * Waiting for a change (wait.c; lock.c wakes): the version a user sees is
+ * `commits` + `recoveries` -- it moves on every commit of a txn that
+ * wrote and on every rollback of a dead writer.  `change_futex` is a
+ * 32-bit word bumped (seq_cst fetch_add) after each: by a committing
+ * writer once it has unlocked, by a recoverer after the rollback; then,
+ * only if `change_waiters` is not 0 (seq_cst load), FUTEX_WAKE all.  A
+ * commit with no waiter thus costs one atomic add and one load.  A waiter
+ * raises `change_waiters` (and its slot's `waiting`) first, then loops:
+ * load `change_futex`, compare the version with the one it started from,
+ * FUTEX_WAIT on the loaded word for at most one slice.  Dekker again:
+ * either the writer sees the waiter's count or the waiter sees the bumped
+ * word (FUTEX_WAIT returns at once).  A waiter re-reads the version after
+ * every slice, so even a writer killed between unlocking and waking costs
+ * a waiter one slice at most; between slices it also rolls back a writer
+ * whose beacon is gone (a read txn does it), so a killed writer wakes
+ * every waiter.  The counts never wrap below zero.
  */
 typedef struct stx_header {
     /* --- identity and geometry: written once by the creator --- */
@@ -227,6 +252,9 @@ typedef struct stx_header {
      * the writer line --- */
     alignas(STX_CACHE_LINE) _Atomic uint64_t seq; /* odd while a writer
                                                     has written */
+    _Atomic uint32_t change_futex;   /* bumped after every commit and
+                                        recovery: waiters sleep on it */
+    _Atomic uint32_t change_waiters; /* threads waiting for a change */
 } stx_header;
 
 /*
@@ -257,6 +285,10 @@ _Static_assert(offsetof(stx_header, undo_reserved) == 352,
 _Static_assert(offsetof(stx_header, writer_mutex) == 384,
                "format.md: mutex");
 _Static_assert(offsetof(stx_header, seq) == 448, "format.md: seq line");
+_Static_assert(offsetof(stx_header, change_futex) == 456,
+               "format.md: change_futex");
+_Static_assert(offsetof(stx_header, change_waiters) == 460,
+               "format.md: change_waiters");
 _Static_assert(sizeof(stx_reader_slot) == STX_CACHE_LINE,
                "a reader slot is one cache line");
 

@@ -48,6 +48,32 @@ to_timespec(uint64_t ns)
     return ts;
 }
 
+/* The futex system call on a word in shared memory (not private). */
+static long
+futex(_Atomic uint32_t *addr, int op, uint32_t val,
+      const struct timespec *timeout)
+{
+    return syscall(SYS_futex, (uint32_t *)addr, op, val, timeout, NULL, 0);
+}
+
+/* After a commit or a recovery: bump the change word, and wake whoever
+ * waits on it -- only if anyone does (layout.h, "Waiting for a change"):
+ * with no waiter this is one atomic add and one load. */
+static void
+announce_change(stx_header *hdr)
+{
+    atomic_fetch_add(&hdr->change_futex, 1); /* seq_cst: see layout.h */
+    if (atomic_load(&hdr->change_waiters) != 0) {
+        futex(&hdr->change_futex, FUTEX_WAKE, INT_MAX, NULL);
+    }
+}
+
+void
+stx_announce_change(stx_segment *seg)
+{
+    announce_change(seg->hdr);
+}
+
 /* ------------------------------------------------------------------ */
 /* recovery and the writer mutex                                       */
 
@@ -104,7 +130,27 @@ stx_recover(stx_segment *seg)
     atomic_store(&hdr->writer_flag, 0);
     atomic_store(&hdr->writer_pid, 0);
     atomic_fetch_add(&hdr->recoveries, 1);
+    announce_change(hdr); /* waiters of the dead writer see the rollback */
     return 0;
+}
+
+int
+stx_writer_dead(const stx_segment *seg)
+{
+    stx_header *hdr = seg->hdr;
+    int32_t writer = atomic_load(&hdr->writer_pid);
+    if (writer != 0 && writer != stx_self_pid
+        && !stx_pid_alive(seg->file, writer)) {
+        return 1;
+    }
+#ifdef __GLIBC__
+    /* killed before it recorded its pid: the kernel marked the word */
+    const _Atomic uint32_t *word =
+        (const _Atomic uint32_t *)&hdr->writer_mutex.__data.__lock;
+    return (atomic_load(word) & FUTEX_OWNER_DIED) != 0;
+#else
+    return 0;
+#endif
 }
 
 /* The one place a return code of locking the writer mutex is read. */
@@ -250,14 +296,6 @@ lock_writer(stx_segment *seg, uint64_t slice_ns)
 
 /* ------------------------------------------------------------------ */
 /* readers and writers meeting                                         */
-
-/* The futex system call on a word in shared memory (not private). */
-static long
-futex(_Atomic uint32_t *addr, int op, uint32_t val,
-      const struct timespec *timeout)
-{
-    return syscall(SYS_futex, (uint32_t *)addr, op, val, timeout, NULL, 0);
-}
 
 /* A reader leaving while a writer waits: bump the word it sleeps on. */
 static void
@@ -659,6 +697,10 @@ finish_txn(stx_txn *txn, int commit)
     if (txn->write) {
         rc = txn->dirty ? finish_writes(txn, commit) : 0;
         release_writer(seg->hdr);
+        if (txn->dirty && commit && rc == 0) {
+            /* after unlocking: a waiter woken now finds the lock free */
+            announce_change(seg->hdr);
+        }
     }
     else if (txn->slot >= 0 && (uint32_t)txn->slot < seg->nslots) {
         leave_slot(&seg->slots[txn->slot]);

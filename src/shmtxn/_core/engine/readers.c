@@ -25,10 +25,23 @@ slots_in_use(const stx_segment *seg)
  * the slot.  A reaper that dies in between leaves its mark, which anyone
  * may finish once the reaper's beacon is gone too. */
 
-/* The second half of a reap: the count first, then the slot is free. */
+/* Lower `*count` by `n`, never below zero. */
 static void
-finish_reap(stx_reader_slot *slot)
+lower_count(_Atomic uint32_t *count, uint32_t n)
 {
+    uint32_t have = atomic_load(count);
+    while (n > 0 && have > 0
+           && !atomic_compare_exchange_weak(count, &have,
+                                            have > n ? have - n : 0)) {
+    }
+}
+
+/* The second half of a reap: the counts first (the slot's waiters leave
+ * the header's count), then the slot is free. */
+static void
+finish_reap(stx_header *hdr, stx_reader_slot *slot)
+{
+    lower_count(&hdr->change_waiters, atomic_exchange(&slot->waiting, 0));
     atomic_store(&slot->readers, 0);
     atomic_store(&slot->pid, 0); /* seq_cst: after the count */
 }
@@ -36,10 +49,10 @@ finish_reap(stx_reader_slot *slot)
 /* Free `slot` if it bears our pid `me` (our own, or a dead process's
  * whose pid we reuse): the same mark-then-clear as any reap. */
 static void
-free_own_slot(stx_reader_slot *slot, int32_t me)
+free_own_slot(stx_header *hdr, stx_reader_slot *slot, int32_t me)
 {
     if (atomic_compare_exchange_strong(&slot->pid, &me, -me)) {
-        finish_reap(slot);
+        finish_reap(hdr, slot);
     }
 }
 
@@ -69,7 +82,7 @@ stx_slot_reap(stx_segment *seg, stx_reader_slot *slot, int32_t seen)
         atomic_compare_exchange_strong(&slot->pid, &expected, seen);
         return 0;
     }
-    finish_reap(slot);
+    finish_reap(seg->hdr, slot);
     return 1;
 }
 
@@ -109,6 +122,7 @@ stx_slot_claim(stx_header *hdr, stx_reader_slot *slots, uint32_t nslots,
             && atomic_compare_exchange_strong(&slot->pid, &expected, me)) {
             slot->attached_ns = stx_now_ns(CLOCK_REALTIME);
             atomic_store(&slot->readers, 0);
+            atomic_store(&slot->waiting, 0);
             raise_hwm(hdr, i + 1);
             return (int32_t)i;
         }
@@ -129,7 +143,7 @@ stx_slot_ensure(stx_segment *seg)
     uint32_t n = slots_in_use(seg);
     for (uint32_t i = 0; i < n; i++) {
         if (atomic_load(&seg->slots[i].pid) == me) {
-            free_own_slot(&seg->slots[i], me);
+            free_own_slot(seg->hdr, &seg->slots[i], me);
         }
     }
     int32_t slot = stx_slot_claim(seg->hdr, seg->slots, seg->nslots, me);
@@ -154,7 +168,7 @@ stx_slot_release(stx_segment *seg)
         || (uint32_t)file->slot >= seg->nslots) {
         return;
     }
-    free_own_slot(&seg->slots[file->slot], stx_self_pid);
+    free_own_slot(seg->hdr, &seg->slots[file->slot], stx_self_pid);
     file->slot = -1;
 }
 

@@ -62,7 +62,7 @@ extern "C" {
 #define SHMTXN_VERSION_PATCH 0
 #define SHMTXN_VERSION_STRING "0.1.0"
 /* The segment format version this library reads and writes. */
-#define SHMTXN_FORMAT_VERSION 4
+#define SHMTXN_FORMAT_VERSION 5
 
 /* The library's version string; the numbers too, where not NULL. */
 SHMTXN_API const char *shmtxn_version(int *major, int *minor, int *patch);
