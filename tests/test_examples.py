@@ -45,6 +45,13 @@ def test_example2_prints_name_size_and_slice():
     assert lines[2] == "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]"
 
 
+def test_waiting_consumer_sees_the_whole_batch():
+    """The consumer starts first and sleeps in txn(until=...) until the
+    producer's tenth commit: it prints all ten squares, never a prefix."""
+    lines = run_example("producer_consumer_wait.py")
+    assert lines == ["consumer saw [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]"]
+
+
 def test_pool_example_fills_and_verifies_the_array():
     pytest.importorskip("numpy")
     lines = run_example("pool_fill_rows.py")

@@ -80,8 +80,12 @@ def _writer(shr: SharedMemory, txns: int, seconds: float, done) -> None:
 
 
 def _reader(shr: SharedMemory, writers: int, results) -> None:
+    """Check every state the writers commit, sleeping (no polling, no lock
+    held) while none is new: wait() returns at once when a commit came
+    since `seen`, and only an idle segment puts the reader to sleep."""
     checked = torn = 0
     while True:
+        seen = shr.version
         with shr.txn(write=False, timeout=LOCK_TIMEOUT) as shm:
             counter = shm[COUNTER]
             batch = shm[BATCH]
@@ -91,6 +95,7 @@ def _reader(shr: SharedMemory, writers: int, results) -> None:
             torn += 1
         if finished == writers:
             break
+        shr.wait(since=seen, timeout=LOCK_TIMEOUT)
     results.put((checked, torn))
 
 
