@@ -16,6 +16,7 @@ See docs/coordination.md.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -138,6 +139,17 @@ class _Workers:
 
 
 _workers = _Workers()
+
+
+def _forget_parent_workers():
+    """In a forked child: the parent's parked workers were not forked
+    (only the forking thread is), so a job handed to one would never run.
+    Start the child with an empty pool and a fresh lock."""
+    global _workers
+    _workers = _Workers()
+
+
+os.register_at_fork(after_in_child=_forget_parent_workers)
 
 
 def _blocking_wait(handle, since, deadline, cancelled):

@@ -183,10 +183,20 @@ def remove(name: str, force: bool = False) -> dict:
             reason = "a live process is still creating it"
         elif info["state"] in ("foreign", "unreadable"):
             reason = "it is not a shmtxn segment"
+        # under the attach/reclaim protocol, as gc: a process that
+        # attached since the look above keeps it (unless it is this one,
+        # which knows it is not in the middle of attaching)
+        guarded = (info["state"] in ("ready", "abandoned")
+                   and os.getpid() not in info.get("attached", []))
+        if not reason and guarded and not _core.reclaim(
+                name, creator_may_live=True):
+            reason = "a process attached it just now"
         if reason:
             raise SegmentInUseError(
                 f"not removing segment '{name}': {reason}; use --force "
                 "(force=True) to remove it anyway")
+        if guarded:
+            return {"name": name, "removed": True, "state": info["state"]}
     try:
         _core.unlink(name)
     except SegmentNotFoundError:

@@ -23,6 +23,20 @@ now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/*
+ * This thread's wait in progress, if any.  Signal handlers run inside
+ * wait() (between slices), so a handler may close() the very handle this
+ * thread waits on: close() then ends that wait on the thread's behalf
+ * (its count leaves the segment before the unmap) instead of waiting for
+ * it to leave, which it cannot do until the handler returns.
+ */
+typedef struct own_wait {
+    HandleObject *h;
+    stx_waiter *w;
+    int ended;               /* ended by close() from a signal handler */
+} own_wait;
+static _Thread_local own_wait *this_thread_wait;
+
 /* Threads of this process (not a forked parent's) waiting on `h`. */
 static int
 waiters_here(const HandleObject *h)
@@ -57,6 +71,8 @@ wait_for_change(HandleObject *h, uint64_t since, double timeout,
         h->waiting = 0;
     }
     h->waiting++;
+    own_wait mine = {.h = h, .w = &w}, *outer = this_thread_wait;
+    this_thread_wait = &mine;
     rc = stx_wait_step(&h->seg, since, 0, version);
     double start = rc == STX_EAGAIN ? now_s() : 0;
     int failed = 0;
@@ -81,8 +97,11 @@ wait_for_change(HandleObject *h, uint64_t since, double timeout,
         rc = stx_wait_step(&h->seg, since, slice, version);
         Py_END_ALLOW_THREADS
     }
-    h->waiting--;
-    stx_wait_end(&h->seg, &w);
+    this_thread_wait = outer;
+    if (!mine.ended) {
+        h->waiting--;
+        stx_wait_end(&h->seg, &w);
+    }
     if (failed) {
         return -1;
     }
@@ -98,6 +117,13 @@ wait_release_waiters(HandleObject *h)
 {
     if (waiters_here(h) == 0 || h->seg.file == NULL) {
         return;
+    }
+    own_wait *mine = this_thread_wait;
+    if (mine != NULL && mine->h == h && !mine->ended) {
+        /* close() from a signal handler inside this thread's wait() */
+        mine->ended = 1;
+        h->waiting--;
+        stx_wait_end(&h->seg, mine->w);
     }
     h->closing = 1;
     while (waiters_here(h) > 0) {

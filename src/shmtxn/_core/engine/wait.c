@@ -72,8 +72,13 @@ stx_wait_begin(stx_segment *seg, stx_waiter *w)
     }
     w->slot = seg->file->slot;
     w->fork_gen = stx_fork_gen;
-    atomic_fetch_add(&seg->slots[w->slot].waiting, 1);
+    /* the header's count first, the slot's second (and the reverse at
+     * the end): a process killed between the two then leaves the header
+     * counting one waiter too many -- a needless wake call per commit --
+     * never one too few, which would let a live waiter miss a wake-up
+     * until its slice ends */
     atomic_fetch_add(&seg->hdr->change_waiters, 1); /* seq_cst: layout.h */
+    atomic_fetch_add(&seg->slots[w->slot].waiting, 1);
     return 0;
 }
 

@@ -1,6 +1,7 @@
-"""Review of issue #13 (open-or-create, reclaiming, wait/version/until,
-wait_async): tests that break what was built.  Each test names the defect
-it shows in its docstring.
+"""Edges of issue #13 (open-or-create, reclaiming, wait/version/until,
+wait_async) that an outside review found broken: each test names the
+defect it showed in its docstring, and failed on the code it was written
+against.
 
 No sleeps as synchronisation: a waiter is known to be asleep when the
 header's change_waiters count says so (wait_workers.waiters); a broken
