@@ -148,6 +148,14 @@ void raise_key_error(PyObject *key);
 /* raise_error, from the exception being raised (it becomes __cause__). */
 void raise_error_from_cause(binding_state *st, int code, const char *fmt,
                             ...);
+/* Raise `exc_class` with a PyUnicode_FromFormat message, from the
+ * exception being raised (it becomes __cause__ and __context__). */
+void raise_from_cause(PyObject *exc_class, const char *fmt, ...);
+/* 1 if `nargs` positional arguments fit [min, max]; else 0 with the
+ * TypeError a builtin method raises ("get expected at most 2 arguments,
+ * got 3"). */
+int check_positional(const char *name, Py_ssize_t nargs, Py_ssize_t min,
+                     Py_ssize_t max);
 
 /* ---- segment state as Python data (info.c) ---- */
 

@@ -46,7 +46,10 @@ builder_failed(int rc)
 static int
 encode_big_int(PyObject *v, key_buf *kb)
 {
-    size_t bits = _PyLong_NumBits(v);
+    /* int.bit_length(): the public way to size it (rare: past int64) */
+    PyObject *nbits = PyObject_CallMethod(v, "bit_length", NULL);
+    size_t bits = nbits != NULL ? PyLong_AsSize_t(nbits) : (size_t)-1;
+    Py_XDECREF(nbits);
     if (bits == (size_t)-1 && PyErr_Occurred()) {
         return -1;
     }
@@ -336,7 +339,7 @@ encode_pickled(PyObject *v, value_buf *vb)
     vb->owner = PyObject_CallFunction(pickle_dumps, "Oi", v, 5);
     if (vb->owner == NULL) {
         if (PyErr_ExceptionMatches(PyExc_RecursionError)) {
-            _PyErr_FormatFromCause(PyExc_RecursionError, "a %.100s nested "
+            raise_from_cause(PyExc_RecursionError, "a %.100s nested "
                                    "too deeply to be stored in a "
                                    "SharedDict: pickling it hit Python's "
                                    "recursion limit; flatten it, or raise "
@@ -345,7 +348,7 @@ encode_pickled(PyObject *v, value_buf *vb)
         }
         else if (PyErr_ExceptionMatches(PyExc_Exception)
                  && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
-            _PyErr_FormatFromCause(PyExc_TypeError, "a %.100s cannot be "
+            raise_from_cause(PyExc_TypeError, "a %.100s cannot be "
                                    "stored in a SharedDict: values must be "
                                    "picklable", Py_TYPE(v)->tp_name);
         }

@@ -179,22 +179,82 @@ raise_key_error(PyObject *key)
     }
 }
 
+/* Replace the exception being raised by `exc_class`(`msg`), the old one
+ * its __cause__ and __context__ ("raise ... from" in C, with public API
+ * only).  `msg` is borrowed. */
+static void
+chain_from_cause(PyObject *exc_class, PyObject *msg)
+{
+    PyObject *type, *cause, *tb;
+    PyErr_Fetch(&type, &cause, &tb);
+    PyErr_NormalizeException(&type, &cause, &tb);
+    if (cause != NULL && tb != NULL) {
+        PyException_SetTraceback(cause, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    PyErr_SetObject(exc_class, msg);
+    PyObject *new_type, *exc, *new_tb;
+    PyErr_Fetch(&new_type, &exc, &new_tb);
+    PyErr_NormalizeException(&new_type, &exc, &new_tb);
+    if (exc != NULL && cause != NULL) {
+        PyException_SetCause(exc, Py_NewRef(cause));   /* steals */
+        PyException_SetContext(exc, Py_NewRef(cause)); /* steals */
+    }
+    Py_XDECREF(cause);
+    PyErr_Restore(new_type, exc, new_tb);
+}
+
+/* The message of `fmt` and `ap` chained from the exception being raised,
+ * as `exc_class`. */
+static void
+chain_formatted(PyObject *exc_class, const char *fmt, va_list ap)
+{
+    PyObject *type, *cause, *tb;
+    PyErr_Fetch(&type, &cause, &tb); /* formatting must not see it */
+    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    if (msg == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(cause);
+        Py_XDECREF(tb);
+        return; /* the formatting error stands */
+    }
+    PyErr_Restore(type, cause, tb);
+    chain_from_cause(exc_class, msg);
+    Py_DECREF(msg);
+}
+
+void
+raise_from_cause(PyObject *exc_class, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    chain_formatted(exc_class, fmt, ap);
+    va_end(ap);
+}
+
 void
 raise_error_from_cause(binding_state *st, int code, const char *fmt, ...)
 {
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
     va_list ap;
     va_start(ap, fmt);
-    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    chain_formatted(error_class(st, code), fmt, ap);
     va_end(ap);
-    if (msg == NULL) {
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-        return;
+}
+
+int
+check_positional(const char *name, Py_ssize_t nargs, Py_ssize_t min,
+                 Py_ssize_t max)
+{
+    if (nargs < min) {
+        PyErr_Format(PyExc_TypeError, "%s expected at least %zd argument%s,"
+                     " got %zd", name, min, min == 1 ? "" : "s", nargs);
+        return 0;
     }
-    PyErr_Restore(type, value, tb);
-    _PyErr_FormatFromCause(error_class(st, code), "%U", msg);
-    Py_DECREF(msg);
+    if (nargs > max) {
+        PyErr_Format(PyExc_TypeError, "%s expected at most %zd argument%s, "
+                     "got %zd", name, max, max == 1 ? "" : "s", nargs);
+        return 0;
+    }
+    return 1;
 }

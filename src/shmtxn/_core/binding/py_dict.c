@@ -124,7 +124,7 @@ Dict_contains(DictObject *self, PyObject *key)
 static PyObject *
 Dict_get(DictObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!_PyArg_CheckPositional("get", nargs, 1, 2)) {
+    if (!check_positional("get", nargs, 1, 2)) {
         return NULL;
     }
     int missing;

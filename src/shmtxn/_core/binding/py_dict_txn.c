@@ -96,7 +96,7 @@ DictTxn_contains(DictTxnObject *self, PyObject *key)
 static PyObject *
 DictTxn_get(DictTxnObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (!_PyArg_CheckPositional("get", nargs, 1, 2)) {
+    if (!check_positional("get", nargs, 1, 2)) {
         return NULL;
     }
     int missing;

@@ -50,9 +50,13 @@ int
 handle_check_open(HandleObject *h)
 {
     if (h->seg.file == NULL || h->soft_closed) {
-        raise_error(h->st, ERR_SEGMENT_CLOSED, "segment %R is closed; open "
-                    "it again with %s(name)", h->name ? h->name : Py_None,
-                    _PyType_Name(Py_TYPE(h)));
+        PyObject *type_name = PyType_GetName(Py_TYPE(h));
+        if (type_name != NULL) {
+            raise_error(h->st, ERR_SEGMENT_CLOSED, "segment %R is closed; "
+                        "open it again with %U(name)",
+                        h->name ? h->name : Py_None, type_name);
+            Py_DECREF(type_name);
+        }
         return -1;
     }
     return 0;
@@ -320,8 +324,11 @@ int
 handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
 {
     if (self->seg.file != NULL || self->name != NULL) {
-        PyErr_Format(PyExc_TypeError, "%s is already open",
-                     _PyType_Name(Py_TYPE(self)));
+        PyObject *type_name = PyType_GetName(Py_TYPE(self));
+        if (type_name != NULL) {
+            PyErr_Format(PyExc_TypeError, "%U is already open", type_name);
+            Py_DECREF(type_name);
+        }
         return -1;
     }
     int rc;
