@@ -22,31 +22,14 @@ from shmtxn import SharedDict, SharedMemory
 from shmtxn.dict import DictTxn
 from shmtxn.errors import (LockTimeout, NestedTransactionError,
                            SegmentClosedError)
-from wait_workers import waiters
+from wait_workers import create, handle, waiters  # noqa: F401 (fixture)
 
 KINDS = ["memory", "dict"]
 
 
 @pytest.fixture(params=KINDS)
-def handle(request, name):
-    if request.param == "dict":
-        h = SharedDict(name, create=True)
-    else:
-        h = SharedMemory(name, create=True, size=80)
-    yield h
-    h.close()
-    h.unlink()
-
-
-@pytest.fixture(params=KINDS)
 def kind(request):
     return request.param
-
-
-def create(name, kind):
-    if kind == "dict":
-        return SharedDict(name, create=True)
-    return SharedMemory(name, create=True, size=80)
 
 
 def put(h, value):

@@ -14,18 +14,7 @@ import pytest
 import wait_workers
 from shmtxn import SharedDict, SharedMemory
 from shmtxn.errors import SegmentClosedError
-from wait_workers import waiters
-
-
-@pytest.fixture(params=["memory", "dict"])
-def handle(request, name):
-    if request.param == "dict":
-        h = SharedDict(name, create=True)
-    else:
-        h = SharedMemory(name, create=True, size=80)
-    yield h
-    h.close()
-    h.unlink()
+from wait_workers import handle, waiters  # noqa: F401 (a fixture)
 
 
 def put(h, value):

@@ -3,6 +3,8 @@ level functions, so that spawned interpreters can import them."""
 
 import struct
 
+import pytest
+
 from shmtxn import SharedDict, SharedMemory
 
 CHANGE_WAITERS = 460  # docs/format.md: the header's change_waiters
@@ -14,6 +16,22 @@ def waiters(name):
     with open(f"/dev/shm/{name}", "rb") as f:
         f.seek(CHANGE_WAITERS)
         return struct.unpack("=I", f.read(4))[0]
+
+
+def create(name, kind):
+    """A new segment of `kind`, "memory" (ten slots) or "dict"."""
+    if kind == "dict":
+        return SharedDict(name, create=True)
+    return SharedMemory(name, create=True, size=80)
+
+
+@pytest.fixture(params=["memory", "dict"])
+def handle(request, name):
+    """A new segment of each kind (the tests import this fixture)."""
+    h = create(name, request.param)
+    yield h
+    h.close()
+    h.unlink()
 
 
 def open_handle(name, kind):

@@ -43,6 +43,18 @@ class WorkerFailed(RuntimeError):
     """A benchmark worker died or stalled, so its numbers are missing."""
 
 
+def _stop_and_fail(procs, dead, gone, timeout, hint="") -> None:
+    """Stop the workers and raise WorkerFailed saying why: the ones that
+    died, all of them gone without a result, or the timeout."""
+    stop_processes(procs)
+    why = (", ".join(f"worker {p.pid} exited with code {p.exitcode}"
+                     for p in dead)
+           or ("the workers exited without reporting" if gone else
+               f"no result within {timeout:g} s"))
+    raise WorkerFailed(f"benchmark stopped: {why}{hint}; its numbers are "
+                       "missing")
+
+
 def collect(out, procs, timeout: float = WORKER_TIMEOUT) -> list:
     """One result per worker from queue `out`, in arrival order.  Raises
     WorkerFailed (after stopping the workers) if one exits without
@@ -59,14 +71,8 @@ def collect(out, procs, timeout: float = WORKER_TIMEOUT) -> list:
         quiet = len(got) < len(procs) and all(p.exitcode is not None
                                               for p in procs)
         if dead or quiet or time.monotonic() > deadline:
-            stop_processes(procs)
-            why = (", ".join(f"worker {p.pid} exited with code {p.exitcode}"
-                             for p in dead)
-                   or ("the workers exited without reporting" if quiet else
-                       f"no result within {timeout:g} s"))
-            raise WorkerFailed(f"benchmark stopped: {why} (killed, or its "
-                               "segment removed?); its numbers are "
-                               "missing")
+            _stop_and_fail(procs, dead, quiet, timeout,
+                           " (killed, or its segment removed?)")
     return got
 
 
@@ -100,13 +106,7 @@ def receive(conn, procs, timeout: float = WORKER_TIMEOUT):
         if dead or gone or late:
             if conn.poll():  # it did report before it went
                 break
-            stop_processes(procs)
-            why = (", ".join(f"worker {p.pid} exited with code {p.exitcode}"
-                             for p in dead)
-                   or ("the workers exited without reporting" if gone else
-                       f"no result within {timeout:g} s"))
-            raise WorkerFailed(f"benchmark stopped: {why}; its numbers are "
-                               "missing")
+            _stop_and_fail(procs, dead, gone, timeout)
     return conn.recv()
 
 

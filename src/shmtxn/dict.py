@@ -14,7 +14,7 @@ from collections.abc import (ItemsView, KeysView, Mapping, MutableMapping,
                              ValuesView)
 
 from . import _core
-from .memory import _MODE, _check_mode
+from .memory import _MODE, SharedMemory, _check_mode
 
 __all__ = ["SharedDict"]
 
@@ -173,15 +173,8 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
         with self.txn() as t:
             t.update(other, **kwds)
 
-    def wait_async(self, since=None, timeout=None):
-        """``await shr.wait_async(since=None, timeout=None)``: ``wait()``
-        for coroutines -- it sleeps on a worker thread, so the event loop
-        runs on (docs/coordination.md).  The new version, or ``since`` if
-        ``timeout`` seconds passed first; ``since=None`` is the version at
-        the call."""
-        from . import _wait  # threading and asyncio: only when used
-
-        return _wait.wait_async(self, since, timeout)
+    # the same for both kinds of handle (it only calls wait())
+    wait_async = SharedMemory.wait_async
 
     def __reduce__(self):
         if self.closed:

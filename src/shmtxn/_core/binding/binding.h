@@ -44,6 +44,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <time.h>
 
 #include "engine.h"
 #include "dict/dict.h"
@@ -364,6 +365,19 @@ void wait_release_waiters(HandleObject *h);
 
 /* Step an initialised `txn` until it is open, the GIL released around
  * each slice; -1 (txn cancelled) on timeout, Ctrl-C or error. */
+/* Longest sleep with the GIL released before a wait loop (txn_wait,
+ * wait_for_change) checks Ctrl-C, its deadline and its handle again. */
+#define WAIT_SLICE_NS 20000000ull
+
+/* CLOCK_MONOTONIC in seconds: the wait loops' deadlines. */
+static inline double
+monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 int txn_wait(binding_state *st, const char *name, stx_txn *txn,
              double timeout);
 /* Open `txn` on `h`, releasing the GIL around each wait; -1 with an

@@ -180,12 +180,45 @@ random_name(char *out, size_t size)
     return 0;
 }
 
+/* -1 (with ValueError) if creation sizes are negative, else 0. */
 static int
-create_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
+check_create_args(const open_args *a)
 {
     if (a->undo_size < 0 || a->max_processes < 0) {
         PyErr_SetString(PyExc_ValueError, "undo_size and max_processes "
                         "must not be negative");
+        return -1;
+    }
+    return 0;
+}
+
+/* This handle created its segment: it owns it (unlinks it on exit). */
+static void
+mark_created(HandleObject *self)
+{
+    self->created = 1;
+    self->creator_pid = (long)getpid();
+}
+
+/* 1 (with LockTimeout or the engine's error) if an attach or open-or-
+ * create of `a->name` that waited up to `a->timeout` returned `rc` != 0;
+ * 0 if it succeeded. */
+static int
+open_failed(HandleObject *self, const open_args *a, int rc)
+{
+    if (rc == STX_EAGAIN) {
+        raise_lock_timeout(self->st, a->name, a->timeout, 0);
+    }
+    else if (rc != 0) {
+        raise_engine_error(self->st, rc, a->name);
+    }
+    return rc != 0;
+}
+
+static int
+create_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
+{
+    if (check_create_args(a) < 0) {
         return -1;
     }
     char generated[32];
@@ -206,8 +239,7 @@ create_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
             raise_engine_error(self->st, rc, use);
             return -1;
         }
-        self->created = 1;
-        self->creator_pid = (long)getpid();
+        mark_created(self);
         return 0;
     }
     raise_engine_error(self->st, STX_EEXIST, "(generated)");
@@ -233,12 +265,7 @@ attach_segment(HandleObject *self, open_args *a, uint32_t kind)
     Py_BEGIN_ALLOW_THREADS
     rc = stx_attach(&self->seg, a->name, a->read_only, a->populate, wait_ns);
     Py_END_ALLOW_THREADS
-    if (rc == STX_EAGAIN) {
-        raise_lock_timeout(self->st, a->name, a->timeout, 0);
-        return -1;
-    }
-    if (rc != 0) {
-        raise_engine_error(self->st, rc, a->name);
+    if (open_failed(self, a, rc)) {
         return -1;
     }
     uint32_t stored = self->seg.hdr->layout_kind;
@@ -260,9 +287,7 @@ either_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
     if (a->name == NULL) {
         return create_segment(self, a, opts); /* nothing to attach to */
     }
-    if (a->undo_size < 0 || a->max_processes < 0) {
-        PyErr_SetString(PyExc_ValueError, "undo_size and max_processes "
-                        "must not be negative");
+    if (check_create_args(a) < 0) {
         return -1;
     }
     int rc, created;
@@ -270,17 +295,11 @@ either_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
     Py_BEGIN_ALLOW_THREADS
     rc = stx_open_or_create(&self->seg, a->name, opts, wait_ns, &created);
     Py_END_ALLOW_THREADS
-    if (rc == STX_EAGAIN) {
-        raise_lock_timeout(self->st, a->name, a->timeout, 0);
-        return -1;
-    }
-    if (rc != 0) {
-        raise_engine_error(self->st, rc, a->name);
+    if (open_failed(self, a, rc)) {
         return -1;
     }
     if (created) {
-        self->created = 1;
-        self->creator_pid = (long)getpid();
+        mark_created(self);
         return 0;
     }
     uint32_t stored = self->seg.hdr->layout_kind;

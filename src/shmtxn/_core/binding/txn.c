@@ -13,19 +13,6 @@
 
 #include "binding.h"
 
-/* Longest wait with the GIL released before checking Ctrl-C and the
- * deadline again. */
-#define WAIT_SLICE_NS 20000000ull
-
-/* CLOCK_MONOTONIC in seconds. */
-static double
-monotonic_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int
 txn_wait(binding_state *st, const char *name, stx_txn *txn, double timeout)
 {

@@ -10,19 +10,6 @@
 
 #include "binding.h"
 
-/* Longest sleep with the GIL released before checking Ctrl-C, the
- * deadline, the handle and a dead writer again. */
-#define WAIT_SLICE_NS 20000000ull
-
-/* CLOCK_MONOTONIC in seconds. */
-static double
-now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /*
  * This thread's wait in progress, if any.  Signal handlers run inside
  * wait() (between slices), so a handler may close() the very handle this
@@ -74,7 +61,7 @@ wait_for_change(HandleObject *h, uint64_t since, double timeout,
     own_wait mine = {.h = h, .w = &w}, *outer = this_thread_wait;
     this_thread_wait = &mine;
     rc = stx_wait_step(&h->seg, since, 0, version);
-    double start = rc == STX_EAGAIN ? now_s() : 0;
+    double start = rc == STX_EAGAIN ? monotonic_s() : 0;
     int failed = 0;
     while (rc == STX_EAGAIN) {
         if (PyErr_CheckSignals() < 0 || closed_while_waiting(h)) {
@@ -83,7 +70,7 @@ wait_for_change(HandleObject *h, uint64_t since, double timeout,
         }
         uint64_t slice = WAIT_SLICE_NS;
         if (timeout >= 0) {
-            double left = timeout - (now_s() - start);
+            double left = timeout - (monotonic_s() - start);
             if (left <= 0) {
                 *version = since;
                 rc = 0;
