@@ -33,6 +33,9 @@ MAX_PROCS = 512  # writers, and readers: more is a fork bomb, not a demo
 # something outside the demo holds or removed its segment.
 LOCK_TIMEOUT = 30.0
 FINISH_TIMEOUT = 30.0
+# A reader sleeping for the next commit looks again after this long even
+# without one: the demo's end never hangs on a single wake-up.
+RECHECK = 0.1
 
 
 def check_args(writers: int, readers: int, txns: int,
@@ -95,7 +98,7 @@ def _reader(shr: SharedMemory, writers: int, results) -> None:
             torn += 1
         if finished == writers:
             break
-        shr.wait(since=seen, timeout=LOCK_TIMEOUT)
+        shr.wait(since=seen, timeout=RECHECK)
     results.put((checked, torn))
 
 
