@@ -195,10 +195,24 @@ def test_info_items_shows_a_damaged_value_without_a_traceback(d, name):
     assert items[1][1].startswith("<damaged value: a value stored")
 
 
+def too_deep_for_pickle():
+    """A list nested deeper than pickle can go on this interpreter: past
+    the recursion limit before 3.14, past the C stack from 3.14 on."""
+    depth = sys.getrecursionlimit() * 4
+    while depth <= 1 << 22:
+        nested = []
+        for _ in range(depth):
+            nested = [nested]
+        try:
+            pickle.dumps(nested, protocol=pickle.HIGHEST_PROTOCOL)
+        except RecursionError:
+            return nested
+        depth *= 2
+    pytest.fail(f"pickle nests {depth // 2} lists deep without a RecursionError")
+
+
 def test_a_value_nested_too_deeply_says_so(d):
-    nested = []
-    for _ in range(sys.getrecursionlimit() * 4):
-        nested = [nested]
+    nested = too_deep_for_pickle()
     with pytest.raises(RecursionError, match="nested too deeply"):
         d["deep"] = nested
     with d.txn() as t:
