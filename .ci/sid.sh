@@ -17,8 +17,8 @@
 set -euo pipefail
 
 root=${SHMTXN_SID_ROOT:-$HOME/.cache/shmtxn-ci/sid-root}
-repo=$(cd "$(dirname "$0")/.." && pwd)
-packages=python3.14,python3.14-dev,python3.14-venv,gcc,libc6-dev,binutils,ca-certificates
+repo=${SHMTXN_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
+packages=python3.14,python3.14-dev,python3.14-venv,gcc,libc6-dev,binutils,ca-certificates,redis-server
 
 setup() {
     if [[ -x $root/usr/bin/python3.14 && -x $root/usr/bin/gcc ]]; then
