@@ -361,3 +361,15 @@ def test_redis_restart_mid_run_gives_clear_errors_and_no_partial_txn():
         d.close()
     finally:
         srv.close()
+
+
+def test_demo_runs_on_redis_and_verifies():
+    import subprocess
+    import sys
+    out = subprocess.run(
+        [sys.executable, "-m", "shmtxn", "demo", "--redis", server().url,
+         "--writers", "2", "--readers", "1", "--txns", "100"],
+        capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "counter = 200 (expected 200), torn reads = 0" in out.stdout
+    assert "OK:" in out.stdout and server().url in out.stdout

@@ -30,7 +30,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -419,7 +419,7 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
             raise IncompatibleSegmentError(
                 f"SharedDict {self._name!r} on {self._url} has key layout "
                 f"{meta[1]!r}, this shmtxn reads layout {FORMAT}")
-        self._id = meta[0]
+        self._id = cast(bytes, meta[0])
 
     # -- the connection --
 
@@ -547,7 +547,7 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
     def __getitem__(self, key: Any) -> Any:
         field, _ = _core.encode_key(key)
         self._nested_check()
-        raw = self._redis().hget(self._keys[1], field)
+        raw = cast("bytes | None", self._redis().hget(self._keys[1], field))
         if raw is None:
             self._check_here()
             raise KeyError(key)
@@ -668,7 +668,8 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         more (it died, or its connection broke).  None, if Redis does not
         let us list clients (an ACL): their leases then simply expire."""
         try:
-            listing = self._redis().execute_command("CLIENT", "LIST")
+            listing = cast(Any, self._redis()).execute_command("CLIENT",
+                                                               "LIST")
         except redis.ResponseError:
             return []
         if isinstance(listing, bytes):
@@ -720,7 +721,7 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         meta = self._redis().hmget(self._keys[0], ["id", "version"])
         if meta[0] != self._id:
             self._gone()
-        return int(meta[1])
+        return int(cast(bytes, meta[1]))
 
     @_wrapped
     def stats(self) -> dict[str, Any]:
@@ -1088,7 +1089,7 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
             raw = self._d._redis().hget(self._d._keys[1], field)
             if raw is None:
                 self._d._check_here()
-            return raw  # type: ignore[no-any-return]
+            return cast("bytes | None", raw)
         value: bytes | None = self._server(b"g", field)[0]
         return value
 
