@@ -83,6 +83,7 @@ local function now_ms()
 end
 local function gone(id) return redis.call('HGET', M, 'id') ~= id end
 local function live_readers()
+  if redis.call('EXISTS', R) == 0 then return 0 end
   redis.call('ZREMRANGEBYSCORE', R, '-inf', now_ms())
   return redis.call('ZCARD', R)
 end
@@ -145,7 +146,8 @@ return 1
 # field, value, kind -> 1 done, 0 (del) no such key, -1 gone, -2 busy
 _SINGLE = """
 if gone(ARGV[1]) then return -1 end
-if redis.call('EXISTS', L) == 1 or live_readers() > 0 then return -2 end
+if redis.call('EXISTS', L, R) > 0 and
+   (redis.call('EXISTS', L) == 1 or live_readers() > 0) then return -2 end
 local op = ARGV[2]
 if op == 's' then put(ARGV[3], ARGV[4], ARGV[5])
 elseif op == 'd' then
