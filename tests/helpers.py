@@ -172,11 +172,19 @@ def patch_header(name, offset, data):
 
 # ---- SharedDict children ----
 
+def open_dict(spec, **kwargs):
+    """Attach to a dict of either backend: `spec` is a segment name, or
+    (url, name) of a dict on Redis (tests/redis_server.py)."""
+    from shmtxn import SharedDict
+    if isinstance(spec, tuple):
+        return SharedDict.connect(*spec, **kwargs)
+    return SharedDict(spec, **kwargs)
+
+
 def dict_counter_worker(name, keys, rounds):
     """Read-modify-write counters in txns; also move 1 from "a" to "b"
     so a reader can check a + b stays constant."""
-    from shmtxn import SharedDict
-    with SharedDict(name) as d:
+    with open_dict(name) as d:
         for r in range(rounds):
             with d.txn() as t:
                 key = keys[r % len(keys)]
@@ -188,9 +196,8 @@ def dict_counter_worker(name, keys, rounds):
 def dict_invariant_reader(name, total, conn):
     """Check a + b == total in read txns and in copies until told to stop;
     send back (checks, violations)."""
-    from shmtxn import SharedDict
     checks = bad = 0
-    with SharedDict(name, read_only=True) as d:
+    with open_dict(name, read_only=True) as d:
         conn.send("ready")
         while not conn.poll():
             with d.txn() as t:
@@ -215,8 +222,7 @@ def dict_rounds_forever(name, n, conn):
     """Large txns forever: each inserts n keys (the table grows and
     shrinks), deletes the previous round's (freeing blocks that later
     rounds reuse) and overwrites one with a pickled value."""
-    from shmtxn import SharedDict
-    d = SharedDict(name)
+    d = open_dict(name)
     r = d["round"]
     told = False
     while True:
@@ -251,8 +257,7 @@ def dict_churn_forever(name, conn):
     compacted in place by the churn), a clear() every fourth round, then
     the round's state written over the last."""
     import random
-    from shmtxn import SharedDict
-    d = SharedDict(name)
+    d = open_dict(name)
     r = d["round"]
     told = False
     while True:
@@ -279,6 +284,5 @@ def dict_churn_forever(name, conn):
 
 
 def dict_read_in_child(name, conn):
-    from shmtxn import SharedDict
-    with SharedDict(name) as d:
+    with open_dict(name) as d:
         conn.send(list(d.items()))

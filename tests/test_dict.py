@@ -12,11 +12,19 @@ import pytest
 
 import helpers
 import shmtxn
+from redis_server import attach, backend, make_dict, spec  # noqa: F401
 from shmtxn import SharedDict, SharedMemory
 
 
 @pytest.fixture
-def d(name):
+def d(make_dict):
+    """A new dict, on each backend (shared memory and Redis)."""
+    return make_dict(size=1 << 20)
+
+
+@pytest.fixture
+def shm_d(name):
+    """A new dict in shared memory (for what only a segment has)."""
     with SharedDict(name, create=True, size=1 << 20) as d:
         yield d
 
@@ -61,7 +69,8 @@ def test_iteration_follows_insertion_order_like_dict(d):
         else:
             d[k] = model[k] = step
     assert list(d.items()) == list(model.items())
-    assert d.stats()["rebuilds"] > 0
+    if isinstance(d, SharedDict):
+        assert d.stats()["rebuilds"] > 0
 
 
 def test_equal_numbers_are_one_key_and_keep_their_first_type(d):
@@ -203,7 +212,7 @@ def test_nested_txn_is_an_error_not_a_deadlock(d):
 
 def test_read_only_handle(d):
     d["k"] = 1
-    with SharedDict(d.name, read_only=True) as ro:
+    with attach(d, read_only=True) as ro:
         assert ro["k"] == 1 and ro.read_only
         with pytest.raises(shmtxn.ReadOnlyError):
             ro["k"] = 2
@@ -237,18 +246,18 @@ def test_lifetimes_and_wrong_kind_of_segment(name):
         SharedDict(name, create=True, size=100)
 
 
-def test_stats(d):
-    s = d.stats()
+def test_stats(shm_d):
+    s = shm_d.stats()
     assert s["count"] == 0 and s["free_bytes"] == 0
     for i in range(100):
-        d[i] = b"x" * 100
+        shm_d[i] = b"x" * 100
     for i in range(50):
-        del d[i]
-    s = d.stats()
+        del shm_d[i]
+    s = shm_d.stats()
     assert s["count"] == 50 and s["table_capacity"] >= 50
     assert s["free_bytes"] > 0 and 0 < s["fragmentation"] < 1
     assert s["heap_used"] <= s["heap_reserved"] <= s["heap_size"] + 4096
-    assert d.info()["dict"]["count"] == 50
+    assert shm_d.info()["dict"]["count"] == 50
 
 
 # ---- space ----
@@ -327,19 +336,19 @@ def peek(d, offset, fmt):
         return struct.unpack(fmt, f.read(struct.calcsize(fmt)))
 
 
-def test_corrupt_record_raises_corrupt_segment_error(d):
-    d["a"] = b"x" * 50
-    d["b"] = 2
-    entries_off, = peek(d, 32, "<Q")
-    _, record = peek(d, entries_off, "<QQ")
-    poke(d, record, "<Q", 1 << 40)  # the block claims 1 TiB
+def test_corrupt_record_raises_corrupt_segment_error(shm_d):
+    shm_d["a"] = b"x" * 50
+    shm_d["b"] = 2
+    entries_off, = peek(shm_d, 32, "<Q")
+    _, record = peek(shm_d, entries_off, "<QQ")
+    poke(shm_d, record, "<Q", 1 << 40)  # the block claims 1 TiB
     with pytest.raises(shmtxn.CorruptSegmentError, match="corrupt"):
-        d["a"]
+        shm_d["a"]
     with pytest.raises(shmtxn.CorruptSegmentError):
-        d.verify()
+        shm_d.verify()
     with pytest.raises(shmtxn.CorruptSegmentError):
-        list(d.items())
-    assert d["b"] == 2  # other keys still answer
+        list(shm_d.items())
+    assert shm_d["b"] == 2  # other keys still answer
 
 
 @pytest.mark.parametrize("offset,fmt,value,lookups_see_it", [
@@ -349,24 +358,24 @@ def test_corrupt_record_raises_corrupt_segment_error(d):
     (96, "<Q", 1 << 40, False),     # count beyond the entries used
     (0, "<Q", 0, True),             # dict magic gone
 ])
-def test_corrupt_table_header_raises(d, offset, fmt, value, lookups_see_it):
-    d["a"] = 1
-    poke(d, offset, fmt, value)
-    ops = [lambda: len(d), lambda: d.__setitem__("b", 1), lambda: list(d),
-           d.verify]
-    for op in ops + [lambda: d["a"]] * lookups_see_it:
+def test_corrupt_table_header_raises(shm_d, offset, fmt, value, lookups_see_it):
+    shm_d["a"] = 1
+    poke(shm_d, offset, fmt, value)
+    ops = [lambda: len(shm_d), lambda: shm_d.__setitem__("b", 1), lambda: list(shm_d),
+           shm_d.verify]
+    for op in ops + [lambda: shm_d["a"]] * lookups_see_it:
         with pytest.raises(shmtxn.CorruptSegmentError):
             op()
     if not lookups_see_it:
         # a lookup reads only the table's geometry (line 0 of the dict
         # header), which is intact: it still finds the key
-        assert d["a"] == 1
+        assert shm_d["a"] == 1
 
 
-def test_corrupt_on_attach_is_caught(d):
-    poke(d, 0, "<Q", 0)
+def test_corrupt_on_attach_is_caught(shm_d):
+    poke(shm_d, 0, "<Q", 0)
     with pytest.raises(shmtxn.CorruptSegmentError):
-        SharedDict(d.name)
+        SharedDict(shm_d.name)
 
 
 def test_siphash_is_cpython_siphash13():
@@ -379,9 +388,10 @@ def test_siphash_is_cpython_siphash13():
 
 # ---- several processes ----
 
-def counters_run(name, ctx, workers, rounds):
+def counters_run(d, ctx, workers, rounds):
     keys = ["x", "y", "z"]
-    with SharedDict(name, create=True, size=1 << 20) as d:
+    name = spec(d)
+    with d:
         d.update(a=10**6, b=0)
         parent, child = ctx.Pipe()
         reader = ctx.Process(target=helpers.dict_invariant_reader,
@@ -409,16 +419,16 @@ def counters_run(name, ctx, workers, rounds):
         assert all(p.exitcode == 0 for p in procs + [reader])
 
 
-def test_read_modify_write_counters_are_exact_fork(name):
-    counters_run(name, multiprocessing.get_context("fork"), 3, 400)
+def test_read_modify_write_counters_are_exact_fork(d):
+    counters_run(d, multiprocessing.get_context("fork"), 3, 400)
 
 
-def test_read_modify_write_counters_are_exact_spawn(name):
-    counters_run(name, multiprocessing.get_context("spawn"), 2, 200)
+def test_read_modify_write_counters_are_exact_spawn(d):
+    counters_run(d, multiprocessing.get_context("spawn"), 2, 200)
 
 
-def test_handle_pickles_into_a_pool(name):
-    with SharedDict(name, create=True, size=1 << 20) as d:
+def test_handle_pickles_into_a_pool(d):
+    with d:
         d["seed"] = 1
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(2) as pool:
@@ -427,17 +437,18 @@ def test_handle_pickles_into_a_pool(name):
         assert pickle.loads(pickle.dumps(d))["seed"] == 1
 
 
-def test_cli_info_and_check_know_dicts(d, capsys):
+def test_cli_info_and_check_know_dicts(shm_d, capsys):
     import json
     from shmtxn import admin, cli
-    d.update(a=1, b=[2])
-    assert cli.main(["info", d.name, "--items", "5", "--json"]) == 0
+    shm_d.update(a=1, b=[2])
+    assert cli.main(["info", shm_d.name, "--items", "5", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["layout"] == "dict" and info["dict"]["count"] == 2
     assert info["first_items"] == [["'a'", "1"], ["'b'", "[2]"]]
-    assert admin.check(d.name)["problems"] == []
-    entries_off, = peek(d, 32, "<Q")
-    poke(d, entries_off, "<Q", 12345)  # a hash that does not match its key
-    problems = admin.check(d.name)["problems"]
+    assert admin.check(shm_d.name)["problems"] == []
+    entries_off, = peek(shm_d, 32, "<Q")
+    # a hash that does not match its key
+    poke(shm_d, entries_off, "<Q", 12345)
+    problems = admin.check(shm_d.name)["problems"]
     assert problems and "hash" in problems[0]
-    assert cli.main(["check", d.name]) == 1
+    assert cli.main(["check", shm_d.name]) == 1

@@ -1,6 +1,7 @@
 """Property test: random sequences of every SharedDict operation,
 including txns that commit, abort or raise, against a plain dict (contents
-*and* order); a second process attached by name must see the model too."""
+*and* order); a second process attached by name must see the model too.
+The same machine runs on both backends: shared memory and Redis."""
 
 import multiprocessing
 import os
@@ -12,6 +13,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant,
                                  precondition, rule)
 
 import helpers
+import redis_server
 from shmtxn import SharedDict
 
 scalars = (st.integers(-3, 12) | st.sampled_from([True, False, 1.0, 2.5,
@@ -57,9 +59,13 @@ class DictMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.name = f"shmtxn_t_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-        self.d = SharedDict(self.name, create=True, size=256 * 1024)
+        self.d = self.create()
+        self.spec = redis_server.spec(self.d)
         self.model = {}
         self.closed = False
+
+    def create(self):
+        return SharedDict(self.name, create=True, size=256 * 1024)
 
     @rule(op=st.sampled_from(["set", "del", "get", "pop", "setdefault",
                               "update", "clear"]), key=keys, value=values)
@@ -108,7 +114,7 @@ class DictMachine(RuleBasedStateMachine):
         ctx = multiprocessing.get_context("fork")
         parent, child = ctx.Pipe()
         p = ctx.Process(target=helpers.dict_read_in_child,
-                        args=(self.name, child))
+                        args=(self.spec, child))
         p.start()
         assert parent.recv() == list(self.model.items())
         p.join()
@@ -120,7 +126,16 @@ class DictMachine(RuleBasedStateMachine):
         self.closed = True
 
 
-DictMachine.TestCase.settings = settings(max_examples=60,
+class RedisDictMachine(DictMachine):
+    def create(self):
+        return SharedDict.connect(redis_server.server().url, self.name,
+                                  create=True)
+
+
+for machine in (DictMachine, RedisDictMachine):
+    machine.TestCase.settings = settings(max_examples=60,
                                          stateful_step_count=30,
                                          deadline=None)
 test_dict_against_a_dict = DictMachine.TestCase
+test_redis_dict_against_a_dict = redis_server.needs_redis(
+    RedisDictMachine.TestCase)

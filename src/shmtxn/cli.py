@@ -202,7 +202,13 @@ def cmd_gc(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run
 
-    result = run(args.writers, args.readers, args.txns, args.seconds,
+    txns = args.txns or 50000
+    if args.redis:  # the same job on a SharedDict in Redis
+        from functools import partial
+        from .remote_demo import run as run_redis
+        run = partial(run_redis, args.redis)
+        txns = args.txns or 2000
+    result = run(args.writers, args.readers, txns, args.seconds,
                  args.start_method, stream=None if args.json else sys.stdout)
     if args.json:
         emit(args, result, None)
@@ -302,13 +308,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"writer processes, 1 to {MAX_PROCS} (default 4)")
     p.add_argument("--readers", type=count_arg(0, MAX_PROCS), default=2,
                    help=f"reader processes, 0 to {MAX_PROCS} (default 2)")
-    p.add_argument("--txns", type=count_arg(1), default=50000,
-                   help="write transactions per writer (default 50000)")
+    p.add_argument("--txns", type=count_arg(1),
+                   help="write transactions per writer (default 50000; "
+                        "2000 with --redis)")
     p.add_argument("--seconds", type=seconds_arg, default=0.0,
                    help="run for this long instead of a number of txns")
     p.add_argument("--start-method",
                    choices=["fork", "spawn", "forkserver"],
                    help="multiprocessing start method")
+    p.add_argument("--redis", metavar="URL",
+                   help="run it on a SharedDict in this Redis instead "
+                        "(redis://host:port/db; docs/remote.md)")
     p = sub.add_parser("run", help="run a Python script with "
                        "shmtxn.install() applied (the article's programs, "
                        "verbatim: docs/verbatim.md)",

@@ -100,9 +100,8 @@ class _MappingMethods:
         return self
 
 
-class DictTxn(_MappingMethods, _core.DictTxn, MutableMapping):
-    """The mapping ``with d.txn() as t`` binds: every method of a dict,
-    all inside one transaction."""
+class _TxnMethods(_MappingMethods):
+    """What the txns of every backend share (shmtxn.remote's too)."""
 
     __slots__ = ()
 
@@ -117,7 +116,39 @@ class DictTxn(_MappingMethods, _core.DictTxn, MutableMapping):
         return key, value
 
 
+class DictTxn(_TxnMethods, _core.DictTxn, MutableMapping):
+    """The mapping ``with d.txn() as t`` binds: every method of a dict,
+    all inside one transaction."""
+
+    __slots__ = ()
+
+
 _core.set_dict_txn_class(DictTxn)
+
+
+class _HandleMethods(_MappingMethods):
+    """The compound operations of a dict handle (of every backend), each
+    one transaction."""
+
+    __slots__ = ()
+
+    def pop(self, key, default=_MISSING):
+        with self.txn() as t:
+            if default is _MISSING:
+                return t.pop(key)
+            return t.pop(key, default)
+
+    def popitem(self):
+        with self.txn() as t:
+            return t.popitem()
+
+    def setdefault(self, key, default=None):
+        with self.txn() as t:
+            return t.setdefault(key, default)
+
+    def update(self, other=(), /, **kwds):
+        with self.txn() as t:
+            t.update(other, **kwds)
 
 
 def _reattach(cls, name, read_only):
@@ -125,7 +156,7 @@ def _reattach(cls, name, read_only):
     return cls(name, read_only=read_only)
 
 
-class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
+class SharedDict(_HandleMethods, _core.Dict, MutableMapping):
     """A dict in named shared memory, with transactions.
 
     ``SharedDict(name=None, create=False, size=0, *, read_only=False,
@@ -155,23 +186,17 @@ class SharedDict(_MappingMethods, _core.Dict, MutableMapping):
                          undo_size=undo_size, max_processes=max_processes,
                          timeout=timeout, mode=_check_mode(mode))
 
-    def pop(self, key, default=_MISSING):
-        with self.txn() as t:
-            if default is _MISSING:
-                return t.pop(key)
-            return t.pop(key, default)
-
-    def popitem(self):
-        with self.txn() as t:
-            return t.popitem()
-
-    def setdefault(self, key, default=None):
-        with self.txn() as t:
-            return t.setdefault(key, default)
-
-    def update(self, other=(), /, **kwds):
-        with self.txn() as t:
-            t.update(other, **kwds)
+    @classmethod
+    def connect(cls, url, name, create=False, *, read_only=False,
+                timeout=None, lease=10.0):
+        """The same dict kept in Redis instead of shared memory:
+        ``SharedDict.connect("redis://host:6379/0", "jobs")`` returns a
+        ``shmtxn.remote.RedisDict`` (docs/remote.md).  ``create`` is as
+        here; ``timeout`` bounds connecting; ``lease`` is the seconds a
+        txn's claim outlives a silent client."""
+        from .remote import RedisDict
+        return RedisDict(url, name, create, read_only=read_only,
+                         timeout=timeout, lease=lease)
 
     # the same for both kinds of handle (it only calls wait())
     wait_async = SharedMemory.wait_async

@@ -8,6 +8,9 @@
  * module:
  *   module.c       -- the shmtxn._core module: multi-phase init, the
  *                     module state, module-level functions (probe, repair)
+ * module functions:
+ *   py_codec.c     -- the dict codec as functions (encode_key, ...), for
+ *                     backends outside shared memory (shmtxn.remote)
  * handle types:
  *   py_memory.c    -- Memory, a handle on a slots segment (shr[i], txn())
  *   py_dict.c      -- Dict, a handle on a dict segment (d[k], txn())
@@ -86,6 +89,9 @@ struct HandleObject;
  * damaged). */
 PyObject *key_decode(const struct HandleObject *h, const uint8_t *p,
                      uint32_t n, uint8_t kind);
+/* key_decode without a segment: NULL with ValueError (or OverflowError)
+ * if the bytes are not a key (py_codec.c names the source itself). */
+PyObject *key_decode_plain(const uint8_t *p, size_t n, uint8_t kind);
 /* Encode `value` (pickling what has no fast path); -1 with the error
  * pickle raised.  Release with value_buf_release. */
 int value_encode(PyObject *value, value_buf *vb);
@@ -95,6 +101,11 @@ void value_buf_release(value_buf *vb);
  * to be committed. */
 PyObject *value_decode(const struct HandleObject *h, uint8_t tag,
                        const uint8_t *p, uint64_t n, int *pickled);
+/* value_decode without a segment: NULL with ValueError if damaged. */
+PyObject *value_decode_plain(uint8_t tag, const uint8_t *p, uint64_t n,
+                             int *pickled);
+/* pickle.loads(raw), exceptions as pickle raised them. */
+PyObject *value_loads(PyObject *raw);
 /* pickle.loads(raw); what it raises becomes the __cause__ of a
  * CorruptSegmentError naming the segment of `h`. */
 PyObject *value_unpickle(const struct HandleObject *h, PyObject *raw);
@@ -295,6 +306,10 @@ typedef struct ViewObject {
     Py_ssize_t strides[STX_MAX_NDIM];
     Py_ssize_t exports;
 } ViewObject;
+
+/* ---- module functions (py_codec.c; module.c adds them) ---- */
+
+extern PyMethodDef codec_functions[];
 
 /* ---- type specs (module.c makes the types from them) ---- */
 

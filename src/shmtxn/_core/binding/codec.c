@@ -269,14 +269,20 @@ decode_item(const stx_key_item *item)
 }
 
 PyObject *
-key_decode(const HandleObject *h, const uint8_t *p, uint32_t n,
-           uint8_t kind)
+key_decode_plain(const uint8_t *p, size_t n, uint8_t kind)
 {
     stx_key_item item;
     if (stx_key_parse(p, n, kind, &item) != 0) {
-        return bad_bytes(h, "key");
+        return undecodable();
     }
-    return decoded_or_corrupt(h, decode_item(&item), "key");
+    return decode_item(&item);
+}
+
+PyObject *
+key_decode(const HandleObject *h, const uint8_t *p, uint32_t n,
+           uint8_t kind)
+{
+    return decoded_or_corrupt(h, key_decode_plain(p, n, kind), "key");
 }
 
 /* ------------------------------------------------------------------ */
@@ -400,16 +406,15 @@ value_buf_release(value_buf *vb)
 }
 
 PyObject *
-value_decode(const HandleObject *h, uint8_t tag, const uint8_t *p,
-             uint64_t n, int *pickled)
+value_decode_plain(uint8_t tag, const uint8_t *p, uint64_t n, int *pickled)
 {
     *pickled = 0;
     switch (tag) {
     case 'b':
         return PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
     case 's':
-        return decoded_or_corrupt(h, PyUnicode_DecodeUTF8(
-            (const char *)p, (Py_ssize_t)n, "surrogatepass"), "value");
+        return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n,
+                                    "surrogatepass");
     case 'i': {
         int64_t v;
         if (n != sizeof(v)) {
@@ -436,16 +441,30 @@ value_decode(const HandleObject *h, uint8_t tag, const uint8_t *p,
         *pickled = 1;
         return PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)n);
     }
-    return bad_bytes(h, "value");
+    return undecodable();
+}
+
+PyObject *
+value_decode(const HandleObject *h, uint8_t tag, const uint8_t *p,
+             uint64_t n, int *pickled)
+{
+    return decoded_or_corrupt(h, value_decode_plain(tag, p, n, pickled),
+                              "value");
+}
+
+PyObject *
+value_loads(PyObject *raw)
+{
+    if (pickle_ready() < 0) {
+        return NULL;
+    }
+    return PyObject_CallOneArg(pickle_loads, raw);
 }
 
 PyObject *
 value_unpickle(const HandleObject *h, PyObject *raw)
 {
-    if (pickle_ready() < 0) {
-        return NULL;
-    }
-    PyObject *v = PyObject_CallOneArg(pickle_loads, raw);
+    PyObject *v = value_loads(raw);
     if (v == NULL && PyErr_ExceptionMatches(PyExc_Exception)
         && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
         /* Whatever pickle raised (UnpicklingError, EOFError, ValueError,

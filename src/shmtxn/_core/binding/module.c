@@ -256,7 +256,8 @@ core_exec(PyObject *m)
     if (st->str_write == NULL || st->str_timeout == NULL) {
         return -1;
     }
-    if (PyModule_AddIntConstant(m, "FORMAT_VERSION", STX_FORMAT_VERSION) < 0
+    if (PyModule_AddFunctions(m, codec_functions) < 0
+        || PyModule_AddIntConstant(m, "FORMAT_VERSION", STX_FORMAT_VERSION) < 0
         || PyModule_AddIntConstant(m, "NAME_MAX", STX_NAME_MAX) < 0) {
         return -1;
     }
