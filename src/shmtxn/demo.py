@@ -119,6 +119,23 @@ def _progress(shr, total, seconds, start, stream) -> None:
     stream.flush()
 
 
+def wait_all(sentinels: list[int], timeout: float, ended) -> bool:
+    """Wait until every process of `sentinels` has ended, calling
+    ended(sentinel) for each as it does; False if some had not within
+    `timeout` s.  (One connection.wait() is not enough: it returns as
+    soon as *one* has ended.)"""
+    deadline = time.monotonic() + timeout
+    left = set(sentinels)
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        for sentinel in wait(list(left), timeout=remaining):
+            left.discard(sentinel)
+            ended(sentinel)
+    return True
+
+
 def _failed(procs) -> list[str]:
     """'writer 1234 exited with code 1' for each child that failed."""
     return [f"{p.name} process {p.pid} exited with code {p.exitcode}"
@@ -201,8 +218,8 @@ def _supervise(shr, procs, writers, readers, txns, seconds, done, results,
     _progress(shr, expected, seconds, start, out)
     out.write("\n")
     if not error and readers_left:  # the readers' last txn sees the end
-        if len(wait(list(readers_left), timeout=FINISH_TIMEOUT)) < len(
-                readers_left):
+        if not wait_all(list(readers_left), FINISH_TIMEOUT,
+                        lambda s: readers_left.pop(s).join()):
             error = (f"readers did not finish within {FINISH_TIMEOUT:g} s "
                      "of the writers")
         elif _failed(procs):
