@@ -40,7 +40,8 @@ def test_leaked_segment_is_orphaned_and_gc_removes_it(name):
     assert code == 0 and [r["name"] for r in rows] == [name]
     assert rows[0]["orphaned"] is True and rows[0]["attached"] == []
     assert rows[0]["creator_alive"] is False
-    assert "none (orphaned)" in cli("ls", "--prefix", name).stdout
+    assert "orphaned" in cli("ls", "--prefix", name).stdout.split()
+    assert "none (orphaned)" in cli("ls", "--wide", "--prefix", name).stdout
     code, would = cli_json("gc", "--dry-run", "--prefix", name)
     assert [w["name"] for w in would] == [name]
     assert os.path.exists(f"/dev/shm/{name}")  # dry run removes nothing
@@ -105,7 +106,9 @@ def test_check_finds_a_dead_lock_holder_and_repair_rolls_it_back(name):
         assert code == 1
         text = " ".join(result["problems"])
         assert f"dead process {p.pid}" in text and "undo log" in text
-        assert "DEAD holder" in cli("ls", "--prefix", name).stdout
+        assert "dead-writer" in cli("ls", "--prefix", name).stdout
+        assert f"DEAD holder {p.pid}" in cli("ls", "--wide", "--prefix",
+                                             name).stdout
         code, result = cli_json("check", name, "--repair")
         assert code == 0, result
         assert result["repaired"]["recovered_writers"] == 1
@@ -139,14 +142,20 @@ def test_foreign_files_are_only_listed_with_all_and_never_collected(name):
 
 def test_json_carries_the_fields_of_the_table(name):
     with SharedMemory(name, create=True, size=32, format="d") as shr:
-        table = cli("ls", "--prefix", name).stdout.splitlines()
+        table = cli("ls", "--wide", "--prefix", name).stdout.splitlines()
         head, row = table[0].split(), table[1].split()
         code, rows = cli_json("ls", "--prefix", name)
         entry = rows[0]
-        assert head[:5] == ["NAME", "LAYOUT", "ITEMS", "SIZE", "USED"]
-        assert row[0] == entry["name"] and row[1] == entry["layout"]
-        assert row[2] == f"{entry['format']}[{entry['shape'][0]}]" == "d[4]"
+        assert head[:6] == ["NAME", "STATE", "LAYOUT", "ITEMS", "SIZE",
+                            "USED"]
+        assert row[:3] == [entry["name"], "ok", entry["layout"]]
+        assert row[3] == f"{entry['format']}[{entry['shape'][0]}]" == "d[4]"
         assert str(entry["creator_pid"]) in row and str(os.getpid()) in row
+        table = cli("ls", "--prefix", name).stdout.splitlines()
+        assert table[0].split() == ["NAME", "HOLDS", "USED", "STATE",
+                                    "PROCS", "MODIFIED"]
+        assert table[1].split()[:2] == [name, "d[4]"]
+        assert table[1].split()[4:6] == ["ok", "1"]
         for field in ("data_size", "used_bytes", "creator_pid",
                       "creator_alive", "attached", "lock", "writer_pid",
                       "active_readers", "created_ns", "modified_ns"):
@@ -161,7 +170,9 @@ def test_ls_counts_a_dicts_keys(name):
     with SharedDict(name, create=True) as d:
         d.update({"a": 1, "b": 2, "c": 3})
         row = cli("ls", "--prefix", name).stdout.splitlines()[1].split()
-        assert row[1:4] == ["dict", "3", "keys"]
+        assert row[1:3] == ["3", "keys"]
+        row = cli("ls", "--wide", "--prefix", name).stdout.splitlines()[1]
+        assert row.split()[2:5] == ["dict", "3", "keys"]
 
 
 def test_python_api_lists_what_the_cli_lists(name):

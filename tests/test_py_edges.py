@@ -345,34 +345,6 @@ def test_cli_turns_ctrl_c_into_one_line_and_exit_130(monkeypatch, capsys):
     assert capsys.readouterr().err == "shmtxn ls: interrupted\n"
 
 
-def default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as from a terminal
-
-
-def test_ctrl_c_stops_the_demo_and_its_children_cleanly():
-    p = subprocess.Popen(
-        [sys.executable, "-m", "shmtxn", "demo", "--seconds", "120",
-         "--writers", "2", "--readers", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True, preexec_fn=default_sigint)
-    try:
-        seen = b""
-        while b"txns" not in seen:  # the children run: progress is shown
-            chunk = os.read(p.stdout.fileno(), 4096)
-            assert chunk, p.stderr.read()
-            seen += chunk
-        segment = re.search(rb"on segment '(\w+)'", seen).group(1).decode()
-        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    assert p.returncode == 130
-    assert err.decode() == "shmtxn demo: interrupted\n"  # no traceback
-    assert not os.path.exists(path(segment))
-
-
 @pytest.mark.parametrize("args", [
     ["--writers", "0"], ["--writers", "-1"], ["--writers", "100000"],
     ["--readers", "-1"], ["--txns", "0"], ["--txns", "-5"],

@@ -12,6 +12,7 @@ the segment), so "no beacon" means dead, even if the pid was reused.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from . import _core
 from .errors import Error, SegmentInUseError, SegmentNotFoundError
@@ -35,7 +36,12 @@ def _shm_dir() -> str:
 SHM_DIR = _shm_dir()
 
 
-def _disk_usage(name: str) -> dict:
+#: What the functions here return about a segment (docs/cli.md lists the
+#: fields; ``shmtxn info NAME --json`` shows them all).
+Info = dict[str, Any]
+
+
+def _disk_usage(name: str) -> Info:
     st = os.stat(os.path.join(SHM_DIR, name))
     return {"file_size": st.st_size, "used_bytes": st.st_blocks * 512,
             "mtime_ns": st.st_mtime_ns}
@@ -51,7 +57,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def segment_info(name: str) -> dict:
+def segment_info(name: str) -> Info:
     """Everything known about `name`, without attaching.
 
     ``state`` is ``ready``, ``building`` (a live creator is initialising
@@ -89,7 +95,7 @@ def _names() -> list[str]:
                       and not e.name.startswith("sem."))
 
 
-def list_segments(all: bool = False, prefix: str = "") -> list[dict]:
+def list_segments(all: bool = False, prefix: str = "") -> list[Info]:
     """segment_info() of every shmtxn segment in SHM_DIR (and, with
     ``all=True``, every other file there too, as ``foreign``)."""
     found = []
@@ -105,15 +111,32 @@ def list_segments(all: bool = False, prefix: str = "") -> list[dict]:
     return found
 
 
-def _problems(info: dict) -> list[str]:
+def detail(info: Info, key: str = "detail") -> str:
+    """The engine's explanation `info[key]` without the segment's name,
+    which the rest of `info` gives: "segment 'x' is corrupt: its header
+    checksum does not match" is "its header checksum does not match"
+    ("" if nothing is left).  `key` may be a path: "dict.problem"."""
+    value: Any = info
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    text = str(value or "")
+    quoted = f"'{info['name']}'"
+    head, sep, rest = text.partition(": ")
+    if quoted in head:
+        return rest.strip() if sep else ""
+    return text.replace(quoted, str(info["name"]))
+
+
+def _problems(info: Info) -> list[str]:
     """What is wrong with a segment, as sentences."""
     state = info["state"]
     if state != "ready":
         if state == "building":
             return []
-        return [f"segment is {state}: {info.get('detail') or state}"]
+        why = detail(info)
+        return [f"segment is {state}" + (f": {why}" if why else "")]
     if info.get("unrecoverable"):
-        return [info["unrecoverable"]]
+        return [detail(info, "unrecoverable") or "it is unusable"]
     found = []
     live_writer = info["lock"] == "held"
     if info["lock"] == "dead":
@@ -126,7 +149,8 @@ def _problems(info: dict) -> list[str]:
     if not live_writer and info["seq"] % 2:
         found.append("the sequence is odd: a writer died mid-transaction")
     if not live_writer and not info["undo_valid"]:
-        found.append(f"the undo log is damaged: {info['undo_problem']}")
+        found.append("the undo log is damaged: "
+                     + detail(info, "undo_problem"))
     for proc in info["processes"]:
         if not proc["alive"]:
             inside = " inside a read transaction" if proc["readers"] else ""
@@ -135,14 +159,17 @@ def _problems(info: dict) -> list[str]:
     return found
 
 
-def check(name: str, repair: bool = False, timeout: float = 5.0) -> dict:
+def check(name: str, repair: bool = False, timeout: float = 5.0) -> Info:
     """Verify every invariant of `name`.  With ``repair=True``, first
     recover a dead writer and clear dead readers, exactly as the next
     transaction would.  Returns ``{"problems": [...], "repaired": {...}}``;
     no problems means the segment is sound."""
-    repaired = before = None
-    if repair and (before := segment_info(name))["state"] == "ready":
-        repaired = _core.repair(name, timeout)
+    repaired: dict[str, int] | None = None
+    before: Info = {}
+    if repair:
+        before = segment_info(name)
+        if before["state"] == "ready":
+            repaired = _core.repair(name, timeout)
     info = segment_info(name)
     if repaired is not None and info["state"] == "ready":
         # Taking the lock already clears dead readers (recovering a dead
@@ -162,14 +189,15 @@ def _dict_problems(name: str, timeout: float) -> list[str]:
     """Walk a dict's whole table and heap (SharedDict.verify)."""
     from .dict import SharedDict
     try:
-        with SharedDict(name, read_only=True, timeout=timeout) as d:
+        with SharedDict(  # type: ignore[no-untyped-call, unused-ignore]
+                name, read_only=True, timeout=timeout) as d:
             d.verify()
     except Error as e:
         return [str(e)]
     return []
 
 
-def remove(name: str, force: bool = False) -> dict:
+def remove(name: str, force: bool = False) -> Info:
     """Unlink `name`.  Refuses (SegmentInUseError) while live processes
     have it attached, while its creator is still building it, or if it is
     not a shmtxn segment -- unless ``force=True``."""
@@ -178,7 +206,8 @@ def remove(name: str, force: bool = False) -> dict:
         others = [p for p in info.get("attached", []) if p != os.getpid()]
         reason = None
         if others:
-            reason = f"live processes have it attached: {others}"
+            reason = ("live processes have it attached: "
+                      + ", ".join(map(str, others)))
         elif info["state"] == "building":
             reason = "a live process is still creating it"
         elif info["state"] in ("foreign", "unreadable"):
@@ -188,8 +217,7 @@ def remove(name: str, force: bool = False) -> dict:
         # which knows it is not in the middle of attaching)
         guarded = (info["state"] in ("ready", "abandoned")
                    and os.getpid() not in info.get("attached", []))
-        if not reason and guarded and not _core.reclaim(
-                name, creator_may_live=True):
+        if not reason and guarded and not _reclaim(name):
             reason = "a process attached it just now"
         if reason:
             raise SegmentInUseError(
@@ -204,7 +232,7 @@ def remove(name: str, force: bool = False) -> dict:
     return {"name": name, "removed": True, "state": info["state"]}
 
 
-def gc(dry_run: bool = False, prefix: str = "") -> list[dict]:
+def gc(dry_run: bool = False, prefix: str = "") -> list[Info]:
     """Remove every shmtxn segment no live process has attached (and those
     whose creator died mid-creation).  Never a live one, never a foreign
     file.  Returns what was (or, with ``dry_run``, would be) removed."""
@@ -218,7 +246,7 @@ def gc(dry_run: bool = False, prefix: str = "") -> list[dict]:
              "removed": removed.get(i["name"], False)} for i in doomed]
 
 
-def _collect(info: dict) -> bool:
+def _collect(info: Info) -> bool:
     """Remove a segment gc found unused; False if it is in use by now.
 
     A shmtxn segment is removed under the attach/reclaim protocol
@@ -228,14 +256,22 @@ def _collect(info: dict) -> bool:
     """
     try:
         if info["state"] in ("ready", "abandoned"):
-            return _core.reclaim(info["name"], creator_may_live=True)
+            return _reclaim(info["name"])
         _core.unlink(info["name"])
     except SegmentNotFoundError:
         pass
     return True
 
 
-def _why(info: dict) -> str:
+def _reclaim(name: str) -> bool:
+    """`_core.reclaim(name, creator_may_live=True)`: unlink `name` unless
+    a process has it attached (or is attaching); False if one has."""
+    # (the ignore: _core.pyi does not declare reclaim yet)
+    return bool(_core.reclaim(  # type: ignore[attr-defined, unused-ignore]
+        name, creator_may_live=True))
+
+
+def _why(info: Info) -> str:
     """Why gc collects a segment, as `shmtxn gc` prints it."""
     if info["state"] == "abandoned":
         return "abandoned: its creator died mid-creation"
@@ -244,4 +280,4 @@ def _why(info: dict) -> str:
             f", creator {info['creator_pid']} "
             + ("alive" if info["creator_alive"] else "gone"))
         return f"orphaned: no live process has it attached{creator}"
-    return info["state"]
+    return str(info["state"])

@@ -18,10 +18,18 @@ import signal
 import sys
 import time
 from multiprocessing.connection import wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
+from ._procs import stop_processes
+from ._term import columns, paint
 from .errors import Error
 from .memory import SharedMemory
-from ._procs import stop_processes
+
+if TYPE_CHECKING:
+    from ._core import Memory
 
 COUNTER = 0
 BATCH = slice(1, 11)
@@ -52,14 +60,16 @@ def check_args(writers: int, readers: int, txns: int,
                          f"{seconds}); 0 runs --txns transactions instead")
 
 
-def _child(role: str, func, name: str, *args) -> None:
+def _child(role: str, func: Callable[..., None], name: str,
+           *args: Any) -> None:
     """Attach to segment `name` and run a writer or reader on it.  Ctrl-C
     is the parent's to handle (it stops the children); a shmtxn error (the
     segment was removed, a lock stayed taken) is one line on stderr and
     exit code 1."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        with SharedMemory(name) as shr:
+        with SharedMemory(  # type: ignore[no-untyped-call, unused-ignore]
+                name) as shr:
             func(shr, *args)
     except Error as e:
         print(f"shmtxn demo: {role} process {os.getpid()}: {e}",
@@ -67,7 +77,8 @@ def _child(role: str, func, name: str, *args) -> None:
         sys.exit(1)
 
 
-def _writer(shr: SharedMemory, txns: int, seconds: float, done) -> None:
+def _writer(shr: Memory, txns: int, seconds: float,
+            done: Queue[int]) -> None:
     """Run `txns` write txns, or as many as fit in `seconds` if > 0."""
     deadline = time.monotonic() + seconds
     count = 0
@@ -82,7 +93,8 @@ def _writer(shr: SharedMemory, txns: int, seconds: float, done) -> None:
         shm[WRITERS_DONE] += 1
 
 
-def _reader(shr: SharedMemory, writers: int, results) -> None:
+def _reader(shr: Memory, writers: int,
+            results: Queue[tuple[int, int]]) -> None:
     """Check every state the writers commit, sleeping (no polling, no lock
     held) while none is new: wait() returns at once when a commit came
     since `seen`, and only an idle segment puts the reader to sleep."""
@@ -102,33 +114,101 @@ def _reader(shr: SharedMemory, writers: int, results) -> None:
     results.put((checked, torn))
 
 
-def _counter(shr: SharedMemory) -> int:
+def _counter(shr: Memory) -> int:
     with shr.txn(write=False, timeout=LOCK_TIMEOUT) as shm:
-        return shm[COUNTER]
+        value = int(shm[COUNTER])
+    return value
 
 
-def _progress(shr, total, seconds, start, stream) -> None:
-    width = 30
+BAR_MIN, BAR_MAX = 10, 40  # the bar's inside, in characters
+
+
+def bar_line(done: int, part: float, rate: float, columns: int) -> str:
+    """The progress line for a terminal `columns` wide: at most
+    ``columns - 1`` characters, so that it never wraps (a wrapped line
+    cannot be redrawn in place).  What does not fit goes, in this order:
+    the indent, the rate, the bar, then the count's end."""
+    room = columns - 1
+    count = f"{done:,} txns"
+    rate_text = f"{rate:,.0f}/s"
+    for indent, tail in (("  ", f" {count}  {rate_text}"),
+                         ("", f" {count}  {rate_text}"), ("", f" {count}")):
+        inner = min(room - len(indent) - len(tail) - 2, BAR_MAX)
+        if inner >= BAR_MIN:
+            filled = min(int(inner * part), inner)
+            return f"{indent}[{'#' * filled}{'.' * (inner - filled)}]{tail}"
+    return count[:max(room, 0)]
+
+
+class Bar:
+    """The demo's progress line on a terminal: redrawn in place each time
+    draw() is called, as wide as the terminal is at that moment (never
+    wider, so it never wraps), and erased by close()."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.ansi = os.environ.get("TERM") != "dumb"
+        self.shown = 0  # characters on the line now
+
+    def draw(self, done: int, part: float, rate: float) -> None:
+        line = bar_line(done, part, rate, columns(self.stream))
+        # the rest of a longer earlier line is cleared (ANSI "erase to
+        # end of line", or spaces on a terminal without it)
+        rest = "\x1b[K" if self.ansi else " " * (self.shown - len(line))
+        # counted first: a Ctrl-C inside the write still gets it erased
+        self.shown = max(self.shown, len(line))
+        self.stream.write(f"\r{line}{rest}")
+        self.stream.flush()
+        self.shown = len(line)
+
+    def close(self) -> None:
+        """Erase the line (the cursor back at its start); again: no-op."""
+        if self.shown:
+            clear = "\x1b[K" if self.ansi else " " * self.shown + "\r"
+            self.stream.write(f"\r{clear}")
+            self.stream.flush()
+            self.shown = 0
+
+
+def _progress(shr: Memory, total: int, seconds: float, start: float,
+              bar: Bar | None) -> None:
+    if bar is None:
+        return
     done = _counter(shr)
     elapsed = time.perf_counter() - start
     part = done / total if total else min(elapsed / seconds, 1.0)
-    filled = int(width * part)
-    rate = done / max(elapsed, 1e-9)
-    stream.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] "
-                 f"{done:,} txns  {rate:,.0f}/s")
-    stream.flush()
+    bar.draw(done, part, done / max(elapsed, 1e-9))
 
 
-def _failed(procs) -> list[str]:
+def wait_all(sentinels: list[int], timeout: float,
+             ended: Callable[[int], None]) -> bool:
+    """Wait until every process of `sentinels` has ended, calling
+    ended(sentinel) for each as it does; False if some had not within
+    `timeout` s.  (One connection.wait() is not enough: it returns as
+    soon as *one* has ended.)"""
+    deadline = time.monotonic() + timeout
+    left = set(sentinels)
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        for sentinel in wait(list(left), timeout=remaining):
+            assert isinstance(sentinel, int)  # as passed
+            left.discard(sentinel)
+            ended(sentinel)
+    return True
+
+
+def _failed(procs: list[BaseProcess]) -> list[str]:
     """'writer 1234 exited with code 1' for each child that failed."""
     return [f"{p.name} process {p.pid} exited with code {p.exitcode}"
             for p in procs if p.exitcode not in (None, 0)]
 
 
-def _drain(q, n: int, seconds: float) -> list:
+def _drain(q: Queue[Any], n: int, seconds: float) -> list[Any]:
     """Up to `n` results the children put on `q`, waiting at most `seconds`
     in all (a child that exited normally has put its result already)."""
-    got = []
+    got: list[Any] = []
     deadline = time.monotonic() + seconds
     while len(got) < n:
         try:
@@ -140,8 +220,13 @@ def _drain(q, n: int, seconds: float) -> list:
 
 def run(writers: int = 4, readers: int = 2, txns: int = 50000,
         seconds: float = 0.0, start_method: str | None = None,
-        stream=sys.stdout) -> dict:
+        stream: TextIO | None = sys.stdout, progress: TextIO | None = None,
+        color: bool = False) -> dict[str, Any]:
     """Run the demo; report to `stream` (None: silent); return the result.
+
+    `progress`, a terminal, gets a progress line, redrawn as the writers
+    run and erased before the results are written (the CLI passes stderr
+    when it is a terminal).  `color`: the verdict in colour.
 
     Each writer runs `txns` transactions, or, if `seconds` > 0, as many as
     it can in that time.  If a child fails (its segment was removed, it
@@ -150,33 +235,43 @@ def run(writers: int = 4, readers: int = 2, txns: int = 50000,
     stops the children and raises KeyboardInterrupt.
     """
     check_args(writers, readers, txns, seconds)
-    ctx = multiprocessing.get_context(start_method)
+    # Any: typeshed's BaseContext lacks Process (each concrete one has it)
+    ctx: Any = multiprocessing.get_context(start_method)
     out = stream or io.StringIO()  # None: run silently
-    with SharedMemory(create=True, size=SLOTS * 8,
-                      max_processes=max(128, writers + readers + 1)) as shr:
+    bar = Bar(progress) if progress is not None else None
+    with SharedMemory(  # type: ignore[no-untyped-call, unused-ignore]
+            create=True, size=SLOTS * 8,
+            max_processes=max(128, writers + readers + 1)) as shr:
         out.write(f"shmtxn demo: {writers} writer and {readers} reader "
                   f"processes ({ctx.get_start_method()}) on segment "
-                  f"{shr.name!r}\n")
-        done, results = ctx.Queue(), ctx.Queue()
-        procs = [ctx.Process(target=_child, name="writer",
-                             args=("writer", _writer, shr.name, txns,
-                                   seconds, done))
-                 for _ in range(writers)]
+                  f"{shr.name}\n")
+        out.flush()  # before the bar, should both go to one terminal
+        done: Queue[int] = ctx.Queue()
+        results: Queue[tuple[int, int]] = ctx.Queue()
+        procs: list[BaseProcess] = [
+            ctx.Process(target=_child, name="writer",
+                        args=("writer", _writer, shr.name, txns, seconds,
+                              done))
+            for _ in range(writers)]
         procs += [ctx.Process(target=_child, name="reader",
                               args=("reader", _reader, shr.name, writers,
                                     results))
                   for _ in range(readers)]
         try:
             result = _supervise(shr, procs, writers, readers, txns, seconds,
-                                done, results, ctx, out)
+                                done, results, ctx, bar)
         finally:
+            if bar is not None:  # Ctrl-C: the message after is on its own
+                bar.close()
             stop_processes(procs)  # Ctrl-C, or an error: none is left behind
-    _report(result, out)
+    _report(result, out, color)
     return result
 
 
-def _supervise(shr, procs, writers, readers, txns, seconds, done, results,
-               ctx, out) -> dict:
+def _supervise(shr: Memory, procs: list[BaseProcess], writers: int,
+               readers: int, txns: int, seconds: float, done: Queue[int],
+               results: Queue[tuple[int, int]], ctx: BaseContext,
+               bar: Bar | None) -> dict[str, Any]:
     """Start the children, follow them, and gather what they report."""
     # Children ignore Ctrl-C from the start (spawned ones inherit SIG_IGN
     # through exec): the parent stops them.
@@ -192,17 +287,17 @@ def _supervise(shr, procs, writers, readers, txns, seconds, done, results,
     expected = 0 if seconds > 0 else writers * txns
     error = None
     while running and not error:
-        _progress(shr, expected, seconds, start, out)
+        _progress(shr, expected, seconds, start, bar)
         for ended in wait(list(running) + list(readers_left), timeout=0.25):
+            assert isinstance(ended, int)  # a sentinel, as passed
             (running.pop(ended, None) or readers_left.pop(ended)).join()
         if _failed(procs):
             error = "; ".join(_failed(procs))
     elapsed = time.perf_counter() - start
-    _progress(shr, expected, seconds, start, out)
-    out.write("\n")
+    _progress(shr, expected, seconds, start, bar)  # the end, until erased
     if not error and readers_left:  # the readers' last txn sees the end
-        if len(wait(list(readers_left), timeout=FINISH_TIMEOUT)) < len(
-                readers_left):
+        if not wait_all(list(readers_left), FINISH_TIMEOUT,
+                        lambda s: readers_left.pop(s).join()):
             error = (f"readers did not finish within {FINISH_TIMEOUT:g} s "
                      "of the writers")
         elif _failed(procs):
@@ -228,7 +323,7 @@ def _supervise(shr, procs, writers, readers, txns, seconds, done, results,
     }
 
 
-def _report(result: dict, out) -> None:
+def _report(result: dict[str, Any], out: TextIO, color: bool) -> None:
     result["ok"] = (not result["error"] and not result["torn_reads"]
                     and result["counter"] == result["write_txns"])
     total = result["write_txns"]
@@ -238,9 +333,10 @@ def _report(result: dict, out) -> None:
         f"txns checked\n  counter = {result['counter']:,} (expected "
         f"{total:,}), torn reads = {result['torn_reads']}\n  ")
     if result["ok"]:
-        out.write("OK: every transaction was atomic and none was lost\n")
+        out.write(f"{paint('OK:', 'ok', color)} every transaction was "
+                  "atomic and none was lost\n")
     elif result["error"]:
-        out.write(f"FAILED: {result['error']}; the counts above are "
-                  "incomplete\n")
+        out.write(f"{paint('FAILED:', 'bad', color)} {result['error']}; "
+                  "the counts above are incomplete\n")
     else:
-        out.write("FAILED\n")
+        out.write(f"{paint('FAILED', 'bad', color)}\n")

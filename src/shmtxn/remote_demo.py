@@ -68,9 +68,10 @@ def _reader(d: RedisDict, writers: int, results: Any) -> None:
 
 def run(url: str, writers: int = 4, readers: int = 2, txns: int = 2000,
         seconds: float = 0.0, start_method: str | None = None,
-        stream: TextIO | None = sys.stdout) -> dict[str, Any]:
+        stream: TextIO | None = sys.stdout,
+        color: bool = False) -> dict[str, Any]:
     """Run the demo on a new dict in the Redis at `url`; as shmtxn.demo.run
-    otherwise (the result also names the URL)."""
+    otherwise (the result also names the URL; no progress bar)."""
     demo.check_args(writers, readers, txns, seconds)
     ctx: Any = multiprocessing.get_context(start_method)
     out = stream or io.StringIO()
@@ -124,5 +125,5 @@ def run(url: str, writers: int = 4, readers: int = 2, txns: int = 2000,
                                  if p.exitcode not in (None, 0)],
             "error": error, "ok": False,
         }
-    demo._report(result, out)
+    demo._report(result, out, color)
     return result
