@@ -16,6 +16,10 @@ import os
 from . import _core
 from .errors import Error, SegmentInUseError, SegmentNotFoundError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["SHM_DIR", "list_segments", "segment_info", "check", "remove",
            "gc", "SegmentInUseError"]
 
@@ -35,7 +39,7 @@ def _shm_dir() -> str:
 SHM_DIR = _shm_dir()
 
 
-def _disk_usage(name: str) -> dict:
+def _disk_usage(name: str) -> dict[str, int]:
     st = os.stat(os.path.join(SHM_DIR, name))
     return {"file_size": st.st_size, "used_bytes": st.st_blocks * 512,
             "mtime_ns": st.st_mtime_ns}
@@ -51,7 +55,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def segment_info(name: str) -> dict:
+def segment_info(name: str) -> dict[str, Any]:
     """Everything known about `name`, without attaching.
 
     ``state`` is ``ready``, ``building`` (a live creator is initialising
@@ -89,7 +93,8 @@ def _names() -> list[str]:
                       and not e.name.startswith("sem."))
 
 
-def list_segments(all: bool = False, prefix: str = "") -> list[dict]:
+def list_segments(all: bool = False,
+                  prefix: str = "") -> list[dict[str, Any]]:
     """segment_info() of every shmtxn segment in SHM_DIR (and, with
     ``all=True``, every other file there too, as ``foreign``)."""
     found = []
@@ -105,7 +110,7 @@ def list_segments(all: bool = False, prefix: str = "") -> list[dict]:
     return found
 
 
-def _problems(info: dict) -> list[str]:
+def _problems(info: dict[str, Any]) -> list[str]:
     """What is wrong with a segment, as sentences."""
     state = info["state"]
     if state != "ready":
@@ -135,12 +140,14 @@ def _problems(info: dict) -> list[str]:
     return found
 
 
-def check(name: str, repair: bool = False, timeout: float = 5.0) -> dict:
+def check(name: str, repair: bool = False,
+          timeout: float = 5.0) -> dict[str, Any]:
     """Verify every invariant of `name`.  With ``repair=True``, first
     recover a dead writer and clear dead readers, exactly as the next
     transaction would.  Returns ``{"problems": [...], "repaired": {...}}``;
     no problems means the segment is sound."""
-    repaired = before = None
+    repaired: dict[str, int] | None = None
+    before: dict[str, Any] = {}
     if repair and (before := segment_info(name))["state"] == "ready":
         repaired = _core.repair(name, timeout)
     info = segment_info(name)
@@ -169,7 +176,7 @@ def _dict_problems(name: str, timeout: float) -> list[str]:
     return []
 
 
-def remove(name: str, force: bool = False) -> dict:
+def remove(name: str, force: bool = False) -> dict[str, Any]:
     """Unlink `name`.  Refuses (SegmentInUseError) while live processes
     have it attached, while its creator is still building it, or if it is
     not a shmtxn segment -- unless ``force=True``."""
@@ -204,13 +211,13 @@ def remove(name: str, force: bool = False) -> dict:
     return {"name": name, "removed": True, "state": info["state"]}
 
 
-def gc(dry_run: bool = False, prefix: str = "") -> list[dict]:
+def gc(dry_run: bool = False, prefix: str = "") -> list[dict[str, Any]]:
     """Remove every shmtxn segment no live process has attached (and those
     whose creator died mid-creation).  Never a live one, never a foreign
     file.  Returns what was (or, with ``dry_run``, would be) removed."""
     doomed = [info for info in list_segments(prefix=prefix)
               if info["state"] == "abandoned" or info.get("orphaned")]
-    removed = {}
+    removed: dict[str, bool] = {}
     for info in doomed:
         if not dry_run:
             removed[info["name"]] = _collect(info)
@@ -218,7 +225,7 @@ def gc(dry_run: bool = False, prefix: str = "") -> list[dict]:
              "removed": removed.get(i["name"], False)} for i in doomed]
 
 
-def _collect(info: dict) -> bool:
+def _collect(info: dict[str, Any]) -> bool:
     """Remove a segment gc found unused; False if it is in use by now.
 
     A shmtxn segment is removed under the attach/reclaim protocol
@@ -235,7 +242,7 @@ def _collect(info: dict) -> bool:
     return True
 
 
-def _why(info: dict) -> str:
+def _why(info: dict[str, Any]) -> str:
     """Why gc collects a segment, as `shmtxn gc` prints it."""
     if info["state"] == "abandoned":
         return "abandoned: its creator died mid-creation"
@@ -244,4 +251,5 @@ def _why(info: dict) -> str:
             f", creator {info['creator_pid']} "
             + ("alive" if info["creator_alive"] else "gone"))
         return f"orphaned: no live process has it attached{creator}"
-    return info["state"]
+    state: str = info["state"]
+    return state
