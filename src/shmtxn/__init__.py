@@ -16,6 +16,7 @@ from .errors import *  # noqa: F401,F403  (the exception hierarchy)
 from .admin import list_segments, segment_info
 from .memory import SharedMemory
 from .dict import SharedDict
+from . import _install
 from ._install import install, uninstall
 from . import admin
 

@@ -25,10 +25,16 @@ import time
 import timeit
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 from .memory import SharedMemory
 from ._procs import stop_processes
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
 
 Runner = Callable[[int], float]
 
@@ -43,7 +49,8 @@ class WorkerFailed(RuntimeError):
     """A benchmark worker died or stalled, so its numbers are missing."""
 
 
-def _stop_and_fail(procs, dead, gone, timeout, hint="") -> None:
+def _stop_and_fail(procs: Sequence[BaseProcess], dead: list[BaseProcess],
+                   gone: bool, timeout: float, hint: str = "") -> NoReturn:
     """Stop the workers and raise WorkerFailed saying why: the ones that
     died, all of them gone without a result, or the timeout."""
     stop_processes(procs)
@@ -55,11 +62,12 @@ def _stop_and_fail(procs, dead, gone, timeout, hint="") -> None:
                        "missing")
 
 
-def collect(out, procs, timeout: float = WORKER_TIMEOUT) -> list:
+def collect(out: Queue[Any], procs: Sequence[BaseProcess],
+            timeout: float = WORKER_TIMEOUT) -> list[Any]:
     """One result per worker from queue `out`, in arrival order.  Raises
     WorkerFailed (after stopping the workers) if one exits without
     reporting or the results take longer than `timeout` seconds."""
-    got = []
+    got: list[Any] = []
     deadline = time.monotonic() + timeout
     while len(got) < len(procs):
         try:
@@ -76,7 +84,8 @@ def collect(out, procs, timeout: float = WORKER_TIMEOUT) -> list:
     return got
 
 
-def join_all(procs, timeout: float = WORKER_TIMEOUT) -> None:
+def join_all(procs: Sequence[BaseProcess],
+             timeout: float = WORKER_TIMEOUT) -> None:
     """Join every worker within `timeout` seconds in all; WorkerFailed
     (after stopping them) if one is still running or failed."""
     deadline = time.monotonic() + timeout
@@ -94,7 +103,8 @@ def join_all(procs, timeout: float = WORKER_TIMEOUT) -> None:
                    for p in failed]))
 
 
-def receive(conn, procs, timeout: float = WORKER_TIMEOUT):
+def receive(conn: Connection, procs: Sequence[BaseProcess],
+            timeout: float = WORKER_TIMEOUT) -> Any:
     """The next message on pipe end `conn` from one of the workers `procs`.
     Raises WorkerFailed (after stopping them all) if a worker exits with
     an error, or they all exit, or nothing arrives within `timeout` s."""
@@ -121,11 +131,11 @@ class Stream:
     ``loop`` is the lean loop ``for k in part: target[k]``: the per-part
     call is paid once per pass or slice, not per operation."""
 
-    def __init__(self, items: list):
+    def __init__(self, items: list[Any]) -> None:
         self.items = items
         self.pos = 0
 
-    def take(self, n: int) -> list[list]:
+    def take(self, n: int) -> list[list[Any]]:
         items, size = self.items, len(self.items)
         parts = []
         while n > 0:
@@ -140,7 +150,8 @@ class Stream:
         return parts
 
 
-def lean(loop: Callable, target, items: list) -> Runner:
+def lean(loop: Callable[[Any, list[Any]], object], target: object,
+         items: list[Any]) -> Runner:
     """A runner: ``loop(target, part)`` over the next ``n`` items of
     `items` (see Stream); only the loops are timed."""
     stream = Stream(items)
@@ -257,7 +268,7 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
-def optional(module: str):
+def optional(module: str) -> Any:
     """Import a peer if installed (pip install .[bench]); else None."""
     try:
         return __import__(module)
@@ -271,7 +282,7 @@ SLOTS = 1000
 CTX = multiprocessing.get_context("fork")
 
 
-def loop(stmt: str, **names) -> "callable":
+def loop(stmt: str, **names: object) -> Runner:
     """A runner timing `stmt` n times with `names` bound as locals."""
     setup = "\n".join(f"{k} = _names[{k!r}]" for k in names)
     timer = timeit.Timer(stmt, setup=setup, globals={"_names": names})
@@ -281,13 +292,16 @@ def loop(stmt: str, **names) -> "callable":
 class Peers:
     """Every candidate's shared state, created once per run."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.std = shared_memory.SharedMemory(create=True, size=8 * SLOTS)
+        assert self.std.buf is not None  # (None once closed)
         self.mv = self.std.buf.cast("q")
         self.lock = CTX.Lock()
         self.array = CTX.Array("q", SLOTS)
         self.shr = SharedMemory(create=True, size=8 * SLOTS)
-        self.sem = self.env = self.lmdb_dir = None
+        self.sem: Any = None  # posix_ipc and lmdb come without types
+        self.env: Any = None
+        self.lmdb_dir: str | None = None
         if posix_ipc:
             self.sem = posix_ipc.Semaphore(None, posix_ipc.O_CREX,
                                            initial_value=1)
@@ -299,7 +313,7 @@ class Peers:
                 for i in range(SLOTS):
                     tx.put(b"%d" % i, bytes(8))
 
-    def open_lmdb(self):
+    def open_lmdb(self) -> Any:
         return lmdb.open(self.lmdb_dir, map_size=1 << 26, writemap=True,
                          sync=False, metasync=False, lock=True)
 
@@ -322,7 +336,7 @@ class Peers:
         finally:
             env.close()
 
-    def close(self):
+    def close(self) -> None:
         """Release everything; what someone removed meanwhile (`shmtxn rm
         --force`, `rm /dev/shm/...`) is already gone, which is fine."""
         self.mv.release()
@@ -331,7 +345,9 @@ class Peers:
             self.std.unlink()
         except FileNotFoundError:  # and so not unregistered: do it here
             from multiprocessing import resource_tracker
-            resource_tracker.unregister(self.std._name, "shared_memory")
+            # the name the stdlib registered: its private attribute
+            resource_tracker.unregister(
+                self.std._name, "shared_memory")  # type: ignore[attr-defined]
         self.shr.close()
         self.shr.unlink()
         if self.sem:
@@ -348,7 +364,7 @@ class Peers:
 # --------------------------------------------------------------------------
 # W1 and W2: one process
 
-def w1_candidates(p: Peers, op: str) -> dict:
+def w1_candidates(p: Peers, op: str) -> dict[str, Runner]:
     get = op == "get"
     c = {}
     c["memoryview.cast('q') (unsafe floor)"] = loop(
@@ -382,7 +398,7 @@ def indent(code: str, by: str = "    ") -> str:
     return "\n".join(by + line for line in code.splitlines())
 
 
-def w2_candidates(p: Peers) -> dict:
+def w2_candidates(p: Peers) -> dict[str, Runner]:
     body = W2_BODY.format(w="m[i] = i", r="m[i]")
     c = {"unsafe memoryview loop (floor)": loop(body, m=p.mv)}
     c["mp.Array raw under get_lock()"] = loop(
@@ -406,7 +422,8 @@ def w2_candidates(p: Peers) -> dict:
     return c
 
 
-def quick_tables(samples: int = 3, min_sample: float = 0.05) -> list[tuple]:
+def quick_tables(samples: int = 3, min_sample: float = 0.05,
+                 ) -> list[tuple[str, dict[str, Result], str]]:
     """W1 get, W1 set and W2 against the peers: (title, results, floor)."""
     p = Peers()
     try:

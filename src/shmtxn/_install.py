@@ -23,13 +23,18 @@ import os
 import sys
 import types
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["install", "uninstall", "installed", "run_script"]
 
 MODULE = "multiprocessing.shared_memory"
 # Set for the children of `shmtxn run`: importing shmtxn installs.
 ENV = "SHMTXN_INSTALL"
 _MISSING = object()
-_saved: tuple | None = None  # (module in sys.modules, attribute) before
+# (module in sys.modules, attribute of multiprocessing) before install()
+_saved: tuple[types.ModuleType, Any] | None = None
 
 
 def _shim(real: types.ModuleType) -> types.ModuleType:
@@ -40,10 +45,10 @@ def _shim(real: types.ModuleType) -> types.ModuleType:
     for key, value in vars(real).items():
         if not key.startswith("__"):
             setattr(shim, key, value)
-    shim.__all__ = list(getattr(real, "__all__", ()))
     shim.__file__ = getattr(real, "__file__", None)
-    shim.SharedMemory = SharedMemory
-    shim.stdlib = real  # the real module, for code that needs it
+    vars(shim).update(__all__=list(getattr(real, "__all__", ())),
+                      SharedMemory=SharedMemory,
+                      stdlib=real)  # the real module, for code that needs it
     return shim
 
 
@@ -55,9 +60,9 @@ def install() -> None:
         return
     import multiprocessing
     import multiprocessing.managers  # noqa: F401  (binds the real module)
-    real = sys.modules.get(MODULE)
-    if real is None:
-        import multiprocessing.shared_memory as real
+    if MODULE not in sys.modules:
+        import multiprocessing.shared_memory  # noqa: F401
+    real = sys.modules[MODULE]
     _saved = (real, getattr(multiprocessing, "shared_memory", _MISSING))
     shim = _shim(real)
     sys.modules[MODULE] = shim
@@ -84,7 +89,8 @@ def installed() -> bool:
     return _saved is not None
 
 
-def run_script(path: str, args: list[str], start_method: str | None = None):
+def run_script(path: str, args: list[str],
+               start_method: str | None = None) -> None:
     """Run the script at `path` as ``python path args...`` would, with
     :func:`install` applied here and in the processes it starts."""
     import multiprocessing

@@ -22,6 +22,30 @@ import time
 
 from .errors import LockTimeout
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import Callable, Coroutine
+    from typing import Any, Literal, Protocol
+
+    from . import _core
+
+    _Handle = _core.Memory | _core.Dict
+    _AnyTxn = _core.Txn | _core.DictTxn
+    _Job = Callable[[], None]
+
+    class _Waitable(Protocol):
+        """A handle wait_async can wait on: SharedMemory or SharedDict."""
+
+        @property
+        def name(self) -> str: ...
+        @property
+        def version(self) -> int: ...
+        def wait(self, since: int | None = None,
+                 timeout: float | None = None) -> int: ...
+        def txn(self, write: bool | None = None,
+                timeout: float | None = None) -> object: ...
+
 __all__ = ["txn_until", "wait_async"]
 
 # Longest single wait of a worker thread before it looks at its cancel
@@ -35,23 +59,24 @@ class _UntilTxn:
 
     __slots__ = ("_handle", "_pred", "_write", "_timeout", "_txn")
 
-    def __init__(self, handle, pred, write, timeout):
+    def __init__(self, handle: _Handle, pred: Callable[[Any], object],
+                 write: bool, timeout: float | None) -> None:
         self._handle = handle
         self._pred = pred
         self._write = write
         self._timeout = timeout
-        self._txn = None
+        self._txn: _AnyTxn | None = None
 
     @property
     def write(self) -> bool:
         return self._write
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "not entered" if self._txn is None else repr(self._txn)
         return (f"<shmtxn txn until {self._pred!r} on "
                 f"{self._handle.name!r}, {state}>")
 
-    def __enter__(self):
+    def __enter__(self) -> _AnyTxn:
         if self._txn is not None:
             raise RuntimeError("a transaction object can be entered once; "
                                "open a new one with .txn()")
@@ -87,14 +112,14 @@ class _UntilTxn:
             else:
                 handle.wait(seen)
 
-    def __exit__(self, *exc):
-        t = self._txn
-        if t is None:
-            return False
-        return t.__exit__(*exc)
+    def __exit__(self, *exc: object) -> Literal[False]:
+        if self._txn is not None:
+            self._txn.__exit__(*exc)  # never swallows: returns False
+        return False
 
 
-def txn_until(handle, pred, write, timeout):
+def txn_until(handle: _Handle, pred: Callable[[Any], object], write: bool,
+              timeout: float | None) -> _UntilTxn:
     """What ``handle.txn(write, timeout, until=pred)`` returns."""
     return _UntilTxn(handle, pred, write, timeout)
 
@@ -108,11 +133,12 @@ class _Workers:
     while idle: a wait blocks one thread, never the loop, and never queues
     behind another wait."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle = []  # [(event, slot)] of parked workers
+        # [(event, slot)] of parked workers
+        self._idle: list[tuple[threading.Event, list[_Job | None]]] = []
 
-    def submit(self, job):
+    def submit(self, job: _Job) -> None:
         with self._lock:
             if self._idle:
                 ready, slot = self._idle.pop()
@@ -122,11 +148,13 @@ class _Workers:
         threading.Thread(target=self._run, args=(job,), daemon=True,
                          name="shmtxn-wait").start()
 
-    def _run(self, job):
-        ready, slot = threading.Event(), [None]
+    def _run(self, job: _Job | None) -> None:
+        ready = threading.Event()
+        slot: list[_Job | None] = [None]
         while True:
             try:
-                job()
+                if job is not None:
+                    job()
             except BaseException:  # e.g. the loop closed under us
                 pass
             job = None
@@ -141,7 +169,7 @@ class _Workers:
 _workers = _Workers()
 
 
-def _forget_parent_workers():
+def _forget_parent_workers() -> None:
     """In a forked child: the parent's parked workers were not forked
     (only the forking thread is), so a job handed to one would never run.
     Start the child with an empty pool and a fresh lock."""
@@ -152,7 +180,8 @@ def _forget_parent_workers():
 os.register_at_fork(after_in_child=_forget_parent_workers)
 
 
-def _blocking_wait(handle, since, deadline, cancelled):
+def _blocking_wait(handle: _Waitable, since: int, deadline: float | None,
+                   cancelled: threading.Event) -> int:
     """Wait in slices so a cancelled coroutine frees its thread soon."""
     while True:
         left = _SLICE
@@ -165,7 +194,9 @@ def _blocking_wait(handle, since, deadline, cancelled):
             return version
 
 
-def wait_async(handle, since=None, timeout=None):
+def wait_async(handle: _Waitable, since: int | None = None,
+               timeout: float | None = None,
+               ) -> Coroutine[Any, Any, int]:
     """``await handle.wait_async(since=None, timeout=None)``: the new
     version once another commit moved it past ``since``, or ``since`` if
     ``timeout`` seconds passed first -- without blocking the event loop.
@@ -177,23 +208,24 @@ def wait_async(handle, since=None, timeout=None):
     return _wait_async(handle, since, timeout, version)
 
 
-async def _wait_async(handle, since, timeout, version):
+async def _wait_async(handle: _Waitable, since: int,
+                      timeout: float | None, version: int) -> int:
     import asyncio  # only here: importing shmtxn stays cheap
 
     if version != since or timeout == 0:
         return version
     deadline = None if timeout is None else time.monotonic() + timeout
     loop = asyncio.get_running_loop()
-    future = loop.create_future()
+    future: asyncio.Future[int] = loop.create_future()
     cancelled = threading.Event()
 
-    def job():
+    def job() -> None:
         try:
             result = _blocking_wait(handle, since, deadline, cancelled)
         except BaseException as exc:  # handed to the awaiting task
-            loop.call_soon_threadsafe(_settle, future, None, exc)
+            loop.call_soon_threadsafe(_settle, future, exc)
         else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
+            loop.call_soon_threadsafe(_settle, future, result)
 
     _workers.submit(job)
     try:
@@ -202,10 +234,12 @@ async def _wait_async(handle, since, timeout, version):
         cancelled.set()  # on cancellation: the worker leaves in a slice
 
 
-def _settle(future, result, exc):
+def _settle(future: asyncio.Future[int],
+            outcome: int | BaseException) -> None:
+    """Hand the wait's result, or the exception it raised, to `future`."""
     if future.done():
         return  # cancelled meanwhile
-    if exc is not None:
-        future.set_exception(exc)
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
     else:
-        future.set_result(result)
+        future.set_result(outcome)

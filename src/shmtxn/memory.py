@@ -12,6 +12,21 @@ import sys
 
 from . import _core
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Sequence
+    from typing import Any, TypeVar
+
+    from typing_extensions import Buffer, Self
+
+    from ._core import _ArrayLike, _DType
+    from ._wait import _Waitable
+
+    _H = TypeVar("_H", bound="SharedMemory")
+    #: What format= takes: a struct code or numpy dtype name ("d",
+    #: "float64", "<f8"), a numpy dtype, or a numpy scalar type.
+    _Format = str | _DType | type
+
 __all__ = ["SharedMemory", "format_code"]
 
 _FORMATS = "bBhHiIlLqQnNefd?"
@@ -28,7 +43,7 @@ _DTYPE_CODES = {
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 
 
-def format_code(fmt) -> str | None:
+def format_code(fmt: _Format | None) -> str | None:
     """The struct code for `fmt`: a struct code ("d"), a numpy dtype name
     or string ("float64", "<f8"), a numpy dtype, or a numpy scalar type."""
     if fmt is None or (isinstance(fmt, str) and len(fmt) == 1):
@@ -54,7 +69,7 @@ def format_code(fmt) -> str | None:
                      f"({_FORMATS}) or a numpy dtype of those")
 
 
-def _check_mode(mode) -> int:
+def _check_mode(mode: object) -> int:
     """`mode` if it is permission bits a segment can have (an int within
     0o777 that lets the owner read and write), else ValueError."""
     if isinstance(mode, bool) or not isinstance(mode, int):
@@ -75,14 +90,14 @@ class _Octal(int):
 
     __slots__ = ()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"0o{int(self):o}"
 
 
 _MODE = _Octal(0o600)
 
 
-def _reattach(cls, name, read_only):
+def _reattach(cls: type[_H], name: str, read_only: bool) -> _H:
     """Unpickle a handle: attach to the segment by name."""
     return cls(name, read_only=read_only)
 
@@ -130,10 +145,13 @@ class SharedMemory(_core.Memory):
 
     __slots__ = ()
 
-    def __init__(self, name=None, create=False, size=0, *, track=True,
-                 read_only=False, format=None, shape=None, data=None,
-                 undo_size=0, max_processes=0, populate=False, timeout=None,
-                 mode=_MODE):
+    def __init__(self, name: str | None = None, create: bool | None = False,
+                 size: int = 0, *, track: bool = True,
+                 read_only: bool = False, format: _Format | None = None,
+                 shape: int | Sequence[int] | None = None,
+                 data: Buffer | _ArrayLike | None = None, undo_size: int = 0,
+                 max_processes: int = 0, populate: bool = False,
+                 timeout: float | None = None, mode: int = _MODE) -> None:
         super().__init__(name, create, size, read_only=read_only,
                          format=format_code(format), shape=shape, data=data,
                          undo_size=undo_size, max_processes=max_processes,
@@ -141,7 +159,8 @@ class SharedMemory(_core.Memory):
                          mode=_check_mode(mode), track=track)
 
     @classmethod
-    def from_array(cls, array, name=None, **kwargs):
+    def from_array(cls, array: object, name: str | None = None,
+                   **kwargs: Any) -> Self:
         """A new segment holding a copy of `array` (any numpy array or
         array-like; stored in C order), with its shape and dtype.  With
         ``create=None``: the segment under `name` if it exists (then of
@@ -155,7 +174,9 @@ class SharedMemory(_core.Memory):
         return cls(name, format=array.dtype, shape=array.shape, data=array,
                    **kwargs)
 
-    def wait_async(self, since=None, timeout=None):
+    def wait_async(self: _Waitable, since: int | None = None,
+                   timeout: float | None = None,
+                   ) -> Coroutine[Any, Any, int]:
         """``await shr.wait_async(since=None, timeout=None)``: ``wait()``
         for coroutines -- it sleeps on a worker thread, so the event loop
         runs on (docs/coordination.md).  The new version, or ``since`` if
@@ -165,12 +186,13 @@ class SharedMemory(_core.Memory):
 
         return _wait.wait_async(self, since, timeout)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[type[Self], str, bool], Self],
+                                  tuple[type[Self], str, bool]]:
         if self.closed:
             raise ValueError(f"cannot pickle closed segment {self.name!r}")
         return (_reattach, (type(self), self.name, self.read_only))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.closed:
             return f"<SharedMemory {self.name!r} closed>"
         mode = "read-only" if self.read_only else "read-write"

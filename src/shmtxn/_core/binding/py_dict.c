@@ -275,6 +275,10 @@ static PyMethodDef Dict_methods[] = {
      "Check the whole table and heap; CorruptSegmentError if damaged."},
     {"_snapshot", (PyCFunction)Dict_snapshot, METH_O,
      "_snapshot(what) -> list of keys (0), values (1) or items (2)"},
+    /* generic in the key and value types, for type checkers (the
+     * subclasses in dict.py subscript it) */
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "See PEP 585."},
     {NULL, NULL, 0, NULL},
 };
 

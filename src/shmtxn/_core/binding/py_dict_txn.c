@@ -177,6 +177,10 @@ static PyMethodDef DictTxn_methods[] = {
     {"clear", (PyCFunction)DictTxn_clear, METH_NOARGS, "Delete every key."},
     {"_snapshot", (PyCFunction)DictTxn_snapshot, METH_O,
      "_snapshot(what) -> list of keys (0), values (1) or items (2)"},
+    /* generic in the key and value types, for type checkers (the
+     * subclasses in dict.py subscript it) */
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "See PEP 585."},
     {NULL, NULL, 0, NULL},
 };
 
