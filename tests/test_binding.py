@@ -306,3 +306,12 @@ def test_binding_calls_only_go_down_the_floors():
               and floor_of[b] <= floor_of[a]]
     assert not upward, f"calls that do not go down binding.h's floors: " \
                        f"{upward}"
+
+
+def test_the_package_exports_every_error_class():
+    """shmtxn.__all__ spells out errors.__all__ (for type checkers): a
+    class added to errors.py must be added there too."""
+    missing = set(shmtxn.errors.__all__) - set(shmtxn.__all__)
+    assert not missing, f"add {sorted(missing)} to shmtxn/__init__.py"
+    for name in shmtxn.errors.__all__:
+        assert getattr(shmtxn, name) is getattr(shmtxn.errors, name)

@@ -12,7 +12,12 @@
 """
 
 from . import errors
-from .errors import *  # noqa: F401,F403  (the exception hierarchy)
+from .errors import (  # the exception hierarchy
+    AccessDeniedError, BufferExportsError, CorruptSegmentError, Error,
+    IncompatibleSegmentError, LockTimeout, NestedTransactionError,
+    ReadOnlyError, SegmentClosedError, SegmentExistsError, SegmentFullError,
+    SegmentInUseError, SegmentNotFoundError, TransactionClosedError,
+    TransactionThreadError, TransactionTooLarge, TransactionsOpenError)
 from .admin import list_segments, segment_info
 from .memory import SharedMemory
 from .dict import SharedDict
@@ -23,7 +28,15 @@ from . import admin
 __version__ = "0.1.0"
 
 __all__ = ["SharedMemory", "SharedDict", "list_segments", "segment_info",
-           "install", "uninstall", "__version__", *errors.__all__]
+           "install", "uninstall", "__version__",
+           # errors.__all__, spelled out for type checkers and stubtest
+           "Error", "SegmentExistsError", "SegmentNotFoundError",
+           "AccessDeniedError", "ReadOnlyError", "LockTimeout",
+           "TransactionTooLarge", "SegmentFullError", "CorruptSegmentError",
+           "IncompatibleSegmentError", "TransactionClosedError",
+           "NestedTransactionError", "SegmentClosedError",
+           "BufferExportsError", "TransactionsOpenError",
+           "TransactionThreadError", "SegmentInUseError"]
 
 # children of `shmtxn run` (spawn, forkserver) install as they import us
 import os as _os

@@ -12,10 +12,17 @@ the segment), so "no beacon" means dead, even if the pid was reused.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from . import _core
 from .errors import Error, SegmentInUseError, SegmentNotFoundError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from typing import Any
+
+#: What the functions here return about a segment (docs/cli.md lists the
+#: fields; ``shmtxn info NAME --json`` shows them all).
+Info = dict[str, "Any"]
 
 __all__ = ["SHM_DIR", "list_segments", "segment_info", "check", "remove",
            "gc", "SegmentInUseError"]
@@ -34,11 +41,6 @@ def _shm_dir() -> str:
 #: shmtxn is imported (the engine reads it then too), else ``/dev/shm``
 #: (on Linux the POSIX shm object ``/x`` is the file ``/dev/shm/x``).
 SHM_DIR = _shm_dir()
-
-
-#: What the functions here return about a segment (docs/cli.md lists the
-#: fields; ``shmtxn info NAME --json`` shows them all).
-Info = dict[str, Any]
 
 
 def _disk_usage(name: str) -> Info:

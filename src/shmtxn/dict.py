@@ -192,13 +192,11 @@ class _HandleMethods(_MappingMethods["_KT", "_VT"]):
 
     __slots__ = ()
 
-    if TYPE_CHECKING:
-        @abstractmethod
-        def txn(self, write: bool | None = None,
-                timeout: float | None = None,
-                ) -> AbstractContextManager[_TxnMethods[_KT, _VT], None]:
-            """The backend's transaction: a context manager giving a
-            txn mapping."""
+    @abstractmethod
+    def txn(self, write: bool | None = None, timeout: float | None = None,
+            ) -> AbstractContextManager[_TxnMethods[_KT, _VT], None]:
+        """The backend's transaction: a context manager giving a txn
+        mapping."""
 
     @overload
     def pop(self, key: _KT) -> _VT: ...

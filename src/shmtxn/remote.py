@@ -20,6 +20,7 @@ atomic Redis command or script.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -330,9 +331,7 @@ def _wrapped(method: _F) -> _F:
         except redis.RedisError as e:
             handle = self if isinstance(self, RedisDict) else self._d
             raise handle._redis_failed(e) from e
-    call.__name__ = method.__name__
-    call.__qualname__ = method.__qualname__
-    call.__doc__ = method.__doc__
+    functools.update_wrapper(call, method)  # its name, doc, signature
     return call  # type: ignore[return-value]
 
 
