@@ -49,10 +49,11 @@ __all__ = ["RedisDict", "RedisDictTxn", "LeaseLostError",
            "RemoteUnavailableError", "FORMAT"]
 
 #: The layout of the Redis keys (docs/remote.md); kept in the meta hash.
-FORMAT: Final = 1
+FORMAT: Final = 2
 _KEYS, _VALUES, _ITEMS = 0, 1, 2
 _MISSING: Final = object()
 _SLICE = 1.0            # longest blocking wait before looking again (s)
+_TIMEOUT = 10.0         # a handle's default bound on connecting and replies
 _MAX_TIMEOUT = 1e9
 
 
@@ -62,7 +63,10 @@ class LeaseLostError(Error, RuntimeError):
 
 
 class RemoteUnavailableError(Error, ConnectionError):
-    """The Redis server could not be reached, or the connection broke."""
+    """The Redis server could not be reached, did not answer within the
+    handle's ``timeout``, the connection broke, or Redis refused the
+    dict's commands (a database number it does not have, an ACL, out of
+    memory, a read-only replica)."""
 
 
 # ---- the scripts -----------------------------------------------------
@@ -72,11 +76,13 @@ class RemoteUnavailableError(Error, ConnectionError):
 #   M meta hash   D data hash   O order zset   K key kinds hash
 #   L writer lease   R readers zset   W drain flag
 #   N writers' wake list   Q readers' wake list   X drain wake list
-_KEY_NAMES: Final = "MDOKLRWNQX"
+#   C committed txns' tokens (zset scored by fence)
+_KEY_NAMES: Final = "MDOKLRWNQXC"
+_COMMITS_KEPT: Final = 256   # tokens in C: a retried commit looks there
 
 _PRELUDE = """
-local M, D, O, K, L, R, W, N, Q, X = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-    KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local M, D, O, K, L, R, W, N, Q, X, C = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
+    KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -136,9 +142,9 @@ end
 # create: ARGV id, format, created -> 1, or 0 if the name is taken
 _CREATE = """
 if redis.call('EXISTS', M) == 1 then return 0 end
-redis.call('DEL', D, O, K, L, R, W, N, Q, X)
+redis.call('DEL', D, O, K, L, R, W, N, Q, X, C)
 redis.call('HSET', M, 'id', ARGV[1], 'format', ARGV[2], 'created', ARGV[3],
-           'version', 0, 'fence', 0, 'next', 0, 'rwait', 0)
+           'version', 0, 'fence', 0, 'next', 0, 'rwait', 0, 'forgot', 0)
 return 1
 """
 
@@ -176,25 +182,32 @@ if redis.call('GET', W) == ARGV[1] then redis.call('PEXPIRE', W, ARGV[2]) end
 return 1
 """
 
-# give a lease up (abort), or take it from a holder that is gone:
-# ARGV token -> 1 released, 0 it was not that token's
+# give up what a token holds (an abort), or clear what a client that is
+# gone held: the lease, the drain flag, a read registration.
+# ARGV token -> 1 if it held the lease or the drain flag, else 0
 _RELEASE = """
-if redis.call('GET', L) ~= ARGV[1] then return 0 end
-redis.call('DEL', L)
-if redis.call('GET', W) == ARGV[1] then redis.call('DEL', W) end
-wake()
-return 1
+local held = 0
+if redis.call('GET', L) == ARGV[1] then redis.call('DEL', L); held = 1 end
+if redis.call('GET', W) == ARGV[1] then redis.call('DEL', W); held = 1 end
+redis.call('ZREM', R, ARGV[1])
+if held == 1 then wake() end
+return held
 """
 
 # commit: ARGV token, id, lease ms, cleared ('0'/'1'), then per write
 # op ('s' set, 'f' set moved to the end, 'd' del), field, value, kind
 # -> {1, version} | {0, ms to the first reader's expiry, readers...} |
-#    {-1} gone | {-3} lease lost
+#    {-1} gone | {-3} lease lost, nothing applied | {-4} the lease is
+#    gone and whether this token committed was forgotten (C is trimmed)
 _COMMIT = """
 if gone(ARGV[2]) then return {-1} end
+local fence = tonumber(string.match(ARGV[1], '^%d+'))
 if redis.call('GET', L) ~= ARGV[1] then
-  if redis.call('HGET', M, 'last') == ARGV[1] then
+  if redis.call('ZSCORE', C, ARGV[1]) then
     return {1, tonumber(redis.call('HGET', M, 'version'))}
+  end
+  if fence <= tonumber(redis.call('HGET', M, 'forgot') or '0') then
+    return {-4}
   end
   return {-3}
 end
@@ -219,19 +232,23 @@ end
 local v
 if changed then v = bump()
 else v = tonumber(redis.call('HGET', M, 'version')) end
-redis.call('HSET', M, 'last', ARGV[1])
+redis.call('ZADD', C, fence, ARGV[1])
+if redis.call('ZCARD', C) > {kept} then
+  redis.call('HSET', M, 'forgot', redis.call('ZPOPMIN', C)[2])
+end
 redis.call('DEL', L, W)
 wake()
 return {1, v}
-"""
+""".replace("{kept}", str(_COMMITS_KEPT))
 
 # begin a read txn: ARGV id, reader token, lease ms
-# -> {1} | {0, pttl of the drain flag} | {-1}
+# -> {1} | {0, pttl of the drain flag, the drainer's token} | {-1}
 _READ_BEGIN = """
 if gone(ARGV[1]) then return {-1} end
-if redis.call('EXISTS', W) == 1 then
+local drainer = redis.call('GET', W)
+if drainer then
   redis.call('HINCRBY', M, 'rwait', 1)
-  return {0, redis.call('PTTL', W)}
+  return {0, redis.call('PTTL', W), drainer}
 end
 redis.call('ZADD', R, now_ms() + tonumber(ARGV[3]), ARGV[2])
 return {1}
@@ -256,15 +273,25 @@ return {1, read(ARGV[3], 4)}
 """
 
 # a consistent read outside a read txn: ARGV id, what, fields...
+# -> {1, result} | {-1} gone
 _READ = """
 if gone(ARGV[1]) then return {-1} end
 return {1, read(ARGV[2], 3)}
 """
 
+# a read inside a write txn, which also renews its lease: ARGV id, token,
+# lease ms, what, fields... -> {1, result} | {-1} gone | {-3} lease lost
+_READ_HELD = """
+if gone(ARGV[1]) then return {-1} end
+if redis.call('GET', L) ~= ARGV[2] then return {-3} end
+redis.call('PEXPIRE', L, ARGV[3])
+return {1, read(ARGV[4], 5)}
+"""
+
 # remove the dict: ARGV id -> 1, or 0 if it is not (or no longer) ours
 _UNLINK = """
 if gone(ARGV[1]) then return 0 end
-redis.call('DEL', M, D, O, K, L, R, W, N, Q, X)
+redis.call('DEL', M, D, O, K, L, R, W, N, Q, X, C)
 return 1
 """
 
@@ -272,7 +299,7 @@ _SCRIPTS: Final = {
     "create": _CREATE, "single": _SINGLE, "acquire": _ACQUIRE,
     "renew": _RENEW, "release": _RELEASE, "commit": _COMMIT,
     "read_begin": _READ_BEGIN, "read_end": _READ_END, "read_in": _READ_IN,
-    "read": _READ, "unlink": _UNLINK,
+    "read": _READ, "read_held": _READ_HELD, "unlink": _UNLINK,
 }
 
 # ---- helpers ------------------------------------------------------------
@@ -336,10 +363,11 @@ def _wrapped(method: _F) -> _F:
     return call  # type: ignore[return-value]
 
 
-def _reconnect(url: str, name: str, read_only: bool,
-               lease: float) -> RedisDict:
+def _reconnect(url: str, name: str, read_only: bool, lease: float,
+               timeout: float | None = None) -> RedisDict:
     """Unpickle a handle: connect again by URL and name."""
-    return RedisDict(url, name, read_only=read_only, lease=lease)
+    return RedisDict(url, name, read_only=read_only, lease=lease,
+                     timeout=timeout)
 
 
 # ---- the handle -----------------------------------------------------------
@@ -349,8 +377,9 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
 
     ``RedisDict(url, name, create=False, *, read_only=False, timeout=None,
     lease=10.0)``: ``create`` is False (attach), True (create; the name
-    must be free) or None (either); ``timeout`` bounds connecting;
-    ``lease`` is how long (seconds) a txn's claim on the dict outlives a
+    must be free) or None (either); ``timeout`` (seconds, default 10)
+    bounds connecting and waiting for each reply from Redis
+    (RemoteUnavailableError beyond it); ``lease`` is how long (seconds) a txn's claim on the dict outlives a
     client that stopped talking to Redis.  The handle that created the
     dict owns it: leaving its ``with`` block removes it.
     """
@@ -369,6 +398,11 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         if not name or "\0" in name or len(name) > 248:
             raise ValueError(f"bad SharedDict name {name!r}: it must be 1 "
                              f"to 248 characters, without NUL")
+        if name.startswith("}"):
+            # the keys' hash tag {NAME} ends at the first '}': it would be
+            # empty, and a Redis Cluster would spread the keys over slots
+            raise ValueError(f"bad SharedDict name {name!r} for Redis: it "
+                             f"must not start with '}}'")
         if create not in (True, False, None):
             raise TypeError("create must be True, False or None")
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) \
@@ -379,6 +413,11 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
             raise ValueError("create=True with read_only=True")
         self._url, self._name, self._read_only = url, name, bool(read_only)
         self._timeout = _check_timeout(timeout)
+        if self._timeout is None:
+            self._timeout = _TIMEOUT
+        elif self._timeout == 0:
+            raise ValueError("timeout must be more than 0 seconds (or None "
+                             "for the default)")
         self._lease = float(lease)
         self._lease_ms = max(1, int(lease * 1000))
         prefix = f"shmtxn:{{{name}}}:"
@@ -394,6 +433,11 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         try:
             self._open(create)
         except BaseException:
+            if self._created:  # made, then failed: leave nothing behind
+                try:
+                    self._script("unlink", self._id)
+                except (Error, redis.RedisError):
+                    pass
             self._disconnect()
             self._closed = True
             raise
@@ -437,10 +481,19 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
             if self._client is None or self._client_pid != os.getpid():
                 name = _client_name()
                 self._scripts = {}
-                self._client = redis.Redis.from_url(
+                client = redis.Redis.from_url(
                     self._url, client_name=name,
                     retry=Retry(NoBackoff(), 0),
-                    socket_connect_timeout=self._timeout)
+                    socket_connect_timeout=self._timeout,
+                    socket_timeout=self._timeout)
+                options = client.connection_pool.connection_kwargs
+                if options.get("decode_responses"):
+                    client.close()
+                    raise ValueError(
+                        f"SharedDict {self._name!r}: the URL {self._url} "
+                        f"asks for decode_responses, but a SharedDict "
+                        f"needs Redis's replies as bytes; drop the option")
+                self._client = client
                 self._conn_name, self._client_pid = name, os.getpid()
             return self._client
 
@@ -472,14 +525,23 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
     def _redis_failed(self, e: redis.RedisError) -> Exception:
         """The shmtxn error for a Redis client error."""
         where = f"SharedDict {self._name!r} on {self._url}"
-        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        if isinstance(e, redis.TimeoutError):
+            return RemoteUnavailableError(
+                f"{where}: Redis did not answer within timeout="
+                f"{self._timeout:g} s ({e})")
+        if isinstance(e, redis.ConnectionError):
             return RemoteUnavailableError(f"{where}: Redis is unreachable "
                                           f"or the connection broke ({e})")
         if isinstance(e, redis.ResponseError) and "WRONGTYPE" in str(e):
             return CorruptSegmentError(f"{where}: a Redis key under "
                                        f"'shmtxn:{{{self._name}}}:' holds "
                                        f"another type ({e})")
-        return e
+        if "DB index" in str(e):
+            return RemoteUnavailableError(
+                f"{where}: this Redis has no database of the URL's number "
+                f"({e})")
+        return RemoteUnavailableError(f"{where}: Redis refused the dict's "
+                                      f"commands ({e})")
 
     def _gone(self) -> NoReturn:
         raise SegmentNotFoundError(
@@ -545,13 +607,13 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
 
     # -- the mapping, each op atomic --
 
-    @_wrapped
+    # d[k], `in` and len() are one script each, like the rest: it checks
+    # the dict is still the one this handle opened (a plain HGET would
+    # read a newer dict made under the same name)
+
     def __getitem__(self, key: Any) -> Any:
-        field, _ = _core.encode_key(key)
-        self._nested_check()
-        raw = cast("bytes | None", self._redis().hget(self._keys[1], field))
+        raw = self._read(b"g", _core.encode_key(key)[0])[0]
         if raw is None:
-            self._check_here()
             raise KeyError(key)
         return self._value(raw)
 
@@ -561,22 +623,11 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         except KeyError:
             return default
 
-    @_wrapped
     def __contains__(self, key: object) -> bool:
-        field, _ = _core.encode_key(key)
-        self._nested_check()
-        if self._redis().hexists(self._keys[1], field):
-            return True
-        self._check_here()
-        return False
+        return bool(self._read(b"x", _core.encode_key(key)[0])[1])
 
-    @_wrapped
     def __len__(self) -> int:
-        self._nested_check()
-        n = int(self._redis().hlen(self._keys[1]))
-        if n == 0:
-            self._check_here()
-        return n
+        return int(self._read(b"n"))
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._snapshot(_KEYS))
@@ -661,8 +712,11 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
     def _wait_on(self, lists: int, seconds: float) -> None:
         """Block on wake list `lists` (an index into the keys) for at most
         `seconds` (Redis wakes us when the list gets an element)."""
+        # Redis answers a BLPOP after its own timeout: keep that well
+        # inside the client's reply timeout
         self._redis().blpop([self._keys[lists]],
-                            timeout=max(0.001, min(seconds, _SLICE)))
+                            timeout=max(0.001, min(seconds, _SLICE,
+                                                   self._timeout / 2)))
 
     @_wrapped
     def _dead(self, tokens: list[bytes]) -> list[bytes]:
@@ -818,7 +872,7 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
             raise ValueError(f"cannot pickle closed SharedDict "
                              f"{self._name!r}")
         return (_reconnect, (self._url, self._name, self._read_only,
-                             self._lease))
+                             self._lease, self._timeout))
 
     def __repr__(self) -> str:
         if self._closed:
@@ -945,6 +999,9 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
                 return
             if reply[0] == -1:
                 d._gone()
+            drainer = reply[2]
+            if d._dead([drainer]) and d._script("release", drainer):
+                continue  # the committing writer is gone: its flag too
             left = self._timed_out(deadline)
             d._wait_on(8, min(left, max(int(reply[1]), 1) / 1000))
 
@@ -999,15 +1056,13 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
                     reply = d._script("commit", *args)
                 except (redis.ConnectionError, redis.TimeoutError) as e:
                     # Did it apply before the connection broke?  Once
-                    # more: the script answers "committed" for our token,
-                    # or applies now, or says the lease is gone.
+                    # more: the script answers "committed" for our token
+                    # (C keeps it), or applies now, or says the lease is
+                    # gone and the txn was not applied.
                     if retried:
                         self._end()
-                        raise RemoteUnavailableError(
-                            f"SharedDict {d._name!r} on {d._url}: the "
-                            f"connection broke during the commit and Redis "
-                            f"cannot be asked whether it was applied "
-                            f"({e})") from e
+                        raise self._unknown(f"Redis cannot be asked ({e})") \
+                            from e
                     retried = True
                     continue
                 if reply[0] == 1:
@@ -1015,17 +1070,33 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
                 if reply[0] == -1:
                     self._end()
                     d._gone()
-                if reply[0] == -3:
+                if reply[0] == -4 and retried:
+                    self._end()
+                    raise self._unknown(
+                        f"more than {_COMMITS_KEPT} commits happened since, "
+                        f"and Redis keeps no record of it")
+                if reply[0] in (-3, -4):
                     self._lost()
-                readers = list(reply[2:])
-                dead = d._dead(readers)
+                dead = d._dead(list(reply[2:]))
                 if dead:
-                    d._redis().zrem(d._keys[5], *dead)
+                    for token in dead:
+                        d._script("release", token)
                     continue
-                d._wait_on(9, max(int(reply[1]), 1) / 1000)
+                # wake when a reader leaves, else look again before the
+                # first reader's expiry or a third of our lease: the
+                # script renews the lease and the drain flag each time
+                d._wait_on(9, min(max(int(reply[1]), 1) / 1000,
+                                  d._lease / 3))
         finally:
             self._buf = {}
         self._end()
+
+    def _unknown(self, why: str) -> RemoteUnavailableError:
+        d = self._d
+        return RemoteUnavailableError(
+            f"SharedDict {d._name!r} on {d._url}: the connection broke "
+            f"during the commit and whether it was applied is unknown: "
+            f"{why}")
 
     @_wrapped
     def abort(self) -> None:
@@ -1064,11 +1135,15 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
         """A read of the committed dict, as this txn may see it."""
         d = self._d
         if self._write:
-            self._renew()
-            reply = d._script("read", d._id, what, *fields)
+            now = time.monotonic()
+            reply = d._script("read_held", d._id, self._token, d._lease_ms,
+                              what, *fields)
             if reply[0] == -1:
                 self._end()
                 d._gone()
+            if reply[0] != 1:
+                self._lost()
+            self._renewed = now
             return reply[1]
         reply = d._script("read_in", self._token, d._lease_ms, what, *fields)
         if reply[0] != 1:
@@ -1086,12 +1161,6 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
             return None if e.op == b"d" else e.value
         if self._cleared:
             return None
-        if self._write:
-            self._renew()
-            raw = self._d._redis().hget(self._d._keys[1], field)
-            if raw is None:
-                self._d._check_here()
-            return cast("bytes | None", raw)
         value: bytes | None = self._server(b"g", field)[0]
         return value
 
