@@ -54,6 +54,7 @@ _KEYS, _VALUES, _ITEMS = 0, 1, 2
 _MISSING: Final = object()
 _SLICE = 1.0            # longest blocking wait before looking again (s)
 _TIMEOUT = 10.0         # a handle's default bound on connecting and replies
+_TICK = 0.1             # Redis ends a BLPOP on its clock tick (hz 10): late
 _MAX_TIMEOUT = 1e9
 
 
@@ -712,11 +713,16 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
     def _wait_on(self, lists: int, seconds: float) -> None:
         """Block on wake list `lists` (an index into the keys) for at most
         `seconds` (Redis wakes us when the list gets an element)."""
-        # Redis answers a BLPOP after its own timeout: keep that well
-        # inside the client's reply timeout
-        self._redis().blpop([self._keys[lists]],
-                            timeout=max(0.001, min(seconds, _SLICE,
-                                                   self._timeout / 2)))
+        # Redis answers a BLPOP that times out up to a tick late: its
+        # reply must still come within the handle's reply timeout
+        seconds = max(0.001, min(seconds, _SLICE))
+        block = min(seconds, self._timeout / 2 - _TICK)
+        if block >= 0.01:
+            self._redis().blpop([self._keys[lists]], timeout=block)
+        elif self._redis().lpop(self._keys[lists]) is None:
+            # a reply timeout too short to block on Redis: look, then
+            # sleep a part of it
+            time.sleep(min(seconds, self._timeout / 4))
 
     @_wrapped
     def _dead(self, tokens: list[bytes]) -> list[bytes]:
