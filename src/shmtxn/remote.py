@@ -421,8 +421,7 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
                              "for the default)")
         self._lease = float(lease)
         self._lease_ms = max(1, int(lease * 1000))
-        prefix = f"shmtxn:{{{name}}}:"
-        self._keys = [prefix + k for k in _KEY_NAMES]
+        self._keys = self._key_names(b"")
         self._client: redis.Redis | None = None
         self._client_pid = 0
         self._conn_name = ""
@@ -443,11 +442,21 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
             self._closed = True
             raise
 
+    def _key_names(self, dict_id: bytes) -> list[str]:
+        """The Redis keys of this dict (docs/remote.md); the data keys D,
+        O and K carry the id of the dict's creation, so a plain HGET of a
+        handle whose dict was removed and made again under its name finds
+        nothing rather than the newer dict's data."""
+        prefix = f"shmtxn:{{{self._name}}}:"
+        return [prefix + k + (f":{dict_id.decode()}" if k in "DOK" else "")
+                for k in _KEY_NAMES]
+
     @_wrapped
     def _open(self, create: bool | None) -> None:
         r = self._redis()
         if create is not False:
             new_id = secrets.token_hex(16).encode()
+            self._keys = self._key_names(new_id)
             if self._script("create", new_id, FORMAT, f"{time.time():.6f}"):
                 self._created, self._creator_pid = True, os.getpid()
                 self._id = new_id
@@ -467,6 +476,7 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
                 f"SharedDict {self._name!r} on {self._url} has key layout "
                 f"{meta[1]!r}, this shmtxn reads layout {FORMAT}")
         self._id = cast(bytes, meta[0])
+        self._keys = self._key_names(self._id)
 
     # -- the connection --
 
@@ -608,13 +618,16 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
 
     # -- the mapping, each op atomic --
 
-    # d[k], `in` and len() are one script each, like the rest: it checks
-    # the dict is still the one this handle opened (a plain HGET would
-    # read a newer dict made under the same name)
+    # d[k], `in` and len() are one plain command on D, whose name carries
+    # the id: if it finds nothing, the dict may be gone (one more look)
 
+    @_wrapped
     def __getitem__(self, key: Any) -> Any:
-        raw = self._read(b"g", _core.encode_key(key)[0])[0]
+        field, _ = _core.encode_key(key)
+        self._nested_check()
+        raw = cast("bytes | None", self._redis().hget(self._keys[1], field))
         if raw is None:
+            self._check_here()
             raise KeyError(key)
         return self._value(raw)
 
@@ -624,11 +637,22 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         except KeyError:
             return default
 
+    @_wrapped
     def __contains__(self, key: object) -> bool:
-        return bool(self._read(b"x", _core.encode_key(key)[0])[1])
+        field, _ = _core.encode_key(key)
+        self._nested_check()
+        if self._redis().hexists(self._keys[1], field):
+            return True
+        self._check_here()
+        return False
 
+    @_wrapped
     def __len__(self) -> int:
-        return int(self._read(b"n"))
+        self._nested_check()
+        n = int(self._redis().hlen(self._keys[1]))
+        if n == 0:
+            self._check_here()
+        return n
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._snapshot(_KEYS))
