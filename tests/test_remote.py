@@ -345,7 +345,7 @@ def break_the_commit(d, between, applied=True):
     """Make d's next commit run (or not, if not `applied`), then call
     between() and raise as if the connection broke before the reply came;
     later runs go through."""
-    script = d._redis().register_script(remote._PRELUDE + remote._COMMIT)
+    script = d._redis().register_script(remote._source("commit"))
     armed = [1]
 
     def commit(keys, args):

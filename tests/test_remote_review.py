@@ -89,7 +89,7 @@ def test_commit_applied_then_reply_lost_is_not_reported_as_lost(d):
     LeaseLostError applies it twice."""
     d["n"] = 0
     other = connect(d.name)
-    script = d._redis().register_script(remote._PRELUDE + remote._COMMIT)
+    script = d._redis().register_script(remote._source("commit"))
     armed = []
 
     def commit_then_lose_the_reply(keys, args):

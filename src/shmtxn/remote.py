@@ -72,8 +72,9 @@ class RemoteUnavailableError(Error, ConnectionError):
 
 # ---- the scripts -----------------------------------------------------
 #
-# Every script gets the dict's keys in this order (all under one hash tag,
-# so a Redis Cluster keeps them in one slot):
+# A script gets the dict's keys in this order (all under one hash tag,
+# so a Redis Cluster keeps them in one slot), or the few it uses
+# (_SCRIPT_KEYS: fewer keys, a cheaper call):
 #   M meta hash   D data hash   O order zset   K key kinds hash
 #   L writer lease   R readers zset   W drain flag
 #   N writers' wake list   Q readers' wake list   X drain wake list
@@ -82,8 +83,6 @@ _KEY_NAMES: Final = "MDOKLRWNQXC"
 _COMMITS_KEPT: Final = 256   # tokens in C: a retried commit looks there
 
 _PRELUDE = """
-local M, D, O, K, L, R, W, N, Q, X, C = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-    KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -295,6 +294,19 @@ if gone(ARGV[1]) then return 0 end
 redis.call('DEL', M, D, O, K, L, R, W, N, Q, X, C)
 return 1
 """
+
+# the keys of the scripts that use fewer than all (a single write is the
+# commonest call: it passes six keys, not eleven)
+_SCRIPT_KEYS: Final = {"single": "MDOKLR"}
+
+
+def _source(which: str) -> str:
+    """Script `which` with the prelude, its KEYS named by letter."""
+    letters = _SCRIPT_KEYS.get(which, _KEY_NAMES)
+    names = ", ".join(letters)
+    values = ", ".join(f"KEYS[{i + 1}]" for i in range(len(letters)))
+    return f"local {names} = {values}\n" + _PRELUDE + _SCRIPTS[which]
+
 
 _SCRIPTS: Final = {
     "create": _CREATE, "single": _SINGLE, "acquire": _ACQUIRE,
@@ -513,10 +525,12 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         self._check_open()
         script = self._scripts.get(which)
         if script is None:
-            script = self._redis().register_script(
-                _PRELUDE + _SCRIPTS[which])
+            script = self._redis().register_script(_source(which))
             self._scripts[which] = script
-        return script(keys=self._keys, args=args)
+        letters = _SCRIPT_KEYS.get(which)
+        keys = self._keys if letters is None else \
+            [self._keys[_KEY_NAMES.index(c)] for c in letters]
+        return script(keys=keys, args=args)
 
     def _disconnect(self) -> None:
         client, self._client = self._client, None
