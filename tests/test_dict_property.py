@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import uuid
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, invariant,
@@ -132,10 +133,22 @@ class RedisDictMachine(DictMachine):
                                   create=True)
 
 
-for machine in (DictMachine, RedisDictMachine):
-    machine.TestCase.settings = settings(max_examples=60,
+class RedisDictMachineStress(RedisDictMachine):
+    """The Redis machine with the full count of examples (-m stress)."""
+
+
+# Every step on Redis is a few round trips, so the default run of the
+# Redis machine takes a fifth of the examples (~6 s, not ~30 s); the
+# stress run takes them all.
+EXAMPLES = 60
+for machine, examples in ((DictMachine, EXAMPLES),
+                          (RedisDictMachine, EXAMPLES // 5),
+                          (RedisDictMachineStress, EXAMPLES)):
+    machine.TestCase.settings = settings(max_examples=examples,
                                          stateful_step_count=30,
                                          deadline=None)
 test_dict_against_a_dict = DictMachine.TestCase
 test_redis_dict_against_a_dict = redis_server.needs_redis(
     RedisDictMachine.TestCase)
+test_redis_dict_against_a_dict_stress = pytest.mark.stress(
+    redis_server.needs_redis(RedisDictMachineStress.TestCase))

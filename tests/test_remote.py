@@ -10,11 +10,13 @@ import signal
 import threading
 
 import pytest
+import redis
 
 import helpers
 import shmtxn
 from redis_server import RedisServer, needs_redis, server, unique
-from shmtxn import SharedDict, _core
+from shmtxn import SharedDict, _core, remote
+
 
 pytestmark = needs_redis
 
@@ -121,6 +123,10 @@ def test_bad_arguments():
         SharedDict.connect(server().url, "")
     with pytest.raises(ValueError, match="lease"):
         connect(unique(), create=True, lease=-1)
+    with pytest.raises(ValueError, match="timeout"):
+        connect(unique(), create=True, timeout=0)
+    with pytest.raises(ValueError, match="start with"):
+        connect("}" + unique(), create=True)
     with pytest.raises(shmtxn.remote.RemoteUnavailableError):
         SharedDict.connect(f"redis://127.0.0.1:{helpers_free_port()}/0",
                            "x", create=True)
@@ -333,6 +339,121 @@ def test_a_killed_readers_registration_goes_at_once(d):
     th.start()
     th.join(60)  # a bound (the lease is 600 s), not synchronisation
     assert done.is_set() and d["a"] == 1
+
+
+def break_the_commit(d, between, applied=True):
+    """Make d's next commit run (or not, if not `applied`), then call
+    between() and raise as if the connection broke before the reply came;
+    later runs go through."""
+    script = d._redis().register_script(remote._source("commit"))
+    armed = [1]
+
+    def commit(keys, args):
+        reply = script(keys=keys, args=args) if applied or not armed \
+            else None
+        if armed:
+            armed.clear()
+            run_in_thread(between)
+            raise redis.ConnectionError("connection reset (the reply)")
+        return reply
+
+    d._scripts["commit"] = commit
+
+
+def run_in_thread(f):
+    """f() in a thread of its own (this one has a txn open), to its end."""
+    errors = []
+    th = threading.Thread(target=lambda: errors.extend(catch(f)))
+    th.start()
+    th.join()
+    if errors:
+        raise errors[0]
+
+
+def catch(f):
+    try:
+        f()
+    except BaseException as e:  # noqa: B036 -- the caller re-raises it
+        return [e]
+    return []
+
+
+def test_a_retried_commit_whose_record_is_forgotten_is_unknown(d):
+    """Over 256 commits between a commit and its retry: C no longer holds
+    its token, so the retry cannot tell and says so (never "lost")."""
+    d["n"] = 0
+    other = connect(d.name)
+
+    def many_commits():
+        for _ in range(remote._COMMITS_KEPT + 1):
+            with other.txn(timeout=30) as t:
+                t["m"] = t.get("m", 0) + 1
+
+    break_the_commit(d, many_commits)
+    try:
+        with pytest.raises(remote.RemoteUnavailableError, match="unknown"):
+            with d.txn() as t:
+                t["n"] = 1
+    finally:
+        other.close()
+    assert d["n"] == 1 and d["m"] == remote._COMMITS_KEPT + 1
+
+
+def test_a_retried_commit_that_was_refused_is_lost(d):
+    """The first run found the lease gone (and applied nothing); a retry
+    after another writer's commit still says LeaseLostError."""
+    d["n"] = 0
+    other = connect(d.name)
+
+    def take_over():
+        d._redis().delete(d._keys[4])  # the lease expires
+        with other.txn(timeout=30) as t:
+            t["n"] += 100
+
+    break_the_commit(d, take_over, applied=False)
+    try:
+        with pytest.raises(remote.LeaseLostError):
+            with d.txn() as t:
+                t["n"] += 1
+    finally:
+        other.close()
+    assert d["n"] == 100
+
+
+def test_a_redis_that_stops_answering_fails_within_the_timeout():
+    """timeout= bounds every reply, not only connecting: a Redis that
+    stops answering (SIGSTOP) gives RemoteUnavailableError."""
+    srv = RedisServer().start()
+    try:
+        d = SharedDict.connect(srv.url, unique(), create=True, timeout=0.3)
+        d["x"] = 1
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            result = []
+            th = threading.Thread(target=lambda: result.extend(
+                catch(lambda: d["x"])), daemon=True)
+            th.start()
+            th.join(30)  # a bound on a hang, not synchronisation
+            assert result and isinstance(result[0],
+                                         remote.RemoteUnavailableError)
+            assert "did not answer within timeout=0.3 s" in str(result[0])
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        d.close()
+    finally:
+        srv.close()
+
+
+def test_blocking_waits_fit_inside_a_short_reply_timeout(d):
+    """A txn waiting 1 s for the lease blocks in slices shorter than the
+    handle's reply timeout (0.2 s): LockTimeout, not a broken connection."""
+    other = connect(d.name, timeout=0.2)
+    try:
+        with d.txn():
+            with pytest.raises(shmtxn.LockTimeout):
+                run_in_thread(lambda: other.txn(timeout=1).__enter__())
+    finally:
+        other.close()
 
 
 # ---- Redis itself fails ----

@@ -50,10 +50,12 @@ __all__ = ["RedisDict", "RedisDictTxn", "LeaseLostError",
            "RemoteUnavailableError", "FORMAT"]
 
 #: The layout of the Redis keys (docs/remote.md); kept in the meta hash.
-FORMAT: Final = 1
+FORMAT: Final = 2
 _KEYS, _VALUES, _ITEMS = 0, 1, 2
 _MISSING: Final = object()
 _SLICE = 1.0            # longest blocking wait before looking again (s)
+_TIMEOUT = 10.0         # a handle's default bound on connecting and replies
+_TICK = 0.1             # Redis ends a BLPOP on its clock tick (hz 10): late
 _MAX_TIMEOUT = 1e9
 
 
@@ -63,21 +65,25 @@ class LeaseLostError(Error, RuntimeError):
 
 
 class RemoteUnavailableError(Error, ConnectionError):
-    """The Redis server could not be reached, or the connection broke."""
+    """The Redis server could not be reached, did not answer within the
+    handle's ``timeout``, the connection broke, or Redis refused the
+    dict's commands (a database number it does not have, an ACL, out of
+    memory, a read-only replica)."""
 
 
 # ---- the scripts -----------------------------------------------------
 #
-# Every script gets the dict's keys in this order (all under one hash tag,
-# so a Redis Cluster keeps them in one slot):
+# A script gets the dict's keys in this order (all under one hash tag,
+# so a Redis Cluster keeps them in one slot), or the few it uses
+# (_SCRIPT_KEYS: fewer keys, a cheaper call):
 #   M meta hash   D data hash   O order zset   K key kinds hash
 #   L writer lease   R readers zset   W drain flag
 #   N writers' wake list   Q readers' wake list   X drain wake list
-_KEY_NAMES: Final = "MDOKLRWNQX"
+#   C committed txns' tokens (zset scored by fence)
+_KEY_NAMES: Final = "MDOKLRWNQXC"
+_COMMITS_KEPT: Final = 256   # tokens in C: a retried commit looks there
 
 _PRELUDE = """
-local M, D, O, K, L, R, W, N, Q, X = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
-    KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -137,9 +143,9 @@ end
 # create: ARGV id, format, created -> 1, or 0 if the name is taken
 _CREATE = """
 if redis.call('EXISTS', M) == 1 then return 0 end
-redis.call('DEL', D, O, K, L, R, W, N, Q, X)
+redis.call('DEL', D, O, K, L, R, W, N, Q, X, C)
 redis.call('HSET', M, 'id', ARGV[1], 'format', ARGV[2], 'created', ARGV[3],
-           'version', 0, 'fence', 0, 'next', 0, 'rwait', 0)
+           'version', 0, 'fence', 0, 'next', 0, 'rwait', 0, 'forgot', 0)
 return 1
 """
 
@@ -177,25 +183,32 @@ if redis.call('GET', W) == ARGV[1] then redis.call('PEXPIRE', W, ARGV[2]) end
 return 1
 """
 
-# give a lease up (abort), or take it from a holder that is gone:
-# ARGV token -> 1 released, 0 it was not that token's
+# give up what a token holds (an abort), or clear what a client that is
+# gone held: the lease, the drain flag, a read registration.
+# ARGV token -> 1 if it held the lease or the drain flag, else 0
 _RELEASE = """
-if redis.call('GET', L) ~= ARGV[1] then return 0 end
-redis.call('DEL', L)
-if redis.call('GET', W) == ARGV[1] then redis.call('DEL', W) end
-wake()
-return 1
+local held = 0
+if redis.call('GET', L) == ARGV[1] then redis.call('DEL', L); held = 1 end
+if redis.call('GET', W) == ARGV[1] then redis.call('DEL', W); held = 1 end
+redis.call('ZREM', R, ARGV[1])
+if held == 1 then wake() end
+return held
 """
 
 # commit: ARGV token, id, lease ms, cleared ('0'/'1'), then per write
 # op ('s' set, 'f' set moved to the end, 'd' del), field, value, kind
 # -> {1, version} | {0, ms to the first reader's expiry, readers...} |
-#    {-1} gone | {-3} lease lost
+#    {-1} gone | {-3} lease lost, nothing applied | {-4} the lease is
+#    gone and whether this token committed was forgotten (C is trimmed)
 _COMMIT = """
 if gone(ARGV[2]) then return {-1} end
+local fence = tonumber(string.match(ARGV[1], '^%d+'))
 if redis.call('GET', L) ~= ARGV[1] then
-  if redis.call('HGET', M, 'last') == ARGV[1] then
+  if redis.call('ZSCORE', C, ARGV[1]) then
     return {1, tonumber(redis.call('HGET', M, 'version'))}
+  end
+  if fence <= tonumber(redis.call('HGET', M, 'forgot') or '0') then
+    return {-4}
   end
   return {-3}
 end
@@ -220,19 +233,23 @@ end
 local v
 if changed then v = bump()
 else v = tonumber(redis.call('HGET', M, 'version')) end
-redis.call('HSET', M, 'last', ARGV[1])
+redis.call('ZADD', C, fence, ARGV[1])
+if redis.call('ZCARD', C) > {kept} then
+  redis.call('HSET', M, 'forgot', redis.call('ZPOPMIN', C)[2])
+end
 redis.call('DEL', L, W)
 wake()
 return {1, v}
-"""
+""".replace("{kept}", str(_COMMITS_KEPT))
 
 # begin a read txn: ARGV id, reader token, lease ms
-# -> {1} | {0, pttl of the drain flag} | {-1}
+# -> {1} | {0, pttl of the drain flag, the drainer's token} | {-1}
 _READ_BEGIN = """
 if gone(ARGV[1]) then return {-1} end
-if redis.call('EXISTS', W) == 1 then
+local drainer = redis.call('GET', W)
+if drainer then
   redis.call('HINCRBY', M, 'rwait', 1)
-  return {0, redis.call('PTTL', W)}
+  return {0, redis.call('PTTL', W), drainer}
 end
 redis.call('ZADD', R, now_ms() + tonumber(ARGV[3]), ARGV[2])
 return {1}
@@ -257,23 +274,46 @@ return {1, read(ARGV[3], 4)}
 """
 
 # a consistent read outside a read txn: ARGV id, what, fields...
+# -> {1, result} | {-1} gone
 _READ = """
 if gone(ARGV[1]) then return {-1} end
 return {1, read(ARGV[2], 3)}
 """
 
+# a read inside a write txn, which also renews its lease: ARGV id, token,
+# lease ms, what, fields... -> {1, result} | {-1} gone | {-3} lease lost
+_READ_HELD = """
+if gone(ARGV[1]) then return {-1} end
+if redis.call('GET', L) ~= ARGV[2] then return {-3} end
+redis.call('PEXPIRE', L, ARGV[3])
+return {1, read(ARGV[4], 5)}
+"""
+
 # remove the dict: ARGV id -> 1, or 0 if it is not (or no longer) ours
 _UNLINK = """
 if gone(ARGV[1]) then return 0 end
-redis.call('DEL', M, D, O, K, L, R, W, N, Q, X)
+redis.call('DEL', M, D, O, K, L, R, W, N, Q, X, C)
 return 1
 """
+
+# the keys of the scripts that use fewer than all (a single write is the
+# commonest call: it passes six keys, not eleven)
+_SCRIPT_KEYS: Final = {"single": "MDOKLR"}
+
+
+def _source(which: str) -> str:
+    """Script `which` with the prelude, its KEYS named by letter."""
+    letters = _SCRIPT_KEYS.get(which, _KEY_NAMES)
+    names = ", ".join(letters)
+    values = ", ".join(f"KEYS[{i + 1}]" for i in range(len(letters)))
+    return f"local {names} = {values}\n" + _PRELUDE + _SCRIPTS[which]
+
 
 _SCRIPTS: Final = {
     "create": _CREATE, "single": _SINGLE, "acquire": _ACQUIRE,
     "renew": _RENEW, "release": _RELEASE, "commit": _COMMIT,
     "read_begin": _READ_BEGIN, "read_end": _READ_END, "read_in": _READ_IN,
-    "read": _READ, "unlink": _UNLINK,
+    "read": _READ, "read_held": _READ_HELD, "unlink": _UNLINK,
 }
 
 # ---- helpers ------------------------------------------------------------
@@ -335,10 +375,11 @@ def _wrapped(method: _F) -> _F:
     return call  # type: ignore[return-value]
 
 
-def _reconnect(url: str, name: str, read_only: bool,
-               lease: float) -> RedisDict:
+def _reconnect(url: str, name: str, read_only: bool, lease: float,
+               timeout: float | None = None) -> RedisDict:
     """Unpickle a handle: connect again by URL and name."""
-    return RedisDict(url, name, read_only=read_only, lease=lease)
+    return RedisDict(url, name, read_only=read_only, lease=lease,
+                     timeout=timeout)
 
 
 # ---- the handle -----------------------------------------------------------
@@ -348,8 +389,9 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
 
     ``RedisDict(url, name, create=False, *, read_only=False, timeout=None,
     lease=10.0)``: ``create`` is False (attach), True (create; the name
-    must be free) or None (either); ``timeout`` bounds connecting;
-    ``lease`` is how long (seconds) a txn's claim on the dict outlives a
+    must be free) or None (either); ``timeout`` (seconds, default 10)
+    bounds connecting and waiting for each reply from Redis
+    (RemoteUnavailableError beyond it); ``lease`` is how long (seconds) a txn's claim on the dict outlives a
     client that stopped talking to Redis.  The handle that created the
     dict owns it: leaving its ``with`` block removes it.
     """
@@ -368,6 +410,11 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         if not name or "\0" in name or len(name) > 248:
             raise ValueError(f"bad SharedDict name {name!r}: it must be 1 "
                              f"to 248 characters, without NUL")
+        if name.startswith("}"):
+            # the keys' hash tag {NAME} ends at the first '}': it would be
+            # empty, and a Redis Cluster would spread the keys over slots
+            raise ValueError(f"bad SharedDict name {name!r} for Redis: it "
+                             f"must not start with '}}'")
         if create not in (True, False, None):
             raise TypeError("create must be True, False or None")
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) \
@@ -378,10 +425,14 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
             raise ValueError("create=True with read_only=True")
         self._url, self._name, self._read_only = url, name, bool(read_only)
         self._timeout = _check_timeout(timeout)
+        if self._timeout is None:
+            self._timeout = _TIMEOUT
+        elif self._timeout == 0:
+            raise ValueError("timeout must be more than 0 seconds (or None "
+                             "for the default)")
         self._lease = float(lease)
         self._lease_ms = max(1, int(lease * 1000))
-        prefix = f"shmtxn:{{{name}}}:"
-        self._keys = [prefix + k for k in _KEY_NAMES]
+        self._keys = self._key_names(b"")
         self._client: redis.Redis | None = None
         self._client_pid = 0
         self._conn_name = ""
@@ -393,15 +444,30 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         try:
             self._open(create)
         except BaseException:
+            if self._created:  # made, then failed: leave nothing behind
+                try:
+                    self._script("unlink", self._id)
+                except (Error, redis.RedisError):
+                    pass
             self._disconnect()
             self._closed = True
             raise
+
+    def _key_names(self, dict_id: bytes) -> list[str]:
+        """The Redis keys of this dict (docs/remote.md); the data keys D,
+        O and K carry the id of the dict's creation, so a plain HGET of a
+        handle whose dict was removed and made again under its name finds
+        nothing rather than the newer dict's data."""
+        prefix = f"shmtxn:{{{self._name}}}:"
+        return [prefix + k + (f":{dict_id.decode()}" if k in "DOK" else "")
+                for k in _KEY_NAMES]
 
     @_wrapped
     def _open(self, create: bool | None) -> None:
         r = self._redis()
         if create is not False:
             new_id = secrets.token_hex(16).encode()
+            self._keys = self._key_names(new_id)
             if self._script("create", new_id, FORMAT, f"{time.time():.6f}"):
                 self._created, self._creator_pid = True, os.getpid()
                 self._id = new_id
@@ -421,6 +487,7 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
                 f"SharedDict {self._name!r} on {self._url} has key layout "
                 f"{meta[1]!r}, this shmtxn reads layout {FORMAT}")
         self._id = cast(bytes, meta[0])
+        self._keys = self._key_names(self._id)
 
     # -- the connection --
 
@@ -436,10 +503,19 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
             if self._client is None or self._client_pid != os.getpid():
                 name = _client_name()
                 self._scripts = {}
-                self._client = redis.Redis.from_url(
+                client = redis.Redis.from_url(
                     self._url, client_name=name,
                     retry=Retry(NoBackoff(), 0),
-                    socket_connect_timeout=self._timeout)
+                    socket_connect_timeout=self._timeout,
+                    socket_timeout=self._timeout)
+                options = client.connection_pool.connection_kwargs
+                if options.get("decode_responses"):
+                    client.close()
+                    raise ValueError(
+                        f"SharedDict {self._name!r}: the URL {self._url} "
+                        f"asks for decode_responses, but a SharedDict "
+                        f"needs Redis's replies as bytes; drop the option")
+                self._client = client
                 self._conn_name, self._client_pid = name, os.getpid()
             return self._client
 
@@ -448,10 +524,12 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         self._check_open()
         script = self._scripts.get(which)
         if script is None:
-            script = self._redis().register_script(
-                _PRELUDE + _SCRIPTS[which])
+            script = self._redis().register_script(_source(which))
             self._scripts[which] = script
-        return script(keys=self._keys, args=args)
+        letters = _SCRIPT_KEYS.get(which)
+        keys = self._keys if letters is None else \
+            [self._keys[_KEY_NAMES.index(c)] for c in letters]
+        return script(keys=keys, args=args)
 
     def _disconnect(self) -> None:
         client, self._client = self._client, None
@@ -471,14 +549,23 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
     def _redis_failed(self, e: redis.RedisError) -> Exception:
         """The shmtxn error for a Redis client error."""
         where = f"SharedDict {self._name!r} on {self._url}"
-        if isinstance(e, (redis.ConnectionError, redis.TimeoutError)):
+        if isinstance(e, redis.TimeoutError):
+            return RemoteUnavailableError(
+                f"{where}: Redis did not answer within timeout="
+                f"{self._timeout:g} s ({e})")
+        if isinstance(e, redis.ConnectionError):
             return RemoteUnavailableError(f"{where}: Redis is unreachable "
                                           f"or the connection broke ({e})")
         if isinstance(e, redis.ResponseError) and "WRONGTYPE" in str(e):
             return CorruptSegmentError(f"{where}: a Redis key under "
                                        f"'shmtxn:{{{self._name}}}:' holds "
                                        f"another type ({e})")
-        return e
+        if "DB index" in str(e):
+            return RemoteUnavailableError(
+                f"{where}: this Redis has no database of the URL's number "
+                f"({e})")
+        return RemoteUnavailableError(f"{where}: Redis refused the dict's "
+                                      f"commands ({e})")
 
     def _gone(self) -> NoReturn:
         raise SegmentNotFoundError(
@@ -543,6 +630,9 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         return out
 
     # -- the mapping, each op atomic --
+
+    # d[k], `in` and len() are one plain command on D, whose name carries
+    # the id: if it finds nothing, the dict may be gone (one more look)
 
     @_wrapped
     def __getitem__(self, key: Any) -> Any:
@@ -660,8 +750,16 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
     def _wait_on(self, lists: int, seconds: float) -> None:
         """Block on wake list `lists` (an index into the keys) for at most
         `seconds` (Redis wakes us when the list gets an element)."""
-        self._redis().blpop([self._keys[lists]],
-                            timeout=max(0.001, min(seconds, _SLICE)))
+        # Redis answers a BLPOP that times out up to a tick late: its
+        # reply must still come within the handle's reply timeout
+        seconds = max(0.001, min(seconds, _SLICE))
+        block = min(seconds, self._timeout / 2 - _TICK)
+        if block >= 0.01:
+            self._redis().blpop([self._keys[lists]], timeout=block)
+        elif self._redis().lpop(self._keys[lists]) is None:
+            # a reply timeout too short to block on Redis: look, then
+            # sleep a part of it
+            time.sleep(min(seconds, self._timeout / 4))
 
     @_wrapped
     def _dead(self, tokens: list[bytes]) -> list[bytes]:
@@ -817,7 +915,7 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
             raise ValueError(f"cannot pickle closed SharedDict "
                              f"{self._name!r}")
         return (_reconnect, (self._url, self._name, self._read_only,
-                             self._lease))
+                             self._lease, self._timeout))
 
     def __repr__(self) -> str:
         if self._closed:
@@ -944,6 +1042,9 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
                 return
             if reply[0] == -1:
                 d._gone()
+            drainer = reply[2]
+            if d._dead([drainer]) and d._script("release", drainer):
+                continue  # the committing writer is gone: its flag too
             left = self._timed_out(deadline)
             d._wait_on(8, min(left, max(int(reply[1]), 1) / 1000))
 
@@ -998,15 +1099,13 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
                     reply = d._script("commit", *args)
                 except (redis.ConnectionError, redis.TimeoutError) as e:
                     # Did it apply before the connection broke?  Once
-                    # more: the script answers "committed" for our token,
-                    # or applies now, or says the lease is gone.
+                    # more: the script answers "committed" for our token
+                    # (C keeps it), or applies now, or says the lease is
+                    # gone and the txn was not applied.
                     if retried:
                         self._end()
-                        raise RemoteUnavailableError(
-                            f"SharedDict {d._name!r} on {d._url}: the "
-                            f"connection broke during the commit and Redis "
-                            f"cannot be asked whether it was applied "
-                            f"({e})") from e
+                        raise self._unknown(f"Redis cannot be asked ({e})") \
+                            from e
                     retried = True
                     continue
                 if reply[0] == 1:
@@ -1014,17 +1113,33 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
                 if reply[0] == -1:
                     self._end()
                     d._gone()
-                if reply[0] == -3:
+                if reply[0] == -4 and retried:
+                    self._end()
+                    raise self._unknown(
+                        f"more than {_COMMITS_KEPT} commits happened since, "
+                        f"and Redis keeps no record of it")
+                if reply[0] in (-3, -4):
                     self._lost()
-                readers = list(reply[2:])
-                dead = d._dead(readers)
+                dead = d._dead(list(reply[2:]))
                 if dead:
-                    d._redis().zrem(d._keys[5], *dead)
+                    for token in dead:
+                        d._script("release", token)
                     continue
-                d._wait_on(9, max(int(reply[1]), 1) / 1000)
+                # wake when a reader leaves, else look again before the
+                # first reader's expiry or a third of our lease: the
+                # script renews the lease and the drain flag each time
+                d._wait_on(9, min(max(int(reply[1]), 1) / 1000,
+                                  d._lease / 3))
         finally:
             self._buf = {}
         self._end()
+
+    def _unknown(self, why: str) -> RemoteUnavailableError:
+        d = self._d
+        return RemoteUnavailableError(
+            f"SharedDict {d._name!r} on {d._url}: the connection broke "
+            f"during the commit and whether it was applied is unknown: "
+            f"{why}")
 
     @_wrapped
     def abort(self) -> None:
@@ -1063,11 +1178,15 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
         """A read of the committed dict, as this txn may see it."""
         d = self._d
         if self._write:
-            self._renew()
-            reply = d._script("read", d._id, what, *fields)
+            now = time.monotonic()
+            reply = d._script("read_held", d._id, self._token, d._lease_ms,
+                              what, *fields)
             if reply[0] == -1:
                 self._end()
                 d._gone()
+            if reply[0] != 1:
+                self._lost()
+            self._renewed = now
             return reply[1]
         reply = d._script("read_in", self._token, d._lease_ms, what, *fields)
         if reply[0] != 1:
@@ -1085,12 +1204,6 @@ class RedisDictTxn(_TxnMethods, MutableMapping[Any, Any]):
             return None if e.op == b"d" else e.value
         if self._cleared:
             return None
-        if self._write:
-            self._renew()
-            raw = self._d._redis().hget(self._d._keys[1], field)
-            if raw is None:
-                self._d._check_here()
-            return cast("bytes | None", raw)
         value: bytes | None = self._server(b"g", field)[0]
         return value
 
