@@ -299,8 +299,8 @@ class SharedDict(_core.Dict["_KT", "_VT"], _HandleMethods["_KT", "_VT"]):
         """The same dict kept in Redis instead of shared memory:
         ``SharedDict.connect("redis://host:6379/0", "jobs")`` returns a
         ``shmtxn.remote.RedisDict`` (docs/remote.md).  ``create`` is as
-        here; ``timeout`` bounds connecting; ``lease`` is the seconds a
-        txn's claim outlives a silent client."""
+        here; ``timeout`` bounds connecting and every reply; ``lease`` is
+        the seconds a txn's claim outlives a silent client."""
         from .remote import RedisDict
         return RedisDict(url, name, create, read_only=read_only,
                          timeout=timeout, lease=lease)

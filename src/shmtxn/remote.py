@@ -424,12 +424,11 @@ class RedisDict(_HandleMethods, MutableMapping[Any, Any]):
         if create and read_only:
             raise ValueError("create=True with read_only=True")
         self._url, self._name, self._read_only = url, name, bool(read_only)
-        self._timeout = _check_timeout(timeout)
-        if self._timeout is None:
-            self._timeout = _TIMEOUT
-        elif self._timeout == 0:
+        checked = _check_timeout(timeout)
+        if checked == 0:
             raise ValueError("timeout must be more than 0 seconds (or None "
                              "for the default)")
+        self._timeout: float = _TIMEOUT if checked is None else checked
         self._lease = float(lease)
         self._lease_ms = max(1, int(lease * 1000))
         self._keys = self._key_names(b"")
