@@ -322,6 +322,10 @@ static PyModuleDef_Slot core_slots[] = {
     /* the engine keeps per-process state (open files, orphaned txns) */
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
 #endif
+#ifdef Py_mod_gil
+    /* every piece of state is safe without the GIL (docs/threads.md) */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
+#endif
     {0, NULL},
 };
 
