@@ -7,7 +7,8 @@ binding (src/shmtxn/_core/binding/, the CPython types) is the extension and
 links the engine in.  Both floors see include/shmtxn.h, the public C API.
 
 Flavours by environment: SHMTXN_SANITIZE=1 builds with ASan+UBSan,
-SHMTXN_DEBUG=1 without optimisation and with assertions.
+SHMTXN_DEBUG=1 without optimisation and with assertions; SHMTXN_WERROR=1
+turns every warning into an error.
 """
 import os
 from glob import glob
@@ -38,6 +39,8 @@ if os.environ.get("SHMTXN_SANITIZE") == "1":
                 "-fno-omit-frame-pointer", "-g"]
     compile_args += sanitize
     link_args += sanitize
+if os.environ.get("SHMTXN_WERROR") == "1":
+    compile_args.append("-Werror")  # CI: no warning on any Python version
 
 engine_sources = sorted(glob(f"{ENGINE}/**/*.c", recursive=True))
 engine_headers = sorted(glob(f"{ENGINE}/**/*.h", recursive=True)
