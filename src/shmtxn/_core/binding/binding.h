@@ -286,7 +286,7 @@ handle_state(const HandleObject *h)
 #define LOCKFREE_ENTER(h) gate_enter(h)
 #define LOCKFREE_LEAVE(h) gate_leave(h)
 #else
-#define LOCKFREE_ENTER(h) handle_check_open(h)
+#define LOCKFREE_ENTER(h) 0 /* the caller checked handle_check_open */
 #define LOCKFREE_LEAVE(h) ((void)0)
 #endif
 
@@ -484,13 +484,18 @@ int txn_open(HandleObject *h, stx_txn *txn, int write, double timeout);
 /* End `txn`; -1 with an exception if ending failed. */
 int txn_close(HandleObject *h, stx_txn *txn, int commit);
 /* A txn of one call's own (untracked, waiting as long as it takes):
- * pin `h`, then open `txn`; -1 with an exception (nothing held).  After
- * 0 the caller ends it with own_close, on every path. */
-int own_open(HandleObject *h, stx_txn *txn, int write);
-/* End an own txn (commit or roll back) if it is still open, and unpin:
- * -1 with an exception if ending failed.  With an exception already
- * set (an error path), the txn is rolled back and that exception kept. */
+ * open `txn` with `h` pinned (gate.c) -- from the start if the call runs
+ * Python code while it is open (`runs_python`) or on a free-threaded
+ * build, else (under the GIL) only once its wait releases the GIL.  -1
+ * with an exception (nothing held).  After 0 the caller ends it with
+ * own_close or own_abort, on every path. */
+int own_open(HandleObject *h, stx_txn *txn, int write, int runs_python);
+/* End an own txn if it is still open (commit or roll back) and unpin:
+ * -1 with an exception if ending failed. */
 int own_close(HandleObject *h, stx_txn *txn, int commit);
+/* An error is being raised: roll an own txn back if still open, unpin,
+ * keep the exception; returns -1. */
+int own_abort(HandleObject *h, stx_txn *txn);
 /* Raise for a failed write inside a txn, rolling it back unless the error
  * changed nothing (a bad index, a read txn).  Always returns -1. */
 int txn_write_failed(HandleObject *h, stx_txn *txn, int code);

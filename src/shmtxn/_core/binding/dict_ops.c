@@ -206,7 +206,7 @@ static PyObject *
 txn_lookup(DictObject *d, const stx_key *k, int want_value, int *missing)
 {
     stx_txn txn = {0};
-    if (own_open(&d->h, &txn, 0) < 0) {
+    if (own_open(&d->h, &txn, 0, 1) < 0) {
         return NULL;
     }
     PyObject *v = read_locked(d, k, want_value, missing);
@@ -254,7 +254,7 @@ dict_len(DictObject *d, stx_txn *txn)
     if (txn != NULL) {
         return count_locked(d);
     }
-    if (LOCKFREE_ENTER(&d->h) < 0) {
+    if (handle_check_open(&d->h) < 0 || LOCKFREE_ENTER(&d->h) < 0) {
         return -1;
     }
     /* lock-free: the count is one word of the dict header */
@@ -273,7 +273,7 @@ dict_len(DictObject *d, stx_txn *txn)
         return n;
     }
     stx_txn own = {0};
-    if (own_open(&d->h, &own, 0) < 0) {
+    if (own_open(&d->h, &own, 0, 0) < 0) {
         return -1;
     }
     n = count_locked(d);
@@ -287,7 +287,7 @@ dict_snapshot(DictObject *d, int what, stx_txn *txn)
         return snapshot_locked(d, what);
     }
     stx_txn own = {0};
-    if (own_open(&d->h, &own, 0) < 0) {
+    if (own_open(&d->h, &own, 0, 1) < 0) {
         return NULL;
     }
     PyObject *list = snapshot_locked(d, what);
@@ -453,7 +453,7 @@ get_many_encoded(DictObject *d, const stx_key *ks, Py_ssize_t n,
         LOCKFREE_LEAVE(&d->h);
         stx_txn own = {0};
         if (list == NULL && !PyErr_Occurred()
-            && own_open(&d->h, &own, 0) == 0) {
+            && own_open(&d->h, &own, 0, 1) == 0) {
             list = get_many_locked(d, ks, n, dflt, found, rcs);
             if (own_close(&d->h, &own, 1) < 0) {
                 Py_CLEAR(list);
@@ -548,7 +548,7 @@ dict_write(DictObject *d, enum dict_op op, const stx_key *k,
     if (dt != NULL && txn_check_write(&d->h, dt->txn) < 0) {
         return -1;
     }
-    if (dt == NULL && own_open(&d->h, &own, 1) < 0) {
+    if (dt == NULL && own_open(&d->h, &own, 1, 0) < 0) {
         return -1;
     }
     stx_dict_txn *use = dt ? dt : &own_dt;
@@ -561,8 +561,11 @@ dict_write(DictObject *d, enum dict_op op, const stx_key *k,
     if (dt == NULL) {
         /* commit, or roll back a failure or a missing key */
         int ok = rc == 0 && dict_txn_finish(d, use, 1) == 0;
+        if (PyErr_Occurred()) {
+            return own_abort(&d->h, &own); /* the failure's exception */
+        }
         if (own_close(&d->h, &own, ok) < 0) {
-            return -1; /* the failure's exception, or ending's */
+            return -1;
         }
     }
     return rc == STX_ENOENT ? 1 : rc == 0 ? 0 : -1;

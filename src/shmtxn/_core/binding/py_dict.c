@@ -209,7 +209,7 @@ Dict_stats(DictObject *self, PyObject *unused)
 {
     stx_txn txn = {0};
     stx_dict_stats s;
-    if (own_open(&self->h, &txn, 0) < 0) {
+    if (own_open(&self->h, &txn, 0, 0) < 0) {
         return NULL;
     }
     int rc = stx_dict_stats_get(&self->h.seg, &s);
@@ -236,7 +236,7 @@ static PyObject *
 Dict_verify(DictObject *self, PyObject *unused)
 {
     stx_txn txn = {0};
-    if (own_open(&self->h, &txn, 0) < 0) {
+    if (own_open(&self->h, &txn, 0, 0) < 0) {
         return NULL;
     }
     int rc = stx_dict_verify(&self->h.seg);

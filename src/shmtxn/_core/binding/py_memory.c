@@ -476,7 +476,7 @@ Memory_ndarray(HandleObject *self, PyObject *args, PyObject *kwds)
     }
     stx_txn txn = {0};
     PyObject *snapshot = NULL;
-    if (own_open(self, &txn, 0) == 0) {
+    if (own_open(self, &txn, 0, 1) == 0) {
         snapshot = PyObject_CallMethod(array, "copy", NULL);
         if (own_close(self, &txn, 1) < 0) {
             Py_CLEAR(snapshot);

@@ -740,7 +740,7 @@ Segment_info(HandleObject *self, PyObject *unused)
 static PyObject *
 Segment_get_version(HandleObject *self, void *closure)
 {
-    if (LOCKFREE_ENTER(self) < 0) {
+    if (handle_check_open(self) < 0 || LOCKFREE_ENTER(self) < 0) {
         return NULL;
     }
     uint64_t version = stx_version(&self->seg);

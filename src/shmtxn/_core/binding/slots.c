@@ -48,7 +48,7 @@ locked_get(HandleObject *h, uint64_t offset)
 {
     stx_txn txn = {0};
     uint64_t raw = 0;
-    if (own_open(h, &txn, 0) < 0) {
+    if (own_open(h, &txn, 0, 0) < 0) {
         return NULL;
     }
     stx_read(&txn, offset, &raw, h->fmt->size);
@@ -85,12 +85,13 @@ static int
 auto_set(HandleObject *h, uint64_t offset, const uint64_t *raw)
 {
     stx_txn own = {0};
-    if (own_open(h, &own, 1) < 0) {
+    if (own_open(h, &own, 1, 0) < 0) {
         return -1;
     }
     int rc = stx_write(&own, offset, raw, h->fmt->size);
     if (rc != 0) {
         txn_write_failed(h, &own, rc);
+        return own_abort(h, &own);
     }
     return own_close(h, &own, 1);
 }
@@ -197,7 +198,7 @@ read_span(HandleObject *h, const slice_span *s, stx_txn *txn)
         }
     }
     stx_txn own = {0};
-    if (own_open(h, &own, 0) < 0) {
+    if (own_open(h, &own, 0, 1) < 0) {
         return NULL;
     }
     PyObject *list = list_from(h, s, h->seg.data, 0);
@@ -318,10 +319,10 @@ write_slice(HandleObject *h, PyObject *slice, PyObject *value, stx_txn *txn)
     stx_txn own = {0};
     int rc = 0;
     if (txn == NULL) {
-        rc = own_open(h, &own, 1);
+        rc = own_open(h, &own, 1, 0);
         if (rc == 0) {
-            write_packed(h, &own, &s, src);
-            rc = own_close(h, &own, 1);
+            rc = write_packed(h, &own, &s, src) < 0 ? own_abort(h, &own)
+                                                    : own_close(h, &own, 1);
         }
     }
     else {

@@ -24,6 +24,15 @@ txn_wait(binding_state *st, HandleObject *h, const char *name, stx_txn *txn,
             stx_txn_cancel(txn);
             return -1;
         }
+        if (h != NULL && !txn->tracked && !txn->pinned) {
+            /* an own txn about to release the GIL: from now on close()
+             * must wait for it (gate.c) */
+            if (gate_enter(h) < 0) {
+                stx_txn_cancel(txn);
+                return -1;
+            }
+            txn->pinned = 1;
+        }
         if (h != NULL && handle_state(h) != HS_OPEN) {
             /* close() is waiting for this pin to go */
             stx_txn_cancel(txn);
@@ -219,14 +228,26 @@ txn_open(HandleObject *h, stx_txn *txn, int write, double timeout)
     return txn_wait(h->st, h, h->seg.name, txn, timeout);
 }
 
+#ifdef Py_GIL_DISABLED
+#define PIN_OWN_TXNS 1 /* every use of the mapping is pinned */
+#else
+#define PIN_OWN_TXNS 0
+#endif
+
 int
-own_open(HandleObject *h, stx_txn *txn, int write)
+own_open(HandleObject *h, stx_txn *txn, int write, int runs_python)
 {
-    if (gate_enter(h) < 0) {
-        return -1;
+    txn->pinned = 0;
+    if (PIN_OWN_TXNS || runs_python) {
+        if (gate_enter(h) < 0) {
+            return -1;
+        }
+        txn->pinned = 1;
     }
     if (txn_open(h, txn, write, -1) < 0) {
-        gate_leave(h);
+        if (txn->pinned) {
+            gate_leave(h);
+        }
         return -1;
     }
     return 0;
@@ -235,18 +256,23 @@ own_open(HandleObject *h, stx_txn *txn, int write)
 int
 own_close(HandleObject *h, stx_txn *txn, int commit)
 {
-    int rc = 0;
-    if (PyErr_Occurred()) {
-        if (txn->state == STX_TXN_OPEN) {
-            stx_txn_end(txn, 0); /* the error stands, whatever this finds */
-        }
-        rc = -1;
+    int rc = txn->state == STX_TXN_OPEN ? txn_close(h, txn, commit) : 0;
+    if (txn->pinned) {
+        gate_leave(h);
     }
-    else if (txn->state == STX_TXN_OPEN) {
-        rc = txn_close(h, txn, commit);
-    }
-    gate_leave(h);
     return rc;
+}
+
+int
+own_abort(HandleObject *h, stx_txn *txn)
+{
+    if (txn->state == STX_TXN_OPEN) {
+        stx_txn_end(txn, 0); /* the error stands, whatever this finds */
+    }
+    if (txn->pinned) {
+        gate_leave(h);
+    }
+    return -1;
 }
 
 int

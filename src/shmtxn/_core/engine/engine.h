@@ -158,6 +158,9 @@ typedef struct stx_txn {
     int32_t slot;       /* read txn: the reader slot it counts in */
     int tracked;        /* set by the owner: list this txn */
     int listed;         /* on the registry now */
+    int pinned;         /* the caller's, never the engine's: the binding
+                           pins the handle of a txn of one call's own
+                           while it may release the GIL (gate.c) */
     uint64_t serial;
     uint64_t fork_gen;
     uint64_t thread;    /* stx_thread_id() of the thread that opened it */
