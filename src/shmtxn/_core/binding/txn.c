@@ -436,6 +436,9 @@ txn_base_init(TxnBase *t, HandleObject *h, int write, double timeout,
     t->timeout = timeout;
 }
 
+/* What `owner` holds while __enter__ runs: no thread's id. */
+#define OWNER_ENTERING UINT64_MAX
+
 /* The thread that entered `t` (0: not entered). */
 static inline uint64_t
 txn_owner(TxnBase *t)
@@ -493,16 +496,20 @@ end_txn(TxnBase *t, int commit)
 PyObject *
 TxnBase_enter(TxnBase *t, PyObject *unused)
 {
+    /* claimed first (ENTERING: no thread's), so two threads entering at
+     * once cannot both open it; then owned under the engine's id for the
+     * thread, which stx_txn_init has just looked up */
     uint64_t none = 0;
-    if (!atomic_compare_exchange_strong(&t->owner, &none, stx_thread_id())) {
+    if (!atomic_compare_exchange_strong(&t->owner, &none, OWNER_ENTERING)) {
         raise_error(t->handle->st, STX_ECLOSED, "a transaction object can "
                     "be entered once; open a new one with .txn()");
         return NULL;
     }
-    if (txn_open(t->handle, &t->txn, t->write, t->timeout) < 0) {
-        return NULL;
-    }
-    return Py_NewRef(t);
+    int rc = txn_open(t->handle, &t->txn, t->write, t->timeout);
+    atomic_store_explicit(&t->owner, t->txn.state == STX_TXN_OPEN
+                          ? t->txn.thread : stx_thread_id(),
+                          memory_order_release);
+    return rc < 0 ? NULL : Py_NewRef(t);
 }
 
 /* __exit__: commit, or roll back on an exception; never swallows it. */
@@ -517,6 +524,15 @@ TxnBase_exit(TxnBase *t, PyObject *const *args, Py_ssize_t nargs)
     if (owner != stx_thread_id()) {
         not_the_owner(t);
         return NULL;
+    }
+    if (t->txn.state == STX_TXN_OPEN && t->txn.fork_gen == stx_fork_gen) {
+        /* the common case, its owner checked: end it */
+        int commit = exc_type == Py_None;
+        if (t->kind->finish(t, commit) < 0
+            || txn_close(t->handle, &t->txn, commit) < 0) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
     }
     if (t->txn.state != STX_TXN_OPEN) {
         if (exc_type == Py_None && t->txn.failed) {
