@@ -1,7 +1,9 @@
 """Threads reading one handle: N threads (1, 2, 4, 8) each doing lock-free
 gets `shr[i]` on ONE shared SharedMemory handle, against the floor (the
 same loop over a memoryview.cast("q") of a stdlib SharedMemory, one per
-thread) and a dict handle's `d[k]`.  Meaningful on a free-threaded build
+thread -- and one memoryview shared by all threads: on 3.13t sharing one
+object costs by itself, as every thread then writes its reference count)
+and a dict handle's `d[k]`.  Meaningful on a free-threaded build
 (PYTHON_GIL=0: the threads run in parallel up to the core count); on a
 GIL build the aggregate stays flat by construction.
 
@@ -66,6 +68,15 @@ def main() -> None:
                 m[0]; m[1]; m[2]; m[3]; m[4]; m[5]; m[6]; m[7]; m[8]; m[9]
         return loop
 
+    shared_mv = std.buf.cast("q")
+    views.append(shared_mv)
+
+    def shared_floor_loop():
+        def loop(m=shared_mv, r=range(OPS // 10)):
+            for _ in r:
+                m[0]; m[1]; m[2]; m[3]; m[4]; m[5]; m[6]; m[7]; m[8]; m[9]
+        return loop
+
     def shmtxn_loop():
         def loop(s=shr, r=range(OPS // 10)):
             for _ in r:
@@ -86,6 +97,7 @@ def main() -> None:
           f"{SAMPLES} samples")
     try:
         for label, make in (("floor memoryview", floor_loop),
+                            ("floor, one shared mv", shared_floor_loop),
                             ("shmtxn shr[i]", shmtxn_loop),
                             ("shmtxn d[k] (100 B)", dict_loop)):
             base = None

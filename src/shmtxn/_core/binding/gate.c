@@ -38,10 +38,14 @@
  * from Python code inside calls do) counts the rest on the handle. */
 #define GATE_DEPTH 8
 
+/* Records are this far apart: no two threads' pins share a cache line
+ * (nor the pair of lines an adjacent-line prefetcher fetches). */
+#define GATE_ALIGN 128
+
 /* gate_thread -- one thread's pins: the handles it is using now, a
  * stack (only its own thread writes it; close() reads it). */
 typedef struct gate_thread {
-    _Atomic(HandleObject *) pins[GATE_DEPTH];
+    _Alignas(GATE_ALIGN) _Atomic(HandleObject *) pins[GATE_DEPTH];
     int depth;                  /* entries in use (own thread only) */
     _Atomic int taken;          /* a live thread owns this record */
     struct gate_thread *next;   /* every record ever made; never freed */
@@ -94,7 +98,9 @@ gate_thread_get(void)
             break;
         }
     }
-    if (t == NULL && (t = calloc(1, sizeof(*t))) != NULL) {
+    if (t == NULL
+        && (t = aligned_alloc(GATE_ALIGN, sizeof(*t))) != NULL) {
+        memset(t, 0, sizeof(*t));
         atomic_store(&t->taken, 1);
         t->next = atomic_load(&gate_threads);
         atomic_store(&gate_threads, t); /* published whole */
