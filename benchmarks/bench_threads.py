@@ -58,6 +58,7 @@ def main() -> None:
     d = SharedDict(create=True)
     d["key:1"] = b"x" * 100
     views = []
+    handles = []
 
     def floor_loop():
         mv = std.buf.cast("q")
@@ -83,6 +84,15 @@ def main() -> None:
                 s[0]; s[1]; s[2]; s[3]; s[4]; s[5]; s[6]; s[7]; s[8]; s[9]
         return loop
 
+    def own_handle_loop():
+        own = SharedMemory(shr.name)  # the same segment and mapping
+        handles.append(own)
+
+        def loop(s=own, r=range(OPS // 10)):
+            for _ in r:
+                s[0]; s[1]; s[2]; s[3]; s[4]; s[5]; s[6]; s[7]; s[8]; s[9]
+        return loop
+
     def dict_loop():
         def loop(dd=d, r=range(OPS // 10), k="key:1"):
             for _ in r:
@@ -99,6 +109,7 @@ def main() -> None:
         for label, make in (("floor memoryview", floor_loop),
                             ("floor, one shared mv", shared_floor_loop),
                             ("shmtxn shr[i]", shmtxn_loop),
+                            ("shmtxn, handle/thread", own_handle_loop),
                             ("shmtxn d[k] (100 B)", dict_loop)):
             base = None
             for n in (1, 2, 4, 8):
@@ -109,6 +120,8 @@ def main() -> None:
                       f"({min(rates) / 1e6:.2f}..{max(rates) / 1e6:.2f})"
                       f"  x{med / base:.2f} of N=1", flush=True)
     finally:
+        for h in handles:
+            h.close()
         for mv in views:
             mv.release()
         std.close()
