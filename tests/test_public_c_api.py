@@ -19,6 +19,8 @@ FROM_PUBLIC_MACROS = {
     "_PyArg_ParseTupleAndKeywords_SizeT", "_PyArg_ParseTuple_SizeT",
     "_PyObject_CallFunction_SizeT", "_PyObject_CallMethod_SizeT",
     "_Py_BuildValue_SizeT", "_Py_IncRef", "_Py_DecRef",
+    # Py_INCREF/Py_DECREF on free-threaded builds (3.13t, 3.14t)
+    "_Py_DecRefShared", "_Py_MergeZeroLocalRefcount", "_Py_IncRefShared",
 }
 
 

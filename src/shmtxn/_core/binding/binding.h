@@ -37,6 +37,10 @@
  *   items.c        -- slot item formats: pack and unpack
  *   codec.c        -- SharedDict keys and values as bytes
  *   info.c         -- a segment's state as Python data
+ * gate:
+ *   gate.c         -- threads and a handle's life: its state (open,
+ *                     closing, closed), its lock, the pins that keep its
+ *                     mapping while a call uses it (docs/threads.md)
  * errors:
  *   errors.c       -- the exception table (in the module state), raising
  *
@@ -47,11 +51,43 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "engine.h"
 #include "dict/dict.h"
 #include "dict/key.h"
+
+/* ---- threads (gate.c; docs/threads.md) ---- */
+
+/* Critical sections on objects: public from 3.13 (nothing on GIL builds);
+ * before 3.13 the GIL is the only lock there is. */
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#endif
+
+#ifdef Py_GIL_DISABLED
+/* Pins and the handle state meet as in Dekker's algorithm. */
+#define GATE_ORDER memory_order_seq_cst
+#define HANDLE_LOCK(h) pthread_mutex_lock(&(h)->mu)
+#define HANDLE_UNLOCK(h) pthread_mutex_unlock(&(h)->mu)
+#else
+/* The GIL orders everything; the lock is the GIL. */
+#define GATE_ORDER memory_order_relaxed
+#define HANDLE_LOCK(h) ((void)0)
+#define HANDLE_UNLOCK(h) ((void)0)
+#endif
+
+/* A handle's life (gate.c explains who may do what in each). */
+enum handle_state {
+    HS_NEW = 0,     /* allocated, __init__ not run (or it failed) */
+    HS_OPENING,     /* __init__ is opening it */
+    HS_OPEN,
+    HS_CLOSING,     /* close() waits for other threads' pins to go */
+    HS_CLOSED,      /* closed (the mapping may be kept until freed) */
+};
 
 /* ---- item formats (items.c) ---- */
 
@@ -137,7 +173,11 @@ typedef struct binding_state {
     PyTypeObject *DictTxn_Type;
     PyTypeObject *View_Type;
     PyTypeObject *ThreadGuard_Type;
-    PyTypeObject *dict_txn_class; /* what d.txn() makes (see dict.py) */
+    PyTypeObject *dict_txn_class; /* what d.txn() makes (see dict.py),
+                                     borrowed from retired_classes */
+    PyObject *retired_classes;    /* every class set_dict_txn_class was
+                                     given: d.txn() in another thread may
+                                     still use one it replaced */
     PyObject *numpy_asarray;      /* numpy.asarray once ndarray() ran */
     PyObject *str_write;          /* "write" and "timeout", interned: */
     PyObject *str_timeout;        /* txn()'s keywords, compared by address */
@@ -163,11 +203,31 @@ void raise_error_from_cause(binding_state *st, int code, const char *fmt,
 /* Raise `exc_class` with a PyUnicode_FromFormat message, from the
  * exception being raised (it becomes __cause__ and __context__). */
 void raise_from_cause(PyObject *exc_class, const char *fmt, ...);
+/* The exception being raised, taken as one object (NULL: none), and put
+ * back (NULL: cleared) -- the 3.12 API, with 3.11's in errors.c only. */
+PyObject *exc_take(void);
+void exc_restore(PyObject *exc);
 /* 1 if `nargs` positional arguments fit [min, max]; else 0 with the
  * TypeError a builtin method raises ("get expected at most 2 arguments,
  * got 3"). */
 int check_positional(const char *name, Py_ssize_t nargs, Py_ssize_t min,
                      Py_ssize_t max);
+
+/* ---- the gate (gate.c) ---- */
+
+struct HandleObject;
+/* Set up per-thread records once per process; -1 with an exception. */
+int gate_init(void);
+/* -1 with SegmentClosedError unless `h` is open. */
+int handle_check_open(struct HandleObject *h);
+/* Pin `h` for a call that uses its mapping: 0, or -1 with
+ * SegmentClosedError (closed or closing).  Pins nest; leave each. */
+int gate_enter(struct HandleObject *h);
+void gate_leave(struct HandleObject *h);
+/* Pins the calling thread holds on `h`. */
+int gate_held_here(const struct HandleObject *h);
+/* 1 if another thread holds a pin on `h`. */
+int gate_held_elsewhere(const struct HandleObject *h);
 
 /* ---- segment state as Python data (info.c) ---- */
 
@@ -177,13 +237,20 @@ PyObject *segment_info(stx_segment *seg);
 /* ---- objects ---- */
 
 /*
- * HandleObject -- one open handle on one segment: the state of
+ * HandleObject -- one handle on one segment: the state of
  * shmtxn._core.Segment (py_segment.c), the base of Memory (slots) and Dict.
  * `exports` counts live buffers taken from it or from its txns; close()
  * refuses while any is alive, or while a memoryview it handed out (`buf`,
  * `escaped`) is still referenced by anything else.  Open txns are counted
  * by the engine (stx_segment_open_txns).  The slot fields (fmt, nitems, shape) are
  * Memory's; a Dict sees its data region as bytes (format 'B').
+ *
+ * Threads (gate.c, docs/threads.md): `state` says whether the handle may
+ * be used; `exports`, `exported_directly` and the registration of txns
+ * change under the handle lock (HANDLE_LOCK, free-threaded builds only)
+ * while `state` is HS_OPEN; `buf`, `buf_view` and `escaped` change inside
+ * a critical section on the handle.  The geometry fields are written
+ * before the handle is OPEN and never after.
  */
 typedef struct HandleObject {
     PyObject_HEAD
@@ -197,11 +264,12 @@ typedef struct HandleObject {
     char format[2];                       /* fmt->code as a C string */
     int created;            /* this handle created the segment */
     long creator_pid;       /* ...in this process (not a forked child) */
+    _Atomic int state;      /* enum handle_state */
+    _Atomic int overflow_pins; /* pins of threads whose stack was full */
     Py_ssize_t exports;     /* live Py_buffers over the data region */
     int exported_directly;  /* the handle itself exported a buffer once:
                                close() then keeps the mapping until the
                                handle is freed (see handle_close) */
-    int soft_closed;        /* closed, mapping kept (exported_directly) */
     PyObject *name;         /* str */
     dev_t dev;              /* identity of the file, kept after close() */
     ino_t ino;              /* so unlink() never removes a newer one */
@@ -210,10 +278,28 @@ typedef struct HandleObject {
     PyObject *escaped;      /* list of Views that outlived their txn while
                                held elsewhere, or NULL */
     PyObject *weakrefs;
-    int waiting;            /* threads in wait() on this handle, */
-    uint64_t wait_gen;      /* ...in this process generation */
-    int closing;            /* close() is waking them: leave */
+#ifdef Py_GIL_DISABLED
+    pthread_mutex_t mu;     /* the handle lock: never held across Python
+                               code or a wait */
+#endif
 } HandleObject;
+
+/* The state of `h` (enum handle_state). */
+static inline int
+handle_state(const HandleObject *h)
+{
+    return atomic_load_explicit(&h->state, GATE_ORDER);
+}
+
+/* Lock-free reads pin the handle on free-threaded builds; under the GIL
+ * they only check it is open (they release no GIL, run no Python). */
+#ifdef Py_GIL_DISABLED
+#define LOCKFREE_ENTER(h) gate_enter(h)
+#define LOCKFREE_LEAVE(h) gate_leave(h)
+#else
+#define LOCKFREE_ENTER(h) 0 /* the caller checked handle_check_open */
+#define LOCKFREE_LEAVE(h) ((void)0)
+#endif
 
 /* Everything a SharedMemory(...) or SharedDict(...) call was given. */
 typedef struct open_args {
@@ -264,7 +350,9 @@ typedef struct TxnBase {
     const txn_kind *kind;
     stx_txn txn;
     int write;
-    int entered;
+    /* stx_thread_id() of the thread that entered it, 0 before: the txn
+     * belongs to that thread, and only it touches `txn` (docs/threads.md) */
+    _Atomic uint64_t owner;
     double timeout;         /* seconds, < 0: wait forever */
     stx_logged logged[STX_LOGGED_CACHE];
 } TxnBase;
@@ -290,7 +378,8 @@ typedef struct DictTxnObject {
 
 /*
  * ViewObject -- shmtxn._core.View (py_view.c): one typed zero-copy export
- * of part of a segment; see py_view.c for its lifetime rules.
+ * of part of a segment; see py_view.c for its lifetime rules.  `valid`
+ * and `exports` change under the lock of its handle `mem`.
  */
 typedef struct ViewObject {
     PyObject_HEAD
@@ -340,8 +429,6 @@ PyObject *handle_new(PyTypeObject *type, PyObject *args, PyObject *kwds);
 /* Keep a View that is still referenced after its txn ended, so close()
  * refuses while it is; -1 on error. */
 int handle_escape_view(HandleObject *h, PyObject *view);
-/* -1 with SegmentClosedError if `h` is closed. */
-int handle_check_open(HandleObject *h);
 /* Raise for engine code `code` on `h`'s segment; returns -1. */
 int handle_error(HandleObject *h, int code);
 /* Seconds from a timeout argument: None means `fallback`; otherwise a
@@ -361,20 +448,27 @@ int handle_check_either(HandleObject *h, const open_args *a);
  * or attach to a.name, which must hold `opts->layout_kind`; then adopt
  * its name and identity.  -1 with an exception. */
 int handle_open(HandleObject *h, open_args *a, const stx_create_opts *opts);
+/* The end of __init__ after handle_open succeeded: `h` is OPEN if `ok`,
+ * else closed (its segment too); returns 0 if `ok`, else -1. */
+int handle_publish(HandleObject *h, int ok);
 /* Close `h` (Segment.close()); -1 with an exception. */
 int handle_close(HandleObject *h);
 
 /* ---- waiting for a change (waiting.c) ---- */
 
-/* Sleep until the version of `h`'s segment differs from `since`, at most
- * `timeout` seconds (< 0: forever), the GIL released; *version is the new
- * version, or `since` if the timeout expired.  -1 with an exception
+/* Sleep until the version of `h`'s segment differs from `since` (the
+ * version now if `since` is NULL), at most `timeout` seconds (< 0:
+ * forever), the GIL released and `h` pinned; *version is the new version,
+ * or `since` if the timeout expired.  -1 with an exception
  * (KeyboardInterrupt, SegmentClosedError, a txn open in this thread). */
-int wait_for_change(HandleObject *h, uint64_t since, double timeout,
+int wait_for_change(HandleObject *h, const uint64_t *since, double timeout,
                     uint64_t *version);
-/* Before `h` is unmapped: wake the threads waiting on it and let them
- * leave (they raise SegmentClosedError). */
-void wait_release_waiters(HandleObject *h);
+/* close() of `h` from a signal handler inside this thread's own wait()
+ * on it: end that wait (its pin and its count in the segment) for it;
+ * the wait then raises SegmentClosedError.  How many it ended. */
+int wait_end_own(HandleObject *h);
+/* This thread's waits on `h` in progress (0 outside signal handlers). */
+int wait_count_own(const HandleObject *h);
 
 /* ---- the txn driver and base (txn.c) ---- */
 
@@ -393,13 +487,30 @@ monotonic_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-int txn_wait(binding_state *st, const char *name, stx_txn *txn,
-             double timeout);
+/* `h`, if not NULL, is the handle of `txn`: the wait gives up with
+ * SegmentClosedError once it is closing. */
+int txn_wait(binding_state *st, HandleObject *h, const char *name,
+             stx_txn *txn, double timeout);
 /* Open `txn` on `h`, releasing the GIL around each wait; -1 with an
- * exception (LockTimeout, KeyboardInterrupt, ...). */
+ * exception (LockTimeout, KeyboardInterrupt, ...).  A tracked txn (a
+ * txn object's) is registered while `h` is open, which keeps close()
+ * away; the caller of an untracked one holds a pin (own_open). */
 int txn_open(HandleObject *h, stx_txn *txn, int write, double timeout);
 /* End `txn`; -1 with an exception if ending failed. */
 int txn_close(HandleObject *h, stx_txn *txn, int commit);
+/* A txn of one call's own (untracked, waiting as long as it takes):
+ * open `txn` with `h` pinned (gate.c) -- from the start if the call runs
+ * Python code while it is open (`runs_python`) or on a free-threaded
+ * build, else (under the GIL) only once its wait releases the GIL.  -1
+ * with an exception (nothing held).  After 0 the caller ends it with
+ * own_close or own_abort, on every path. */
+int own_open(HandleObject *h, stx_txn *txn, int write, int runs_python);
+/* End an own txn if it is still open (commit or roll back) and unpin:
+ * -1 with an exception if ending failed. */
+int own_close(HandleObject *h, stx_txn *txn, int commit);
+/* An error is being raised: roll an own txn back if still open, unpin,
+ * keep the exception; returns -1. */
+int own_abort(HandleObject *h, stx_txn *txn);
 /* Raise for a failed write inside a txn, rolling it back unless the error
  * changed nothing (a bad index, a read txn).  Always returns -1. */
 int txn_write_failed(HandleObject *h, stx_txn *txn, int code);

@@ -288,23 +288,42 @@ key_decode(const HandleObject *h, const uint8_t *p, uint32_t n,
 /* ------------------------------------------------------------------ */
 /* values                                                              */
 
-static PyObject *pickle_dumps, *pickle_loads;
+/* (pickle.dumps, pickle.loads), imported on first use and then kept for
+ * good: published whole by one compare-and-swap, so a thread never sees
+ * one function without the other (threads that race both import; the
+ * tuple that loses is dropped). */
+static _Atomic(PyObject *) pickle_funcs;
 
-/* Import pickle.dumps and pickle.loads once. */
-static int
-pickle_ready(void)
+/* pickle.dumps (which 0) or pickle.loads (1), borrowed; NULL with an
+ * exception. */
+static PyObject *
+pickle_func(int which)
 {
-    if (pickle_dumps != NULL) {
-        return 0;
+    PyObject *funcs = atomic_load_explicit(&pickle_funcs,
+                                           memory_order_acquire);
+    if (funcs == NULL) {
+        PyObject *pickle = PyImport_ImportModule("pickle");
+        if (pickle == NULL) {
+            return NULL;
+        }
+        PyObject *dumps = PyObject_GetAttrString(pickle, "dumps");
+        PyObject *loads = dumps ? PyObject_GetAttrString(pickle, "loads")
+                                : NULL;
+        PyObject *made = loads ? PyTuple_Pack(2, dumps, loads) : NULL;
+        Py_XDECREF(dumps);
+        Py_XDECREF(loads);
+        Py_DECREF(pickle);
+        if (made == NULL) {
+            return NULL;
+        }
+        if (atomic_compare_exchange_strong(&pickle_funcs, &funcs, made)) {
+            funcs = made;
+        }
+        else {
+            Py_DECREF(made); /* another thread's won: `funcs` is it */
+        }
     }
-    PyObject *pickle = PyImport_ImportModule("pickle");
-    if (pickle == NULL) {
-        return -1;
-    }
-    pickle_dumps = PyObject_GetAttrString(pickle, "dumps");
-    pickle_loads = PyObject_GetAttrString(pickle, "loads");
-    Py_DECREF(pickle);
-    return pickle_dumps && pickle_loads ? 0 : -1;
+    return PyTuple_GET_ITEM(funcs, which);
 }
 
 /* Point `vb` at `n` bytes, tagged. */
@@ -339,10 +358,11 @@ encode_str_value(PyObject *v, value_buf *vb)
 static int
 encode_pickled(PyObject *v, value_buf *vb)
 {
-    if (pickle_ready() < 0) {
+    PyObject *dumps = pickle_func(0);
+    if (dumps == NULL) {
         return -1;
     }
-    vb->owner = PyObject_CallFunction(pickle_dumps, "Oi", v, 5);
+    vb->owner = PyObject_CallFunction(dumps, "Oi", v, 5);
     if (vb->owner == NULL) {
         if (PyErr_ExceptionMatches(PyExc_RecursionError)) {
             raise_from_cause(PyExc_RecursionError, "a %.100s nested "
@@ -455,10 +475,11 @@ value_decode(const HandleObject *h, uint8_t tag, const uint8_t *p,
 PyObject *
 value_loads(PyObject *raw)
 {
-    if (pickle_ready() < 0) {
+    PyObject *loads = pickle_func(1);
+    if (loads == NULL) {
         return NULL;
     }
-    return PyObject_CallOneArg(pickle_loads, raw);
+    return PyObject_CallOneArg(loads, raw);
 }
 
 PyObject *
@@ -470,18 +491,15 @@ value_unpickle(const HandleObject *h, PyObject *raw)
         /* Whatever pickle raised (UnpicklingError, EOFError, ValueError,
          * an import that fails...): the stored bytes do not unpickle
          * here.  Say so with one class; the original is the __cause__. */
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        PyObject *text = value ? PyObject_Str(value) : NULL;
+        PyObject *exc = exc_take();
+        PyObject *text = PyObject_Str(exc);
         if (text == NULL) {
             PyErr_Clear();
         }
         PyObject *what = PyUnicode_FromFormat(
-            "%s: %S", ((PyTypeObject *)type)->tp_name,
-            text ? text : Py_None);
+            "%s: %S", Py_TYPE(exc)->tp_name, text ? text : Py_None);
         Py_XDECREF(text);
-        PyErr_Restore(type, value, tb);
+        exc_restore(exc);
         if (what == NULL) {
             return NULL;
         }

@@ -159,10 +159,11 @@ copy_value_out(const HandleObject *h, const stx_found *f, uint64_t seq,
 
 /* The lock-free lookup: the value (or Py_True when !want_value); NULL
  * with *missing (absent), with an exception, or with neither when every
- * attempt was torn -- then take a read txn. */
+ * attempt was torn -- then take a read txn.  A pickled value comes back
+ * as its bytes with *pickled set: unpickle it after LOCKFREE_LEAVE. */
 static PyObject *
 seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
-               int *missing)
+               int *missing, int *pickled)
 {
     stx_segment *seg = &d->h.seg;
     stx_dict_prefetch(seg, k);
@@ -172,7 +173,6 @@ seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
             break; /* a writer is mid-txn: wait for it in a read txn */
         }
         stx_found f;
-        int pickled = 0;
         int rc = stx_dict_lookup(seg, k, &f);
         /* the record's tag and length must be committed ones before they
          * size an allocation: check, copy the bytes out (relaxed loads:
@@ -183,7 +183,7 @@ seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
         }
         PyObject *v = NULL;
         if (rc == 0 && want_value) {
-            v = copy_value_out(&d->h, &f, seq, &pickled);
+            v = copy_value_out(&d->h, &f, seq, pickled);
             if (v == NULL && !PyErr_Occurred()) {
                 continue; /* torn: try again */
             }
@@ -194,9 +194,6 @@ seqlock_lookup(DictObject *d, const stx_key *k, int want_value,
         *missing = rc == STX_ENOENT;
         if (rc != 0 && rc != STX_ENOENT) {
             handle_error(&d->h, rc);
-        }
-        if (v != NULL && pickled) {
-            Py_SETREF(v, value_unpickle(&d->h, v));
         }
         return v;
     }
@@ -209,11 +206,11 @@ static PyObject *
 txn_lookup(DictObject *d, const stx_key *k, int want_value, int *missing)
 {
     stx_txn txn = {0};
-    if (txn_open(&d->h, &txn, 0, -1) < 0) {
+    if (own_open(&d->h, &txn, 0, 1) < 0) {
         return NULL;
     }
     PyObject *v = read_locked(d, k, want_value, missing);
-    if (txn_close(&d->h, &txn, 1) < 0) {
+    if (own_close(&d->h, &txn, 1) < 0) {
         Py_CLEAR(v);
     }
     return v;
@@ -234,11 +231,16 @@ dict_get(DictObject *d, PyObject *key, stx_txn *txn, int want_value,
     if (txn != NULL) {
         v = read_locked(d, &k, want_value, missing);
     }
-    else {
+    else if (LOCKFREE_ENTER(&d->h) == 0) {
+        int pickled = 0;
         if (d->h.seg.file->ntxn == 0) {
-            v = seqlock_lookup(d, &k, want_value, missing);
+            v = seqlock_lookup(d, &k, want_value, missing, &pickled);
         }
-        if (v == NULL && !*missing && !PyErr_Occurred()) {
+        LOCKFREE_LEAVE(&d->h);
+        if (v != NULL && pickled) {
+            Py_SETREF(v, value_unpickle(&d->h, v));
+        }
+        else if (v == NULL && !*missing && !PyErr_Occurred()) {
             v = txn_lookup(d, &k, want_value, missing);
         }
     }
@@ -252,25 +254,30 @@ dict_len(DictObject *d, stx_txn *txn)
     if (txn != NULL) {
         return count_locked(d);
     }
-    if (handle_check_open(&d->h) < 0) {
+    if (handle_check_open(&d->h) < 0 || LOCKFREE_ENTER(&d->h) < 0) {
         return -1;
     }
     /* lock-free: the count is one word of the dict header */
-    for (int attempt = 0; d->h.seg.file->ntxn == 0
+    Py_ssize_t n = -1;
+    for (int attempt = 0; n < 0 && d->h.seg.file->ntxn == 0
                           && attempt < STX_SEQLOCK_TRIES; attempt++) {
         uint64_t seq, count;
         if (stx_seq_begin(&d->h.seg, &seq) == 0
             && stx_dict_count(&d->h.seg, &count) == 0
             && stx_seq_still(&d->h.seg, seq)) {
-            return (Py_ssize_t)count;
+            n = (Py_ssize_t)count;
         }
     }
+    LOCKFREE_LEAVE(&d->h);
+    if (n >= 0) {
+        return n;
+    }
     stx_txn own = {0};
-    if (txn_open(&d->h, &own, 0, -1) < 0) {
+    if (own_open(&d->h, &own, 0, 0) < 0) {
         return -1;
     }
-    Py_ssize_t n = count_locked(d);
-    return txn_close(&d->h, &own, 1) < 0 ? -1 : n;
+    n = count_locked(d);
+    return own_close(&d->h, &own, 1) < 0 ? -1 : n;
 }
 
 PyObject *
@@ -280,11 +287,11 @@ dict_snapshot(DictObject *d, int what, stx_txn *txn)
         return snapshot_locked(d, what);
     }
     stx_txn own = {0};
-    if (txn_open(&d->h, &own, 0, -1) < 0) {
+    if (own_open(&d->h, &own, 0, 1) < 0) {
         return NULL;
     }
     PyObject *list = snapshot_locked(d, what);
-    if (txn_close(&d->h, &own, 1) < 0) {
+    if (own_close(&d->h, &own, 1) < 0) {
         Py_CLEAR(list);
     }
     return list;
@@ -439,15 +446,16 @@ get_many_encoded(DictObject *d, const stx_key *ks, Py_ssize_t n,
     else if (txn != NULL) {
         list = get_many_locked(d, ks, n, dflt, found, rcs);
     }
-    else {
+    else if (LOCKFREE_ENTER(&d->h) == 0) {
         if (d->h.seg.file->ntxn == 0) {
             list = get_many_seqlock(d, ks, n, dflt, found, rcs);
         }
+        LOCKFREE_LEAVE(&d->h);
         stx_txn own = {0};
         if (list == NULL && !PyErr_Occurred()
-            && txn_open(&d->h, &own, 0, -1) == 0) {
+            && own_open(&d->h, &own, 0, 1) == 0) {
             list = get_many_locked(d, ks, n, dflt, found, rcs);
-            if (txn_close(&d->h, &own, 1) < 0) {
+            if (own_close(&d->h, &own, 1) < 0) {
                 Py_CLEAR(list);
             }
         }
@@ -540,7 +548,7 @@ dict_write(DictObject *d, enum dict_op op, const stx_key *k,
     if (dt != NULL && txn_check_write(&d->h, dt->txn) < 0) {
         return -1;
     }
-    if (dt == NULL && txn_open(&d->h, &own, 1, -1) < 0) {
+    if (dt == NULL && own_open(&d->h, &own, 1, 0) < 0) {
         return -1;
     }
     stx_dict_txn *use = dt ? dt : &own_dt;
@@ -553,10 +561,10 @@ dict_write(DictObject *d, enum dict_op op, const stx_key *k,
     if (dt == NULL) {
         /* commit, or roll back a failure or a missing key */
         int ok = rc == 0 && dict_txn_finish(d, use, 1) == 0;
-        if (own.state == STX_TXN_OPEN && txn_close(&d->h, &own, ok) < 0) {
-            return -1;
+        if (PyErr_Occurred()) {
+            return own_abort(&d->h, &own); /* the failure's exception */
         }
-        if (rc == 0 && !ok) {
+        if (own_close(&d->h, &own, ok) < 0) {
             return -1;
         }
     }

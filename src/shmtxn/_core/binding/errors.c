@@ -179,30 +179,63 @@ raise_key_error(PyObject *key)
     }
 }
 
+/*
+ * The exception being raised as one object: PyErr_GetRaisedException and
+ * PyErr_SetRaisedException from 3.12; on 3.11 (where they do not exist)
+ * the type, value and traceback triple, normalised into the value.  The
+ * one place the binding handles the triple.
+ */
+PyObject *
+exc_take(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL) {
+        return NULL;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value != NULL && tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+#endif
+}
+
+void
+exc_restore(PyObject *exc)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(exc);
+#else
+    if (exc == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyErr_Restore(Py_NewRef(Py_TYPE(exc)), exc,
+                  PyException_GetTraceback(exc));
+#endif
+}
+
 /* Replace the exception being raised by `exc_class`(`msg`), the old one
  * its __cause__ and __context__ ("raise ... from" in C, with public API
  * only).  `msg` is borrowed. */
 static void
 chain_from_cause(PyObject *exc_class, PyObject *msg)
 {
-    PyObject *type, *cause, *tb;
-    PyErr_Fetch(&type, &cause, &tb);
-    PyErr_NormalizeException(&type, &cause, &tb);
-    if (cause != NULL && tb != NULL) {
-        PyException_SetTraceback(cause, tb);
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
+    PyObject *cause = exc_take();
     PyErr_SetObject(exc_class, msg);
-    PyObject *new_type, *exc, *new_tb;
-    PyErr_Fetch(&new_type, &exc, &new_tb);
-    PyErr_NormalizeException(&new_type, &exc, &new_tb);
+    PyObject *exc = exc_take();
     if (exc != NULL && cause != NULL) {
         PyException_SetCause(exc, Py_NewRef(cause));   /* steals */
         PyException_SetContext(exc, Py_NewRef(cause)); /* steals */
     }
     Py_XDECREF(cause);
-    PyErr_Restore(new_type, exc, new_tb);
+    exc_restore(exc);
 }
 
 /* The message of `fmt` and `ap` chained from the exception being raised,
@@ -210,16 +243,13 @@ chain_from_cause(PyObject *exc_class, PyObject *msg)
 static void
 chain_formatted(PyObject *exc_class, const char *fmt, va_list ap)
 {
-    PyObject *type, *cause, *tb;
-    PyErr_Fetch(&type, &cause, &tb); /* formatting must not see it */
+    PyObject *cause = exc_take(); /* formatting must not see it */
     PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
     if (msg == NULL) {
-        Py_XDECREF(type);
         Py_XDECREF(cause);
-        Py_XDECREF(tb);
         return; /* the formatting error stands */
     }
-    PyErr_Restore(type, cause, tb);
+    exc_restore(cause);
     chain_from_cause(exc_class, msg);
     Py_DECREF(msg);
 }

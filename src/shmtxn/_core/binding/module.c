@@ -141,7 +141,7 @@ core_repair(PyObject *module, PyObject *args)
     if (rc != 0) {
         raise_engine_error(st, rc, name);
     }
-    else if (txn_wait(st, name, &txn, timeout) == 0) {
+    else if (txn_wait(st, NULL, name, &txn, timeout) == 0) {
         stx_slots_reap(&seg);
         int cleared = dead_before - count_dead_slots(&seg);
         stx_txn_end(&txn, 1);
@@ -188,7 +188,13 @@ core_set_dict_txn_class(PyObject *module, PyObject *cls)
         PyErr_SetString(PyExc_TypeError, "expected a subclass of DictTxn");
         return NULL;
     }
-    Py_SETREF(st->dict_txn_class, (PyTypeObject *)Py_NewRef(cls));
+    /* d.txn() in another thread may be using the class this replaces
+     * (read without a lock): it is kept, never freed before the module */
+    if (PyList_Append(st->retired_classes, cls) < 0) {
+        return NULL;
+    }
+    __atomic_store_n(&st->dict_txn_class, (PyTypeObject *)cls,
+                     __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }
 
@@ -250,7 +256,11 @@ core_exec(PyObject *m)
                     0) < 0) {
         return -1;
     }
-    st->dict_txn_class = (PyTypeObject *)Py_NewRef(st->DictTxn_Type);
+    st->dict_txn_class = st->DictTxn_Type; /* borrowed: see retired_classes */
+    st->retired_classes = PyList_New(0);
+    if (st->retired_classes == NULL || gate_init() < 0) {
+        return -1;
+    }
     st->str_write = PyUnicode_InternFromString("write");
     st->str_timeout = PyUnicode_InternFromString("timeout");
     if (st->str_write == NULL || st->str_timeout == NULL) {
@@ -270,7 +280,7 @@ core_exec(PyObject *m)
     (PyObject **)&(st)->Dict_Type, (PyObject **)&(st)->Txn_Type, \
     (PyObject **)&(st)->DictTxn_Type, (PyObject **)&(st)->View_Type, \
     (PyObject **)&(st)->ThreadGuard_Type, \
-    (PyObject **)&(st)->dict_txn_class, &(st)->numpy_asarray, \
+    &(st)->retired_classes, &(st)->numpy_asarray, \
     &(st)->str_write, &(st)->str_timeout
 
 static int
@@ -312,6 +322,10 @@ static PyModuleDef_Slot core_slots[] = {
 #ifdef Py_mod_multiple_interpreters
     /* the engine keeps per-process state (open files, orphaned txns) */
     {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+#ifdef Py_mod_gil
+    /* every piece of state is safe without the GIL (docs/threads.md) */
+    {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif
     {0, NULL},
 };

@@ -91,11 +91,7 @@ Dict_init(DictObject *self, PyObject *args, PyObject *kwds)
     if (handle_open(&self->h, &a, &opts) < 0) {
         return -1;
     }
-    if (adopt_dict(self, &a) < 0) {
-        stx_close(&self->h.seg);
-        return -1;
-    }
-    return 0;
+    return handle_publish(&self->h, adopt_dict(self, &a) == 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -213,11 +209,11 @@ Dict_stats(DictObject *self, PyObject *unused)
 {
     stx_txn txn = {0};
     stx_dict_stats s;
-    if (txn_open(&self->h, &txn, 0, -1) < 0) {
+    if (own_open(&self->h, &txn, 0, 0) < 0) {
         return NULL;
     }
     int rc = stx_dict_stats_get(&self->h.seg, &s);
-    if (txn_close(&self->h, &txn, 1) < 0) {
+    if (own_close(&self->h, &txn, 1) < 0) {
         return NULL;
     }
     if (rc != 0) {
@@ -240,11 +236,11 @@ static PyObject *
 Dict_verify(DictObject *self, PyObject *unused)
 {
     stx_txn txn = {0};
-    if (txn_open(&self->h, &txn, 0, -1) < 0) {
+    if (own_open(&self->h, &txn, 0, 0) < 0) {
         return NULL;
     }
     int rc = stx_dict_verify(&self->h.seg);
-    if (txn_close(&self->h, &txn, 1) < 0) {
+    if (own_close(&self->h, &txn, 1) < 0) {
         return NULL;
     }
     if (rc != 0) {

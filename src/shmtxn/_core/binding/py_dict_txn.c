@@ -39,7 +39,8 @@ static const txn_kind dict_txn_kind = {
 PyObject *
 dict_txn_new(DictObject *d, int write, double timeout)
 {
-    PyTypeObject *cls = d->h.st->dict_txn_class;
+    PyTypeObject *cls = __atomic_load_n(&d->h.st->dict_txn_class,
+                                        __ATOMIC_ACQUIRE);
     DictTxnObject *self = (DictTxnObject *)cls->tp_alloc(cls, 0);
     if (self == NULL) {
         return NULL;

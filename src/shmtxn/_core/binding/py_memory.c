@@ -308,19 +308,23 @@ Memory_init(HandleObject *self, PyObject *args, PyObject *kwds)
         rc = self->fmt == NULL ? -1 : slots_create_opts(self, &a, &opts,
                                                         code);
     }
+    int opened = 0;
     if (rc == 0) {
         rc = handle_open(self, &a, &opts);
+        opened = rc == 0;
     }
     if (rc == 0 && !self->created
         && (a.create == OPEN_EITHER ? check_either(self, &a)
                                     : check_attached(self, &a)) < 0) {
-        stx_close(&self->seg);
         rc = -1;
     }
     if (a.data.obj != NULL) {
         PyBuffer_Release(&a.data);
     }
-    return rc < 0 ? -1 : adopt_geometry(self);
+    if (rc == 0) {
+        adopt_geometry(self);
+    }
+    return opened ? handle_publish(self, rc == 0) : -1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -372,27 +376,39 @@ Memory_txn(HandleObject *self, PyObject *const *args, Py_ssize_t nargs,
     return txn_new(self, write, timeout);
 }
 
+/* An export of the handle itself, counted while it is open (gate.c). */
 static int
 Memory_getbuffer(HandleObject *self, Py_buffer *view, int flags)
 {
-    if (handle_check_open(self) < 0) {
-        view->obj = NULL;
-        return -1;
+    view->obj = NULL;
+    int open;
+    HANDLE_LOCK(self);
+    open = handle_state(self) == HS_OPEN;
+    if (open) {
+        self->exports++;
+        self->exported_directly = 1;
+    }
+    HANDLE_UNLOCK(self);
+    if (!open) {
+        return handle_check_open(self);
     }
     if (PyBuffer_FillInfo(view, (PyObject *)self, self->seg.data,
                           (Py_ssize_t)self->seg.data_size,
                           self->seg.read_only, flags) < 0) {
+        HANDLE_LOCK(self);
+        self->exports--;
+        HANDLE_UNLOCK(self);
         return -1;
     }
-    self->exports++;
-    self->exported_directly = 1;
     return 0;
 }
 
 static void
 Memory_releasebuffer(HandleObject *self, Py_buffer *view)
 {
+    HANDLE_LOCK(self);
     self->exports--;
+    HANDLE_UNLOCK(self);
 }
 
 /* shr.buf: a memoryview of the data region over a View of its own, so
@@ -401,21 +417,23 @@ Memory_releasebuffer(HandleObject *self, Py_buffer *view)
 static PyObject *
 Memory_get_buf(HandleObject *self, void *closure)
 {
-    if (handle_check_open(self) < 0) {
-        return NULL;
-    }
-    if (self->buf == NULL) {
+    PyObject *buf = NULL;
+    Py_BEGIN_CRITICAL_SECTION(self); /* one cache, made once; close() */
+    if (handle_check_open(self) == 0 && self->buf == NULL) {
         Py_ssize_t len = (Py_ssize_t)self->seg.data_size;
         PyObject *view = view_new(self, (char *)self->seg.data, 'B', 1, 1,
                                   &len, self->seg.read_only);
         self->buf = view ? PyMemoryView_FromObject(view) : NULL;
         if (self->buf == NULL) {
             Py_XDECREF(view);
-            return NULL;
         }
-        self->buf_view = view;
+        else {
+            self->buf_view = view;
+        }
     }
-    return Py_NewRef(self->buf);
+    buf = Py_XNewRef(self->buf);
+    Py_END_CRITICAL_SECTION();
+    return buf;
 }
 
 static PyObject *
@@ -458,9 +476,9 @@ Memory_ndarray(HandleObject *self, PyObject *args, PyObject *kwds)
     }
     stx_txn txn = {0};
     PyObject *snapshot = NULL;
-    if (txn_open(self, &txn, 0, -1) == 0) {
+    if (own_open(self, &txn, 0, 1) == 0) {
         snapshot = PyObject_CallMethod(array, "copy", NULL);
-        if (txn_close(self, &txn, 1) < 0) {
+        if (own_close(self, &txn, 1) < 0) {
             Py_CLEAR(snapshot);
         }
     }

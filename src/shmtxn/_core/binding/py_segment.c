@@ -42,24 +42,12 @@ handle_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     HandleObject *self = st ? (HandleObject *)type->tp_alloc(type, 0) : NULL;
     if (self != NULL) {
         self->st = st;
+        atomic_store(&self->state, HS_NEW);
+#ifdef Py_GIL_DISABLED
+        pthread_mutex_init(&self->mu, NULL);
+#endif
     }
     return (PyObject *)self;
-}
-
-int
-handle_check_open(HandleObject *h)
-{
-    if (h->seg.file == NULL || h->soft_closed) {
-        PyObject *type_name = PyType_GetName(Py_TYPE(h));
-        if (type_name != NULL) {
-            raise_error(h->st, ERR_SEGMENT_CLOSED, "segment %R is closed; "
-                        "open it again with %U(name)",
-                        h->name ? h->name : Py_None, type_name);
-            Py_DECREF(type_name);
-        }
-        return -1;
-    }
-    return 0;
 }
 
 int
@@ -339,17 +327,10 @@ handle_check_either(HandleObject *h, const open_args *a)
     return 0;
 }
 
-int
-handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
+/* handle_open's checks and opening, `self` being OPENING. */
+static int
+open_segment(HandleObject *self, open_args *a, const stx_create_opts *opts)
 {
-    if (self->seg.file != NULL || self->name != NULL) {
-        PyObject *type_name = PyType_GetName(Py_TYPE(self));
-        if (type_name != NULL) {
-            PyErr_Format(PyExc_TypeError, "%U is already open", type_name);
-            Py_DECREF(type_name);
-        }
-        return -1;
-    }
     int rc;
     if (a->create != OPEN_ATTACH && a->read_only) {
         PyErr_Format(PyExc_ValueError, "cannot create a segment read-only "
@@ -373,7 +354,41 @@ handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
     self->dev = self->seg.file->dev;
     self->ino = self->seg.file->ino;
     self->name = PyUnicode_FromString(self->seg.name);
-    return self->name == NULL ? -1 : 0;
+    if (self->name == NULL) {
+        stx_close(&self->seg);
+        return -1;
+    }
+    return 0;
+}
+
+int
+handle_open(HandleObject *self, open_args *a, const stx_create_opts *opts)
+{
+    int fresh = HS_NEW;
+    if (!atomic_compare_exchange_strong(&self->state, &fresh, HS_OPENING)) {
+        PyObject *type_name = PyType_GetName(Py_TYPE(self));
+        if (type_name != NULL) {
+            PyErr_Format(PyExc_TypeError, "%U is already open", type_name);
+            Py_DECREF(type_name);
+        }
+        return -1;
+    }
+    if (open_segment(self, a, opts) < 0) {
+        atomic_store(&self->state, HS_NEW);
+        return -1;
+    }
+    return 0;
+}
+
+int
+handle_publish(HandleObject *self, int ok)
+{
+    if (!ok && self->seg.file != NULL) {
+        stx_close(&self->seg);
+    }
+    /* everything the handle holds is written before others may use it */
+    atomic_store(&self->state, ok ? HS_OPEN : HS_CLOSED);
+    return ok ? 0 : -1;
 }
 
 /* ------------------------------------------------------------------ */
@@ -436,10 +451,16 @@ escaped_views_alive(HandleObject *self)
 int
 handle_escape_view(HandleObject *self, PyObject *view)
 {
+    int rc = 0;
+    Py_BEGIN_CRITICAL_SECTION(self); /* close() prunes the list */
     if (self->escaped == NULL && (self->escaped = PyList_New(0)) == NULL) {
-        return -1;
+        rc = -1;
     }
-    return PyList_Append(self->escaped, view);
+    else {
+        rc = PyList_Append(self->escaped, view);
+    }
+    Py_END_CRITICAL_SECTION();
+    return rc;
 }
 
 /* Release shr.buf like the stdlib does (names bound to it stop working);
@@ -473,37 +494,110 @@ refuse_close(HandleObject *self, Py_ssize_t n)
     return -1;
 }
 
-int
-handle_close(HandleObject *self)
+/* TransactionsOpenError for `n` txns open on the handle. */
+static int
+refuse_txns(HandleObject *self, int n)
 {
-    if (self->seg.file == NULL || self->soft_closed) {
+    raise_error(self->st, ERR_TXNS_OPEN, "cannot close segment '%s': "
+                "%d transaction(s) are open on it; leave their "
+                "with-blocks first", self->seg.name, n);
+    return -1;
+}
+
+/* Sleep a moment with the GIL released (close() waiting for threads). */
+static void
+close_nap(void)
+{
+    Py_BEGIN_ALLOW_THREADS
+    usleep(100);
+    Py_END_ALLOW_THREADS
+}
+
+/* After CLOSING: wait until no other thread pins the handle.  Calls in
+ * flight finish; waits in wait() and in a txn of their own see CLOSING
+ * between slices and leave (the change word is bumped to wake the
+ * sleepers in wait() at once). */
+static void
+drain_pins(HandleObject *self)
+{
+    for (int round = 0; gate_held_elsewhere(self); round++) {
+        if (round % 64 == 0) {
+            stx_announce_change(&self->seg); /* a spurious wake-up */
+        }
+        close_nap();
+    }
+}
+
+/* handle_close inside the handle's critical section (which serialises
+ * closers and the buf/escaped caches).  Every refusal comes before
+ * CLOSING; from CLOSING on, close() completes, so whoever it turns away
+ * (SegmentClosedError) was turned away by a close that happened. */
+static int
+close_locked(HandleObject *self)
+{
+    int state = handle_state(self);
+    if (state == HS_CLOSING) {
+        while (handle_state(self) == HS_CLOSING) {
+            close_nap(); /* another thread's close(): done with it */
+        }
         return 0;
+    }
+    if (state != HS_OPEN) {
+        return 0;
+    }
+    if (gate_held_here(self) > wait_count_own(self)) {
+        raise_error(self->st, ERR_TXNS_OPEN, "cannot close segment '%s' "
+                    "while this thread is inside an operation on it (close() "
+                    "from a signal handler, a finalizer or unpickling code "
+                    "run by that operation); close it once the operation "
+                    "returns", self->seg.name);
+        return -1;
     }
     int open_txns = stx_segment_open_txns(&self->seg);
     if (open_txns > 0) {
-        raise_error(self->st, ERR_TXNS_OPEN, "cannot close segment '%s': "
-                    "%d transaction(s) are open on it; leave their "
-                    "with-blocks first", self->seg.name, open_txns);
-        return -1;
+        return refuse_txns(self, open_txns);
     }
     Py_ssize_t arrays = buf_view_holders(self) + escaped_views_alive(self);
     if (arrays > 0) {
         return refuse_close(self, arrays);
     }
     release_buf(self);
-    if (self->exports > 0) {
-        return refuse_close(self, self->exports);
+    /* the decision: no export or txn can begin once CLOSING is set, and
+     * both begin under this lock while the handle is OPEN */
+    HANDLE_LOCK(self);
+    Py_ssize_t exports = self->exports;
+    open_txns = stx_segment_open_txns(&self->seg);
+    int keep_mapping = self->exported_directly;
+    if (exports == 0 && open_txns == 0) {
+        atomic_store(&self->state, HS_CLOSING);
     }
-    wait_release_waiters(self); /* before anything is unmapped */
-    if (self->exported_directly) {
-        /* ndarray(buffer=shr) keeps a reference to this handle and a
-         * pointer, but no export: keep the mapping until the handle
-         * itself is freed, so such an array never reads unmapped memory */
-        self->soft_closed = 1;
-        return 0;
+    HANDLE_UNLOCK(self);
+    if (exports > 0) {
+        return refuse_close(self, exports);
     }
-    stx_close(&self->seg);
+    if (open_txns > 0) {
+        return refuse_txns(self, open_txns);
+    }
+    wait_end_own(self); /* close() from a signal handler inside wait() */
+    drain_pins(self);   /* before anything is unmapped */
+    if (!keep_mapping) {
+        stx_close(&self->seg);
+    }
+    /* else ndarray(buffer=shr) keeps a reference to this handle and a
+     * pointer, but no export: keep the mapping until the handle itself
+     * is freed, so such an array never reads unmapped memory */
+    atomic_store(&self->state, HS_CLOSED);
     return 0;
+}
+
+int
+handle_close(HandleObject *self)
+{
+    int rc;
+    Py_BEGIN_CRITICAL_SECTION(self);
+    rc = close_locked(self);
+    Py_END_CRITICAL_SECTION();
+    return rc;
 }
 
 static PyObject *
@@ -570,6 +664,9 @@ Segment_dealloc(HandleObject *self)
         stx_close(&self->seg);
     }
     Py_CLEAR(self->name);
+#ifdef Py_GIL_DISABLED
+    pthread_mutex_destroy(&self->mu);
+#endif
     PyTypeObject *type = Py_TYPE(self);
     type->tp_free((PyObject *)self);
     Py_DECREF(type);
@@ -617,7 +714,7 @@ Segment_get_read_only(HandleObject *self, void *closure)
 static PyObject *
 Segment_get_closed(HandleObject *self, void *closure)
 {
-    return PyBool_FromLong(self->seg.file == NULL || self->soft_closed);
+    return PyBool_FromLong(handle_state(self) != HS_OPEN);
 }
 
 static PyObject *
@@ -631,20 +728,24 @@ Segment_get_owner(HandleObject *self, void *closure)
 static PyObject *
 Segment_info(HandleObject *self, PyObject *unused)
 {
-    if (handle_check_open(self) < 0) {
+    if (gate_enter(self) < 0) {
         return NULL;
     }
-    return segment_info(&self->seg);
+    PyObject *info = segment_info(&self->seg);
+    gate_leave(self);
+    return info;
 }
 
 /* shr.version: commits + dead writers rolled back, read lock-free. */
 static PyObject *
 Segment_get_version(HandleObject *self, void *closure)
 {
-    if (handle_check_open(self) < 0) {
+    if (handle_check_open(self) < 0 || LOCKFREE_ENTER(self) < 0) {
         return NULL;
     }
-    return PyLong_FromUnsignedLongLong(stx_version(&self->seg));
+    uint64_t version = stx_version(&self->seg);
+    LOCKFREE_LEAVE(self);
+    return PyLong_FromUnsignedLongLong(version);
 }
 
 /* shr.wait(since=None, timeout=None): sleep until the version is no
@@ -664,7 +765,7 @@ Segment_wait(HandleObject *self, PyObject *args, PyObject *kwds)
     }
     uint64_t since;
     if (since_arg == Py_None) {
-        since = stx_version(&self->seg);
+        since = 0; /* the version now: wait_for_change reads it */
     }
     else if (!PyLong_Check(since_arg) || PyBool_Check(since_arg)) {
         PyErr_Format(PyExc_TypeError, "since must be None or a version "
@@ -682,7 +783,8 @@ Segment_wait(HandleObject *self, PyObject *args, PyObject *kwds)
         }
     }
     uint64_t version;
-    if (wait_for_change(self, since, timeout, &version) < 0) {
+    if (wait_for_change(self, since_arg == Py_None ? NULL : &since, timeout,
+                        &version) < 0) {
         return NULL;
     }
     return PyLong_FromUnsignedLongLong(version);

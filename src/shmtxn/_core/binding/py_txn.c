@@ -75,10 +75,9 @@ Txn_release(TxnBase *base)
     if (self->buf == NULL && self->views == NULL) {
         return; /* the common case: it made none */
     }
-    PyObject *type, *value, *traceback;
-    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *exc = exc_take();
     end_views(self);
-    PyErr_Restore(type, value, traceback);
+    exc_restore(exc);
 }
 
 static const txn_kind slots_txn_kind = {
@@ -108,22 +107,29 @@ track_view(TxnObject *self, PyObject *view)
 /*
  * A few ended Txn objects are kept for reuse: a txn per loop iteration is
  * the common pattern, and a reused object's logged-range cache needs no
- * clearing (stx_txn_init gives each use a new serial).
+ * clearing (stx_txn_init gives each use a new serial).  The GIL guards
+ * the list; free-threaded builds keep none (two threads popping the same
+ * object would track it twice).
  */
+#ifndef Py_GIL_DISABLED
 #define TXN_FREELIST 4
 static TxnObject *txn_freelist[TXN_FREELIST];
 static int txn_free_count;
+#endif
 
 PyObject *
 txn_new(HandleObject *h, int write, double timeout)
 {
     PyTypeObject *type = h->st->Txn_Type;
     TxnObject *self;
+#ifdef TXN_FREELIST
     if (txn_free_count > 0) {
         self = txn_freelist[--txn_free_count];
         PyObject_Init((PyObject *)self, type);
     }
-    else if ((self = PyObject_GC_New(TxnObject, type)) != NULL) {
+    else
+#endif
+    if ((self = PyObject_GC_New(TxnObject, type)) != NULL) {
         memset(&self->base.txn, 0, sizeof(self->base.txn));
         memset(self->base.logged, 0, sizeof(self->base.logged));
     }
@@ -142,10 +148,13 @@ Txn_dealloc(TxnObject *self)
 {
     txn_base_clear(&self->base);
     PyTypeObject *type = Py_TYPE(self);
+#ifdef TXN_FREELIST
     if (txn_free_count < TXN_FREELIST) {
         txn_freelist[txn_free_count++] = self;
     }
-    else {
+    else
+#endif
+    {
         PyObject_GC_Del(self);
     }
     Py_DECREF(type);
@@ -257,8 +266,11 @@ Txn_getbuffer(TxnObject *self, Py_buffer *view, int flags)
         return -1;
     }
     /* np.ndarray(buffer=t) keeps a pointer and this txn (hence the
-     * handle) but no export: close() must then keep the mapping */
+     * handle) but no export: close() must then keep the mapping.  (The
+     * txn is open, so the handle is: close() refuses meanwhile.) */
+    HANDLE_LOCK(h);
     h->exported_directly = 1;
+    HANDLE_UNLOCK(h);
     int rc = view_getbuffer((ViewObject *)v, view, flags);
     Py_DECREF(v); /* the txn's list and the buffer keep it */
     return rc;

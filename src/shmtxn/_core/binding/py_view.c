@@ -10,7 +10,10 @@
  * view still exported then keeps its memory readable, and the txn warns
  * that writes through it are no longer transactional.  Every export is
  * counted on the handle too, so close() refuses while any is alive: the
- * mapping can never vanish under an array.
+ * mapping can never vanish under an array.  Views may be shared between
+ * threads: their counts change under the handle lock, together with the
+ * handle's state (gate.c), so an export is taken only while the handle
+ * is open and close() sees every one.
  */
 #include "binding.h"
 
@@ -18,7 +21,11 @@
 PyObject *
 view_to_ndarray(binding_state *st, PyObject *obj)
 {
-    if (st->numpy_asarray == NULL) {
+    /* set once, by compare-and-swap (threads may race to import it); the
+     * module state keeps it until the module is freed */
+    PyObject *asarray = __atomic_load_n(&st->numpy_asarray,
+                                        __ATOMIC_ACQUIRE);
+    if (asarray == NULL) {
         PyObject *numpy = PyImport_ImportModule("numpy");
         if (numpy == NULL) {
             PyErr_SetString(PyExc_ImportError, "ndarray() needs numpy (pip "
@@ -26,13 +33,21 @@ view_to_ndarray(binding_state *st, PyObject *obj)
                             "memoryview of the same memory");
             return NULL;
         }
-        st->numpy_asarray = PyObject_GetAttrString(numpy, "asarray");
+        PyObject *made = PyObject_GetAttrString(numpy, "asarray");
         Py_DECREF(numpy);
-        if (st->numpy_asarray == NULL) {
+        if (made == NULL) {
             return NULL;
         }
+        if (__atomic_compare_exchange_n(&st->numpy_asarray, &asarray, made,
+                                        0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_ACQUIRE)) {
+            asarray = made;
+        }
+        else {
+            Py_DECREF(made); /* another thread's won: `asarray` is it */
+        }
     }
-    return PyObject_CallOneArg(st->numpy_asarray, obj);
+    return PyObject_CallOneArg(asarray, obj);
 }
 
 PyObject *
@@ -66,28 +81,47 @@ view_new(HandleObject *mem, char *ptr, char format, int itemsize, int ndim,
 int
 view_end(ViewObject *v)
 {
-    if (v->exports > 0) {
-        return 1;
+    int exported;
+    HANDLE_LOCK(v->mem);
+    exported = v->exports > 0;
+    if (!exported) {
+        v->valid = 0;
     }
-    v->valid = 0;
-    return 0;
+    HANDLE_UNLOCK(v->mem);
+    return exported;
 }
 
 int
 view_getbuffer(ViewObject *v, Py_buffer *view, int flags)
 {
     view->obj = NULL;
-    if (v->mem->seg.file == NULL || v->mem->soft_closed) {
-        v->valid = 0;
-    }
-    if (!v->valid) {
-        raise_error(v->mem->st, STX_ECLOSED, "this view's transaction has "
-                    "ended; take a new view inside a transaction");
-        return -1;
-    }
     if ((flags & PyBUF_WRITABLE) && v->readonly) {
         PyErr_SetString(PyExc_BufferError, "this view is read-only (a read "
                         "transaction, or a read-only handle)");
+        return -1;
+    }
+    HandleObject *h = v->mem;
+    int valid;
+    HANDLE_LOCK(h);
+    if (handle_state(h) != HS_OPEN) {
+        v->valid = 0;
+    }
+    valid = v->valid;
+    if (valid) {
+        v->exports++;
+        h->exports++;
+    }
+    HANDLE_UNLOCK(h);
+    if (!valid) {
+        if (handle_state(h) != HS_OPEN) {
+            raise_error(h->st, ERR_SEGMENT_CLOSED, "segment %R is closed: "
+                        "its views are no longer valid; open it again "
+                        "and take a new view", h->name);
+        }
+        else {
+            raise_error(h->st, STX_ECLOSED, "this view's transaction has "
+                        "ended; take a new view inside a transaction");
+        }
         return -1;
     }
     view->buf = v->ptr;
@@ -101,16 +135,16 @@ view_getbuffer(ViewObject *v, Py_buffer *view, int flags)
     view->strides = (flags & PyBUF_STRIDES) ? v->strides : NULL;
     view->suboffsets = NULL;
     view->internal = NULL;
-    v->exports++;
-    v->mem->exports++;
     return 0;
 }
 
 static void
 View_releasebuffer(ViewObject *v, Py_buffer *view)
 {
+    HANDLE_LOCK(v->mem);
     v->exports--;
     v->mem->exports--;
+    HANDLE_UNLOCK(v->mem);
 }
 
 static void

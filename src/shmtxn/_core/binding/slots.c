@@ -48,11 +48,11 @@ locked_get(HandleObject *h, uint64_t offset)
 {
     stx_txn txn = {0};
     uint64_t raw = 0;
-    if (txn_open(h, &txn, 0, -1) < 0) {
+    if (own_open(h, &txn, 0, 0) < 0) {
         return NULL;
     }
     stx_read(&txn, offset, &raw, h->fmt->size);
-    if (txn_close(h, &txn, 1) < 0) {
+    if (own_close(h, &txn, 1) < 0) {
         return NULL;
     }
     return item_unpack(h->fmt, &raw);
@@ -71,11 +71,13 @@ get_one(HandleObject *h, PyObject *key, stx_txn *txn)
         return item_unpack(h->fmt, h->seg.data + offset);
     }
     uint64_t raw = 0;
-    if (h->seg.file->ntxn == 0
-        && stx_seqlock_read(&h->seg, offset, &raw, h->fmt->size) == 0) {
-        return item_unpack(h->fmt, &raw);
+    if (LOCKFREE_ENTER(h) < 0) {
+        return NULL;
     }
-    return locked_get(h, offset);
+    int got = h->seg.file->ntxn == 0
+              && stx_seqlock_read(&h->seg, offset, &raw, h->fmt->size) == 0;
+    LOCKFREE_LEAVE(h);
+    return got ? item_unpack(h->fmt, &raw) : locked_get(h, offset);
 }
 
 /* Write the item `raw` at `offset` in a write txn of its own. */
@@ -83,14 +85,15 @@ static int
 auto_set(HandleObject *h, uint64_t offset, const uint64_t *raw)
 {
     stx_txn own = {0};
-    if (txn_open(h, &own, 1, -1) < 0) {
+    if (own_open(h, &own, 1, 0) < 0) {
         return -1;
     }
     int rc = stx_write(&own, offset, raw, h->fmt->size);
     if (rc != 0) {
-        return txn_write_failed(h, &own, rc);
+        txn_write_failed(h, &own, rc);
+        return own_abort(h, &own);
     }
-    return txn_close(h, &own, 1);
+    return own_close(h, &own, 1);
 }
 
 /* h[key] = value for an int key, inside `txn` or in a txn of its own. */
@@ -163,8 +166,13 @@ seqlock_slice(HandleObject *h, const slice_span *s)
     }
     PyObject *list = NULL;
     uint64_t offset = (uint64_t)s->start * h->fmt->size;
-    if (stx_seqlock_read(&h->seg, offset, copy, bytes) == 0) {
-        list = list_from(h, s, copy, s->start);
+    if (LOCKFREE_ENTER(h) == 0) {
+        int got = h->seg.file->ntxn == 0
+                  && stx_seqlock_read(&h->seg, offset, copy, bytes) == 0;
+        LOCKFREE_LEAVE(h);
+        if (got) {
+            list = list_from(h, s, copy, s->start);
+        }
     }
     if (copy != stack) {
         PyMem_Free(copy);
@@ -183,18 +191,18 @@ read_span(HandleObject *h, const slice_span *s, stx_txn *txn)
     if (txn != NULL) {
         return list_from(h, s, h->seg.data, 0);
     }
-    if (s->step == 1 && h->seg.file->ntxn == 0) {
+    if (s->step == 1) {
         PyObject *list = seqlock_slice(h, s);
         if (list != NULL || PyErr_Occurred()) {
             return list;
         }
     }
     stx_txn own = {0};
-    if (txn_open(h, &own, 0, -1) < 0) {
+    if (own_open(h, &own, 0, 1) < 0) {
         return NULL;
     }
     PyObject *list = list_from(h, s, h->seg.data, 0);
-    if (txn_close(h, &own, 1) < 0) {
+    if (own_close(h, &own, 1) < 0) {
         Py_CLEAR(list);
     }
     return list;
@@ -311,13 +319,14 @@ write_slice(HandleObject *h, PyObject *slice, PyObject *value, stx_txn *txn)
     stx_txn own = {0};
     int rc = 0;
     if (txn == NULL) {
-        rc = txn_open(h, &own, 1, -1);
+        rc = own_open(h, &own, 1, 0);
+        if (rc == 0) {
+            rc = write_packed(h, &own, &s, src) < 0 ? own_abort(h, &own)
+                                                    : own_close(h, &own, 1);
+        }
     }
-    if (rc == 0) {
-        rc = write_packed(h, txn ? txn : &own, &s, src);
-    }
-    if (rc == 0 && txn == NULL) {
-        rc = txn_close(h, &own, 1);
+    else {
+        rc = write_packed(h, txn, &s, src);
     }
     PyMem_Free(packed);
     if (view.obj != NULL) {

@@ -14,13 +14,31 @@
 #include "binding.h"
 
 int
-txn_wait(binding_state *st, const char *name, stx_txn *txn, double timeout)
+txn_wait(binding_state *st, HandleObject *h, const char *name, stx_txn *txn,
+         double timeout)
 {
     int rc = stx_txn_step(txn, 0);
     double start = rc == STX_EAGAIN ? monotonic_s() : 0; /* fast path: none */
     while (rc == STX_EAGAIN) {
         if (PyErr_CheckSignals() < 0) {
             stx_txn_cancel(txn);
+            return -1;
+        }
+        if (h != NULL && !txn->tracked && !txn->pinned) {
+            /* an own txn about to release the GIL: from now on close()
+             * must wait for it (gate.c) */
+            if (gate_enter(h) < 0) {
+                stx_txn_cancel(txn);
+                return -1;
+            }
+            txn->pinned = 1;
+        }
+        if (h != NULL && handle_state(h) != HS_OPEN) {
+            /* close() is waiting for this pin to go */
+            stx_txn_cancel(txn);
+            raise_error(st, ERR_SEGMENT_CLOSED, "segment '%s' was closed "
+                        "while this thread waited to open a transaction "
+                        "on it", name);
             return -1;
         }
         uint64_t slice = WAIT_SLICE_NS;
@@ -67,25 +85,32 @@ typedef struct orphan {
 } orphan;
 
 static orphan *orphans;
+/* Guards `orphans`: txn objects die in any thread, threads end at any
+ * time.  Held only around the list operations (no Python code). */
+static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Keep `txn` in an orphan until its thread ends it (see above). */
 static void
 txn_orphan(HandleObject *mem, stx_txn *txn)
 {
-    orphan *o = PyMem_Malloc(sizeof(*o));
+    orphan *o = PyMem_RawMalloc(sizeof(*o));
     if (o == NULL) {
         return; /* left listed in freed memory: never; out of memory */
     }
-    stx_txn_move(&o->txn, txn);
     o->mem = (HandleObject *)Py_NewRef(mem);
+    pthread_mutex_lock(&orphans_lock);
+    stx_txn_move(&o->txn, txn);
     o->next = orphans;
     orphans = o;
+    pthread_mutex_unlock(&orphans_lock);
 }
 
 /* Free the orphans whose thread has ended them. */
 static void
 reap_orphans(void)
 {
+    orphan *done = NULL;
+    pthread_mutex_lock(&orphans_lock);
     for (orphan **p = &orphans; *p != NULL;) {
         orphan *o = *p;
         if (o->txn.state == STX_TXN_OPEN && o->txn.fork_gen == stx_fork_gen) {
@@ -93,8 +118,15 @@ reap_orphans(void)
             continue;
         }
         *p = o->next;
+        o->next = done;
+        done = o;
+    }
+    pthread_mutex_unlock(&orphans_lock);
+    while (done != NULL) { /* handles may be freed: outside the lock */
+        orphan *o = done;
+        done = o->next;
         Py_DECREF(o->mem);
-        PyMem_Free(o);
+        PyMem_RawFree(o);
     }
 }
 
@@ -164,6 +196,20 @@ ensure_thread_guard(binding_state *st)
     return 0;
 }
 
+/* stx_txn_init of a tracked txn: registered only while `h` is open, under
+ * its lock, so close() either counts it or has already begun (gate.c). */
+static int
+init_tracked(HandleObject *h, stx_txn *txn, int write)
+{
+    int rc = 1;
+    HANDLE_LOCK(h);
+    if (handle_state(h) == HS_OPEN) {
+        rc = stx_txn_init(txn, &h->seg, write);
+    }
+    HANDLE_UNLOCK(h);
+    return rc;
+}
+
 int
 txn_open(HandleObject *h, stx_txn *txn, int write, double timeout)
 {
@@ -171,11 +217,62 @@ txn_open(HandleObject *h, stx_txn *txn, int write, double timeout)
         || (txn->tracked && ensure_thread_guard(h->st) < 0)) {
         return -1;
     }
-    int rc = stx_txn_init(txn, &h->seg, write);
+    int rc = txn->tracked ? init_tracked(h, txn, write)
+                          : stx_txn_init(txn, &h->seg, write);
+    if (rc == 1) {
+        return handle_check_open(h); /* closed meanwhile */
+    }
     if (rc != 0) {
         return handle_error(h, rc);
     }
-    return txn_wait(h->st, h->seg.name, txn, timeout);
+    return txn_wait(h->st, h, h->seg.name, txn, timeout);
+}
+
+#ifdef Py_GIL_DISABLED
+#define PIN_OWN_TXNS 1 /* every use of the mapping is pinned */
+#else
+#define PIN_OWN_TXNS 0
+#endif
+
+int
+own_open(HandleObject *h, stx_txn *txn, int write, int runs_python)
+{
+    txn->pinned = 0;
+    if (PIN_OWN_TXNS || runs_python) {
+        if (gate_enter(h) < 0) {
+            return -1;
+        }
+        txn->pinned = 1;
+    }
+    if (txn_open(h, txn, write, -1) < 0) {
+        if (txn->pinned) {
+            gate_leave(h);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+int
+own_close(HandleObject *h, stx_txn *txn, int commit)
+{
+    int rc = txn->state == STX_TXN_OPEN ? txn_close(h, txn, commit) : 0;
+    if (txn->pinned) {
+        gate_leave(h);
+    }
+    return rc;
+}
+
+int
+own_abort(HandleObject *h, stx_txn *txn)
+{
+    if (txn->state == STX_TXN_OPEN) {
+        stx_txn_end(txn, 0); /* the error stands, whatever this finds */
+    }
+    if (txn->pinned) {
+        gate_leave(h);
+    }
+    return -1;
 }
 
 int
@@ -335,14 +432,44 @@ txn_base_init(TxnBase *t, HandleObject *h, int write, double timeout,
     t->txn.listed = 0;
     t->txn.logged = t->logged;
     t->write = write;
-    t->entered = 0;
+    atomic_store_explicit(&t->owner, 0, memory_order_relaxed);
     t->timeout = timeout;
+}
+
+/* What `owner` holds while __enter__ runs: no thread's id. */
+#define OWNER_ENTERING UINT64_MAX
+
+/* The thread that entered `t` (0: not entered). */
+static inline uint64_t
+txn_owner(TxnBase *t)
+{
+    return atomic_load_explicit(&t->owner, memory_order_acquire);
+}
+
+/* TransactionThreadError: `t` is another thread's. */
+static int
+not_the_owner(TxnBase *t)
+{
+    raise_error(t->handle->st, STX_ETHREAD, "this transaction on %s '%s' "
+                "belongs to the thread that opened it; open a transaction "
+                "in this thread with .txn() (docs/threads.md)",
+                t->kind->what, t->handle->seg.name);
+    return -1;
 }
 
 int
 txn_check_usable(TxnBase *t)
 {
-    int rc = stx_txn_usable(&t->txn);
+    uint64_t owner = txn_owner(t);
+    if (owner == stx_thread_id() && t->txn.state == STX_TXN_OPEN
+        && t->txn.fork_gen == stx_fork_gen) {
+        return 0; /* the hot path: the owner, open, in its process */
+    }
+    if (owner != 0 && owner != stx_thread_id()) {
+        return not_the_owner(t);
+    }
+    /* never entered (nothing of `txn` to read), or the owner's */
+    int rc = owner == 0 ? STX_ECLOSED : stx_txn_usable(&t->txn);
     if (rc == STX_ECLOSED) {
         raise_error(t->handle->st, STX_ECLOSED, "this transaction on %s "
                     "'%s' has ended; open a new one with .txn()",
@@ -369,16 +496,20 @@ end_txn(TxnBase *t, int commit)
 PyObject *
 TxnBase_enter(TxnBase *t, PyObject *unused)
 {
-    if (t->entered) {
+    /* claimed first (ENTERING: no thread's), so two threads entering at
+     * once cannot both open it; then owned under the engine's id for the
+     * thread, which stx_txn_init has just looked up */
+    uint64_t none = 0;
+    if (!atomic_compare_exchange_strong(&t->owner, &none, OWNER_ENTERING)) {
         raise_error(t->handle->st, STX_ECLOSED, "a transaction object can "
                     "be entered once; open a new one with .txn()");
         return NULL;
     }
-    t->entered = 1;
-    if (txn_open(t->handle, &t->txn, t->write, t->timeout) < 0) {
-        return NULL;
-    }
-    return Py_NewRef(t);
+    int rc = txn_open(t->handle, &t->txn, t->write, t->timeout);
+    atomic_store_explicit(&t->owner, t->txn.state == STX_TXN_OPEN
+                          ? t->txn.thread : stx_thread_id(),
+                          memory_order_release);
+    return rc < 0 ? NULL : Py_NewRef(t);
 }
 
 /* __exit__: commit, or roll back on an exception; never swallows it. */
@@ -386,6 +517,23 @@ PyObject *
 TxnBase_exit(TxnBase *t, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *exc_type = nargs > 0 ? args[0] : Py_None;
+    uint64_t owner = txn_owner(t);
+    if (owner == 0) {
+        Py_RETURN_FALSE; /* never entered */
+    }
+    if (owner != stx_thread_id()) {
+        not_the_owner(t);
+        return NULL;
+    }
+    if (t->txn.state == STX_TXN_OPEN && t->txn.fork_gen == stx_fork_gen) {
+        /* the common case, its owner checked: end it */
+        int commit = exc_type == Py_None;
+        if (t->kind->finish(t, commit) < 0
+            || txn_close(t->handle, &t->txn, commit) < 0) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
     if (t->txn.state != STX_TXN_OPEN) {
         if (exc_type == Py_None && t->txn.failed) {
             /* a write failed and rolled the txn back, and the body went
@@ -449,15 +597,18 @@ TxnBase_get_write(TxnBase *t, void *closure)
 PyObject *
 TxnBase_get_active(TxnBase *t, void *closure)
 {
-    return PyBool_FromLong(stx_txn_usable(&t->txn) == 0);
+    return PyBool_FromLong(txn_owner(t) == stx_thread_id()
+                           && stx_txn_usable(&t->txn) == 0);
 }
 
 /* repr(t): kind, segment and state. */
 PyObject *
 TxnBase_repr(TxnBase *t)
 {
-    const char *state = t->txn.state == STX_TXN_OPEN ? "open"
-                        : t->entered ? "ended" : "not entered";
+    uint64_t owner = txn_owner(t);
+    const char *state = owner == 0 ? "not entered"
+                        : owner != stx_thread_id() ? "another thread's"
+                        : t->txn.state == STX_TXN_OPEN ? "open" : "ended";
     return PyUnicode_FromFormat("<shmtxn %s txn on %s %R, %s>",
                                 t->write ? "write" : "read", t->kind->what,
                                 t->handle->name, state);

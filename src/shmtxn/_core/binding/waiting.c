@@ -1,9 +1,9 @@
 /*
  * waiting.c -- shr.wait(): sleeping until the segment's version moves,
  * the GIL released around every slice (engine/wait.c), with Ctrl-C, the
- * deadline and the handle being closed checked between slices.  A handle
- * counts the threads waiting on it, so close() from another thread wakes
- * them and lets them leave before it unmaps.
+ * deadline and the handle being closed checked between slices.  A wait
+ * pins its handle (gate.c), so close() from another thread wakes it and
+ * waits for it to leave before it unmaps.
  */
 #include <time.h>
 #include <unistd.h>
@@ -11,31 +11,26 @@
 #include "binding.h"
 
 /*
- * This thread's wait in progress, if any.  Signal handlers run inside
- * wait() (between slices), so a handler may close() the very handle this
- * thread waits on: close() then ends that wait on the thread's behalf
- * (its count leaves the segment before the unmap) instead of waiting for
- * it to leave, which it cannot do until the handler returns.
+ * This thread's waits in progress, innermost first.  Signal handlers run
+ * inside wait() (between slices), so a handler may close() the very
+ * handle this thread waits on: close() then ends that wait on the
+ * thread's behalf (its pin and its count leave before the unmap) instead
+ * of waiting for it to leave, which it cannot do until the handler
+ * returns.
  */
 typedef struct own_wait {
     HandleObject *h;
     stx_waiter *w;
     int ended;               /* ended by close() from a signal handler */
+    struct own_wait *outer;
 } own_wait;
 static _Thread_local own_wait *this_thread_wait;
 
-/* Threads of this process (not a forked parent's) waiting on `h`. */
-static int
-waiters_here(const HandleObject *h)
-{
-    return h->wait_gen == stx_fork_gen ? h->waiting : 0;
-}
-
 /* 1 (with SegmentClosedError) if `h` was closed or is closing. */
 static int
-closed_while_waiting(HandleObject *h)
+closed_while_waiting(HandleObject *h, const own_wait *mine)
 {
-    if (h->seg.file != NULL && !h->soft_closed && !h->closing) {
+    if (!mine->ended && handle_state(h) == HS_OPEN) {
         return 0;
     }
     raise_error(h->st, ERR_SEGMENT_CLOSED, "segment '%s' was closed while "
@@ -44,27 +39,27 @@ closed_while_waiting(HandleObject *h)
 }
 
 int
-wait_for_change(HandleObject *h, uint64_t since, double timeout,
+wait_for_change(HandleObject *h, const uint64_t *since_arg, double timeout,
                 uint64_t *version)
 {
+    if (gate_enter(h) < 0) { /* close() waits for it to go */
+        return -1;
+    }
+    uint64_t since = since_arg ? *since_arg : stx_version(&h->seg);
     stx_waiter w;
     int rc = stx_wait_begin(&h->seg, &w);
     if (rc != 0) {
+        gate_leave(h);
         raise_engine_error(h->st, rc, h->seg.name);
         return -1;
     }
-    if (h->wait_gen != stx_fork_gen) {
-        h->wait_gen = stx_fork_gen;
-        h->waiting = 0;
-    }
-    h->waiting++;
-    own_wait mine = {.h = h, .w = &w}, *outer = this_thread_wait;
+    own_wait mine = {.h = h, .w = &w, .outer = this_thread_wait};
     this_thread_wait = &mine;
     rc = stx_wait_step(&h->seg, since, 0, version);
     double start = rc == STX_EAGAIN ? monotonic_s() : 0;
     int failed = 0;
     while (rc == STX_EAGAIN) {
-        if (PyErr_CheckSignals() < 0 || closed_while_waiting(h)) {
+        if (PyErr_CheckSignals() < 0 || closed_while_waiting(h, &mine)) {
             failed = 1;
             break;
         }
@@ -84,10 +79,10 @@ wait_for_change(HandleObject *h, uint64_t since, double timeout,
         rc = stx_wait_step(&h->seg, since, slice, version);
         Py_END_ALLOW_THREADS
     }
-    this_thread_wait = outer;
+    this_thread_wait = mine.outer;
     if (!mine.ended) {
-        h->waiting--;
         stx_wait_end(&h->seg, &w);
+        gate_leave(h);
     }
     if (failed) {
         return -1;
@@ -99,25 +94,30 @@ wait_for_change(HandleObject *h, uint64_t since, double timeout,
     return 0;
 }
 
-void
-wait_release_waiters(HandleObject *h)
+int
+wait_end_own(HandleObject *h)
 {
-    if (waiters_here(h) == 0 || h->seg.file == NULL) {
-        return;
+    int ended = 0;
+    for (own_wait *mine = this_thread_wait; mine != NULL;
+         mine = mine->outer) {
+        if (mine->h == h && !mine->ended) {
+            mine->ended = 1;
+            stx_wait_end(&h->seg, mine->w);
+            gate_leave(h);
+            ended++;
+        }
     }
-    own_wait *mine = this_thread_wait;
-    if (mine != NULL && mine->h == h && !mine->ended) {
-        /* close() from a signal handler inside this thread's wait() */
-        mine->ended = 1;
-        h->waiting--;
-        stx_wait_end(&h->seg, mine->w);
+    return ended;
+}
+
+/* The waits of this thread on `h` (those close() may end for it). */
+int
+wait_count_own(const HandleObject *h)
+{
+    int n = 0;
+    for (own_wait *mine = this_thread_wait; mine != NULL;
+         mine = mine->outer) {
+        n += mine->h == h && !mine->ended;
     }
-    h->closing = 1;
-    while (waiters_here(h) > 0) {
-        stx_announce_change(&h->seg); /* a spurious wake-up for others */
-        Py_BEGIN_ALLOW_THREADS
-        usleep(200);
-        Py_END_ALLOW_THREADS
-    }
-    h->closing = 0;
+    return n;
 }

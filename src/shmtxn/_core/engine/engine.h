@@ -64,7 +64,8 @@ enum stx_error {
  * if it shares a mapping, else on first use.
  *
  * The registry (refs, maps) is guarded by mapping.c's registry lock;
- * `slot` is set once per process generation; `ntxn` is lock.c's.
+ * `slot` is set once per process generation, under that lock; `ntxn` is
+ * lock.c's.
  */
 typedef struct stx_file {
     struct stx_file *next;
@@ -79,8 +80,11 @@ typedef struct stx_file {
     uint8_t *maps[2];   /* mappings shared by this process's handles: */
     size_t map_sizes[2]; /* [0] read-write, [1] data read-only */
     int map_refs[2];
-    int32_t slot;       /* our reader slot index, -1 until claimed */
-    uint64_t fork_gen;  /* stx_fork_gen when `slot` was claimed */
+    /* Our reader slot index, -1 until claimed, and stx_fork_gen when it
+     * was claimed: read by any thread without a lock, set under the
+     * registry lock (readers.c) */
+    _Atomic int32_t slot;
+    _Atomic uint64_t fork_gen;
     uint64_t slots_off; /* the slot table, from the validated header */
     uint32_t nslots;
     _Atomic int ntxn;   /* tracked txns open in this process (lock.c) */
@@ -154,6 +158,9 @@ typedef struct stx_txn {
     int32_t slot;       /* read txn: the reader slot it counts in */
     int tracked;        /* set by the owner: list this txn */
     int listed;         /* on the registry now */
+    int pinned;         /* the caller's, never the engine's: the binding
+                           pins the handle of a txn of one call's own
+                           while it may release the GIL (gate.c) */
     uint64_t serial;
     uint64_t fork_gen;
     uint64_t thread;    /* stx_thread_id() of the thread that opened it */
@@ -329,8 +336,12 @@ int stx_mutex_plausible(const pthread_mutex_t *m);
 
 /* --- reader slots (readers.c) --- */
 
-/* Make sure this process holds a reader slot in `seg`. */
+/* Make sure this process holds a reader slot in `seg` (threads racing to
+ * claim the first one claim one between them). */
 int stx_slot_ensure(stx_segment *seg);
+/* Our slot `stale` was found taken from us: claim another, unless
+ * another thread has already. */
+int stx_slot_renew(stx_segment *seg, int32_t stale);
 /* Release this process's slot (last close). */
 void stx_slot_release(stx_segment *seg);
 /* Clear the slots of dead processes; returns how many were cleared. */

@@ -152,6 +152,11 @@ void stx_share_mapping(stx_segment *seg);
 uint8_t *stx_reuse_mapping(stx_segment *seg, uint64_t size);
 /* Drop this handle's mapping: unmap it unless other handles share it. */
 void stx_unmap_handle(stx_segment *seg);
+/* Close a handle's share of its file, the registry lock held throughout
+ * so no other thread opens or closes a handle on the file meanwhile:
+ * `last` runs first (still mapped) if this is the process's last handle
+ * on it, then the unmap, then the file reference goes. */
+void stx_file_close(stx_segment *seg, void (*last)(stx_segment *seg));
 /* Read-only handles see the data region as PROT_READ. */
 int stx_protect_data(stx_segment *seg);
 

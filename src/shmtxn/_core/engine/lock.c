@@ -393,16 +393,17 @@ static int
 own_slot(stx_segment *seg, int32_t *index)
 {
     stx_file *file = seg->file;
-    if (file->slot < 0 || file->fork_gen != stx_fork_gen
-        || (uint32_t)file->slot >= seg->nslots
-        || !still_ours(&seg->slots[file->slot])) {
-        file->slot = -1;
-        int rc = stx_slot_ensure(seg);
+    int32_t slot = file->slot; /* once: other threads may renew it */
+    if (slot < 0 || file->fork_gen != stx_fork_gen
+        || (uint32_t)slot >= seg->nslots
+        || !still_ours(&seg->slots[slot])) {
+        int rc = stx_slot_renew(seg, slot);
         if (rc != 0) {
             return rc;
         }
+        slot = file->slot;
     }
-    *index = file->slot;
+    *index = slot;
     return 0;
 }
 

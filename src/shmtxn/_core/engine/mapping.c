@@ -505,25 +505,44 @@ stx_reuse_mapping(stx_segment *seg, uint64_t size)
     return base;
 }
 
-void
-stx_unmap_handle(stx_segment *seg)
+/* stx_unmap_handle with the registry lock held. */
+static void
+unmap_locked(stx_segment *seg)
 {
     stx_file *f = seg->file;
     int kind = seg->read_only;
     int last = 1;
     if (seg->shared_map) {
-        pthread_mutex_lock(&registry_lock);
         last = --f->map_refs[kind] == 0;
         if (last) {
             f->maps[kind] = NULL;
         }
-        pthread_mutex_unlock(&registry_lock);
     }
     if (last && seg->base != NULL) {
         munmap(seg->base, seg->map_size);
     }
     seg->base = NULL;
     seg->shared_map = 0;
+}
+
+void
+stx_unmap_handle(stx_segment *seg)
+{
+    pthread_mutex_lock(&registry_lock);
+    unmap_locked(seg);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void
+stx_file_close(stx_segment *seg, void (*last)(stx_segment *seg))
+{
+    pthread_mutex_lock(&registry_lock);
+    if (seg->file->refs == 1 && last != NULL) {
+        last(seg);
+    }
+    unmap_locked(seg);
+    release_locked(seg->file);
+    pthread_mutex_unlock(&registry_lock);
 }
 
 int

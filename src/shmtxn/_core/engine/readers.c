@@ -130,12 +130,14 @@ stx_slot_claim(stx_header *hdr, stx_reader_slot *slots, uint32_t nslots,
     return -1;
 }
 
-int
-stx_slot_ensure(stx_segment *seg)
+/* stx_slot_ensure's claim, the registry lock held: one slot per process
+ * (and fork generation), whichever of its threads asks first. */
+static int
+slot_claim_locked(stx_segment *seg)
 {
     stx_file *file = seg->file;
     if (file->slot >= 0 && file->fork_gen == stx_fork_gen) {
-        return 0;
+        return 0; /* another thread claimed it meanwhile */
     }
     int32_t me = stx_self_pid;
     /* A slot already bearing our pid was left by a dead process whose pid
@@ -155,9 +157,35 @@ stx_slot_ensure(stx_segment *seg)
                         "processes attached (its max_processes)", seg->name,
                         seg->nslots);
     }
-    file->slot = slot;
     file->fork_gen = stx_fork_gen;
+    file->slot = slot;
     return 0;
+}
+
+int
+stx_slot_ensure(stx_segment *seg)
+{
+    stx_file *file = seg->file;
+    if (file->slot >= 0 && file->fork_gen == stx_fork_gen) {
+        return 0;
+    }
+    stx_files_lock();
+    int rc = slot_claim_locked(seg);
+    stx_files_unlock();
+    return rc;
+}
+
+int
+stx_slot_renew(stx_segment *seg, int32_t stale)
+{
+    stx_file *file = seg->file;
+    stx_files_lock();
+    if (file->slot == stale) {
+        file->slot = -1;
+    }
+    int rc = slot_claim_locked(seg);
+    stx_files_unlock();
+    return rc;
 }
 
 void

@@ -1115,11 +1115,10 @@ stx_close(stx_segment *seg)
     if (seg->file == NULL) {
         return;
     }
-    if (seg->file->refs == 1) {
-        stx_slot_release(seg);
-    }
-    stx_unmap_handle(seg);
-    stx_file_release(seg->file);
+    /* the last handle of the process gives its reader slot back: decided
+     * and done under the registry lock, so a thread attaching a new
+     * handle meanwhile either shares the slot or claims a new one */
+    stx_file_close(seg, stx_slot_release);
     seg->file = NULL;
     seg->base = NULL;
     seg->hdr = NULL;

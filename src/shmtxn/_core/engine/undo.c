@@ -244,7 +244,7 @@ reserve_log(stx_segment *seg, uint64_t need)
 int
 stx_undo_shrink(stx_segment *seg, int all, uint64_t peak)
 {
-    uint64_t used, reserved, base = undo_base(seg);
+    uint64_t used = 0, reserved = 0, base = undo_base(seg);
     int rc = log_used(seg, &used);
     if (rc == 0) {
         rc = log_reserved(seg, &reserved);
