@@ -118,6 +118,19 @@ def redis_url():
     return server().url
 
 
+def connect(name=None, **kwargs):
+    """SharedDict.connect to this process's server (a new name if none)."""
+    from shmtxn import SharedDict
+    return SharedDict.connect(server().url, name or unique(), **kwargs)
+
+
+@pytest.fixture
+def redis_dict():
+    """A new dict on this process's server, removed afterwards."""
+    with connect(create=True) as d:
+        yield d
+
+
 @pytest.fixture(params=["shm", "redis"])
 def backend(request):
     return request.param

@@ -14,21 +14,17 @@ import redis
 
 import helpers
 import shmtxn
-from redis_server import RedisServer, needs_redis, server, unique
+from redis_server import redis_dict  # noqa: F401 (the fixture d uses)
+from redis_server import RedisServer, connect, needs_redis, server, unique
 from shmtxn import SharedDict, _core, remote
 
 
 pytestmark = needs_redis
 
 
-def connect(name=None, **kwargs):
-    return SharedDict.connect(server().url, name or unique(), **kwargs)
-
-
 @pytest.fixture
-def d():
-    with connect(create=True) as d:
-        yield d
+def d(redis_dict):
+    return redis_dict
 
 
 def raw(d, key):

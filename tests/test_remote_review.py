@@ -17,20 +17,16 @@ from redis.crc import key_slot
 
 import helpers
 import shmtxn
-from redis_server import needs_redis, server, unique
+from redis_server import redis_dict  # noqa: F401 (the fixture d uses)
+from redis_server import connect, needs_redis, server, unique
 from shmtxn import SharedDict, _core, remote
 
 pytestmark = needs_redis
 
 
-def connect(name=None, **kwargs):
-    return SharedDict.connect(server().url, name or unique(), **kwargs)
-
-
 @pytest.fixture
-def d():
-    with connect(create=True) as d:
-        yield d
+def d(redis_dict):
+    return redis_dict
 
 
 def key(d, x):

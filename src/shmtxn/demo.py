@@ -268,19 +268,23 @@ def run(writers: int = 4, readers: int = 2, txns: int = 50000,
     return result
 
 
-def _supervise(shr: Memory, procs: list[BaseProcess], writers: int,
-               readers: int, txns: int, seconds: float, done: Queue[int],
-               results: Queue[tuple[int, int]], ctx: BaseContext,
-               bar: Bar | None) -> dict[str, Any]:
-    """Start the children, follow them, and gather what they report."""
-    # Children ignore Ctrl-C from the start (spawned ones inherit SIG_IGN
-    # through exec): the parent stops them.
+def start_ignoring_ctrl_c(procs: list[BaseProcess]) -> None:
+    """Start `procs` ignoring Ctrl-C from the start (spawned ones inherit
+    SIG_IGN through exec): the parent stops them."""
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         for p in procs:
             p.start()
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def _supervise(shr: Memory, procs: list[BaseProcess], writers: int,
+               readers: int, txns: int, seconds: float, done: Queue[int],
+               results: Queue[tuple[int, int]], ctx: BaseContext,
+               bar: Bar | None) -> dict[str, Any]:
+    """Start the children, follow them, and gather what they report."""
+    start_ignoring_ctrl_c(procs)
     start = time.perf_counter()
     running = {p.sentinel: p for p in procs[:writers]}
     readers_left = {p.sentinel: p for p in procs[writers:]}

@@ -90,12 +90,7 @@ def run(url: str, writers: int = 4, readers: int = 2, txns: int = 2000,
         procs += [ctx.Process(target=_child, name="reader",
                               args=("reader", url, name, writers, results))
                   for _ in range(readers)]
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            for p in procs:
-                p.start()
-        finally:
-            signal.signal(signal.SIGINT, old)
+        demo.start_ignoring_ctrl_c(procs)
         start = time.perf_counter()
         error = None
         try:
