@@ -2,6 +2,9 @@
 deterministic where wall time is too noisy to decide.
 
     python benchmarks/count_dict_instructions.py [iterations]
+    python benchmarks/count_dict_instructions.py --slots [iterations]
+
+(--slots: the typed-slot operations of a SharedMemory instead.)
 
 For each operation it runs itself under `valgrind --tool=callgrind` with
 0 and with N iterations of a loop over 2 000 cached keys, and prints the
@@ -20,9 +23,31 @@ import sys
 VALUE = bytes(range(100))
 OPS = ("private get (floor)", "get", "set", "get_many of 100 (per key)",
        "empty txn", "10-op txn")
+SLOT_OPS = ("shr[0]", "shr[0] = i", "empty slots txn", "1-write slots txn")
+
+
+def run_slots(op: str, n: int) -> None:
+    from shmtxn import SharedMemory
+    with SharedMemory(create=True, size=80) as shr:
+        if op == "shr[0]":
+            for _ in range(n):
+                shr[0]
+        elif op == "shr[0] = i":
+            for i in range(n):
+                shr[0] = i
+        elif op == "empty slots txn":
+            for _ in range(n):
+                with shr.txn():
+                    pass
+        else:
+            for i in range(n):
+                with shr.txn() as t:
+                    t[0] = i
 
 
 def run(op: str, n: int) -> None:
+    if op in SLOT_OPS:
+        return run_slots(op, n)
     from shmtxn import SharedDict
     keys = [f"key:{i}" for i in range(2000)]
     order = keys[:]
@@ -76,9 +101,13 @@ def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--run":
         run(sys.argv[2], int(sys.argv[3]))
         return 0
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    args = sys.argv[1:]
+    ops = OPS
+    if args[:1] == ["--slots"]:
+        ops, args = SLOT_OPS, args[1:]
+    n = int(args[0]) if args else 20000
     base = None
-    for op in OPS:
+    for op in ops:
         ir = (count(op, n) - count(op, 0)) / n
         base = base or ir
         print(f"{op:28} {ir:10,.0f} instructions  ({ir / base:5.1f}× floor)")
