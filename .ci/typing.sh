@@ -14,9 +14,9 @@ py="$venv/bin/python"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-cache="${TMPDIR:-/tmp}/shmtxn-mypy-cache-$(id -u)-$("$py" -c \
-    'import sys, sysconfig; print(sys.implementation.cache_tag
-        + (sysconfig.get_config_var("ABIFLAGS") or ""))')"
+# a cache per venv and checkout: two runs at once must not share one
+cache="${TMPDIR:-/tmp}/shmtxn-mypy-cache-$(id -u)-$(printf '%s\0%s' \
+    "$venv" "$repo" | sha256sum | cut -c1-12)"
 
 failed=()
 step() {  # step NAME COMMAND...: run every step, report all that fail

@@ -4,12 +4,14 @@ tests/typing/fail, and stubtest on the whole package -- when mypy is
 installed (the `typing` and `test` extras); those tests skip, saying so,
 without it.  The snippets also run, so what they claim holds at run time.
 
-mypy keeps its cache in the temp directory (per user and interpreter):
+mypy keeps its cache in the temp directory (per user, interpreter and
+installed copy):
 the first run takes 10-30 s, later ones a few seconds.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -33,9 +35,15 @@ PACKAGE = Path(shmtxn.__file__).parent  # the installed one
 MARK = re.compile(r"#\s*E:\s*\[([a-z-]+)\]")
 ERROR = re.compile(r"^(?P<path>.+?):(?P<line>\d+): error: (?P<message>.*?)"
                    r"(?:  \[(?P<code>[a-z-]+)\])?$")
+# one cache per user, interpreter, installed package and snippet folder:
+# runs from two clones or venvs at once must not share one (mypy then
+# took one's cached snippets for the other's and reported nothing)
+_WHERE = hashlib.sha256(f"{PACKAGE.resolve()}\0{SNIPPETS.resolve()}"
+                        .encode()).hexdigest()[:12]
 CACHE = Path(tempfile.gettempdir()) / (
     f"shmtxn-mypy-cache-{os.getuid()}-"
-    f"{sys.implementation.cache_tag}{sysconfig.get_config_var('ABIFLAGS')}")
+    f"{sys.implementation.cache_tag}{sysconfig.get_config_var('ABIFLAGS')}"
+    f"-{_WHERE}")
 
 needs_mypy = pytest.mark.skipif(
     importlib.util.find_spec("mypy") is None,
