@@ -228,6 +228,22 @@ void gate_leave(struct HandleObject *h);
 int gate_held_here(const struct HandleObject *h);
 /* 1 if another thread holds a pin on `h`. */
 int gate_held_elsewhere(const struct HandleObject *h);
+/* Give the calling thread its record now (a thread that opens txn
+ * objects: gate_flag_orphan must find it); -1 with MemoryError. */
+int gate_thread_claim(void);
+/* Tell the live thread `thread` (a stx_thread_id()) that another thread
+ * dropped a write txn of its (no-op if it has no record: it ended). */
+void gate_flag_orphan(uint64_t thread);
+/* 1 (once) if the calling thread was told so since it last asked. */
+int gate_take_orphan_flag(void);
+/* Keep the write txn `txn` of another thread, dropped in this one,
+ * until that thread ends it (it is moved; `mem` is kept alive). */
+void orphan_keep(struct HandleObject *mem, stx_txn *txn);
+/* Free the orphans whose thread has ended them. */
+void orphans_reap(void);
+/* Roll back the calling thread's write txns that other threads dropped;
+ * cheap when there are none anywhere. */
+void orphans_end_own(void);
 
 /* ---- segment state as Python data (info.c) ---- */
 

@@ -482,12 +482,31 @@ value_loads(PyObject *raw)
     return PyObject_CallOneArg(loads, raw);
 }
 
+/* 1 if the exception set is one of shmtxn's own (its classes are heap
+ * types; the table's builtin ones, ValueError and such, are not): code
+ * run by unpickling used shmtxn (a handle closed meanwhile, say), which
+ * says nothing about the pickle. */
+static int
+raised_shmtxn_error(const binding_state *st)
+{
+    for (int i = 0; i < ERROR_TABLE_SIZE; i++) {
+        PyObject *cls = st->errors[i];
+        if (cls != NULL && PyType_HasFeature((PyTypeObject *)cls,
+                                             Py_TPFLAGS_HEAPTYPE)
+            && PyErr_ExceptionMatches(cls)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 PyObject *
 value_unpickle(const HandleObject *h, PyObject *raw)
 {
     PyObject *v = value_loads(raw);
     if (v == NULL && PyErr_ExceptionMatches(PyExc_Exception)
-        && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        && !PyErr_ExceptionMatches(PyExc_MemoryError)
+        && !raised_shmtxn_error(h->st)) {
         /* Whatever pickle raised (UnpicklingError, EOFError, ValueError,
          * an import that fails...): the stored bytes do not unpickle
          * here.  Say so with one class; the original is the __cause__. */

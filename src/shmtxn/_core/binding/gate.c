@@ -31,6 +31,9 @@
  * since they neither release the GIL nor run Python code; calls that do
  * either (a txn of their own waits with the GIL released, unpickling runs
  * Python code) pin in every build.
+ *
+ * Also here, since a thread's record carries the flag for them: the
+ * orphaned write txns other threads dropped (txn.c makes them).
  */
 #include "binding.h"
 
@@ -48,6 +51,9 @@ typedef struct gate_thread {
     _Alignas(GATE_ALIGN) _Atomic(HandleObject *) pins[GATE_DEPTH];
     int depth;                  /* entries in use (own thread only) */
     _Atomic int taken;          /* a live thread owns this record */
+    _Atomic uint64_t thread;    /* its stx_thread_id(), 0 while free */
+    _Atomic int orphaned;       /* another thread dropped a write txn of
+                                   this thread's (txn.c ends it) */
     struct gate_thread *next;   /* every record ever made; never freed */
 } gate_thread;
 
@@ -65,6 +71,8 @@ gate_thread_end(void *arg)
         atomic_store_explicit(&t->pins[i], NULL, memory_order_relaxed);
     }
     t->depth = 0;
+    atomic_store(&t->thread, 0);
+    atomic_store(&t->orphaned, 0);
     atomic_store_explicit(&t->taken, 0, memory_order_release);
 }
 
@@ -110,9 +118,37 @@ gate_thread_get(void)
         PyErr_NoMemory();
         return NULL;
     }
+    atomic_store(&t->thread, stx_thread_id());
     pthread_setspecific(gate_key, t); /* gives it back when the thread ends */
     gate_self = t;
     return t;
+}
+
+int
+gate_thread_claim(void)
+{
+    return gate_thread_get() == NULL ? -1 : 0;
+}
+
+void
+gate_flag_orphan(uint64_t thread)
+{
+    for (gate_thread *t = atomic_load(&gate_threads); t != NULL;
+         t = t->next) {
+        if (atomic_load(&t->thread) == thread) {
+            atomic_store(&t->orphaned, 1);
+            return;
+        }
+    }
+}
+
+int
+gate_take_orphan_flag(void)
+{
+    gate_thread *t = gate_self;
+    return t != NULL && atomic_load_explicit(&t->orphaned,
+                                             memory_order_relaxed)
+           && atomic_exchange(&t->orphaned, 0);
 }
 
 static pthread_once_t gate_once = PTHREAD_ONCE_INIT;
@@ -234,4 +270,94 @@ gate_held_elsewhere(const HandleObject *h)
         }
     }
     return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* orphaned txns                                                       */
+
+/*
+ * Orphans: write txns whose object was dropped by another thread than the
+ * one that opened it (a `with` in a generator freed by the cyclic GC
+ * elsewhere, say).  Only that thread may unlock the writer mutex, so the
+ * txn is moved here, with a reference to its handle (close() refuses
+ * while it is open, and the mapping stays), and that thread is flagged
+ * (its gate record): its next txn, auto-commit, locked read or close()
+ * rolls the orphan back (orphans_end_own), and if none comes, its
+ * guard does when the thread ends.
+ */
+typedef struct orphan {
+    struct orphan *next;
+    HandleObject *mem;
+    stx_txn txn;
+} orphan;
+
+static orphan *orphans;
+/* Orphans listed now, anywhere: 0 almost always, so the check on every
+ * txn open is one load of a line nobody writes. */
+static _Atomic int orphans_listed;
+/* Guards `orphans`: txn objects die in any thread, threads end at any
+ * time.  Held only around the list operations (no Python code). */
+static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void
+orphan_keep(HandleObject *mem, stx_txn *txn)
+{
+    orphan *o = PyMem_RawMalloc(sizeof(*o));
+    if (o == NULL) {
+        return; /* left listed in freed memory: never; out of memory */
+    }
+    o->mem = (HandleObject *)Py_NewRef(mem);
+    pthread_mutex_lock(&orphans_lock);
+    stx_txn_move(&o->txn, txn);
+    o->next = orphans;
+    orphans = o;
+    atomic_fetch_add(&orphans_listed, 1);
+    gate_flag_orphan(o->txn.thread);
+    pthread_mutex_unlock(&orphans_lock);
+}
+
+void
+orphans_reap(void)
+{
+    orphan *done = NULL;
+    pthread_mutex_lock(&orphans_lock);
+    for (orphan **p = &orphans; *p != NULL;) {
+        orphan *o = *p;
+        if (o->txn.state == STX_TXN_OPEN && o->txn.fork_gen == stx_fork_gen) {
+            p = &o->next;
+            continue;
+        }
+        *p = o->next;
+        o->next = done;
+        done = o;
+        atomic_fetch_sub(&orphans_listed, 1);
+    }
+    pthread_mutex_unlock(&orphans_lock);
+    while (done != NULL) { /* handles may be freed: outside the lock */
+        orphan *o = done;
+        done = o->next;
+        Py_DECREF(o->mem);
+        PyMem_RawFree(o);
+    }
+}
+
+void
+orphans_end_own(void)
+{
+    if (atomic_load_explicit(&orphans_listed, memory_order_relaxed) == 0
+        || !gate_take_orphan_flag()) {
+        return;
+    }
+    uint64_t self = stx_thread_id();
+    pthread_mutex_lock(&orphans_lock);
+    for (orphan *o = orphans; o != NULL; o = o->next) {
+        if (o->txn.thread == self && o->txn.state == STX_TXN_OPEN
+            && o->txn.fork_gen == stx_fork_gen) {
+            /* a rollback that finds corruption marks the segment
+             * broken; the next call on it reports that */
+            stx_txn_end(&o->txn, 0);
+        }
+    }
+    pthread_mutex_unlock(&orphans_lock);
+    orphans_reap();
 }

@@ -545,6 +545,7 @@ close_locked(HandleObject *self)
     if (state != HS_OPEN) {
         return 0;
     }
+    orphans_end_own(); /* this thread's: not open any more */
     if (gate_held_here(self) > wait_count_own(self)) {
         raise_error(self->st, ERR_TXNS_OPEN, "cannot close segment '%s' "
                     "while this thread is inside an operation on it (close() "

@@ -71,65 +71,6 @@ txn_wait(binding_state *st, HandleObject *h, const char *name, stx_txn *txn,
  * txns the thread left open: read txns stop counting, write txns roll
  * back.  Nothing is left for a later thread to trip over.
  */
-/*
- * Orphans: write txns whose object was dropped by another thread than the
- * one that opened it.  Only that thread may unlock the writer mutex, so
- * the txn is moved here, with a reference to its handle (close() refuses
- * while it is open, and the mapping stays), until the thread ends and
- * its guard rolls it back.
- */
-typedef struct orphan {
-    struct orphan *next;
-    HandleObject *mem;
-    stx_txn txn;
-} orphan;
-
-static orphan *orphans;
-/* Guards `orphans`: txn objects die in any thread, threads end at any
- * time.  Held only around the list operations (no Python code). */
-static pthread_mutex_t orphans_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* Keep `txn` in an orphan until its thread ends it (see above). */
-static void
-txn_orphan(HandleObject *mem, stx_txn *txn)
-{
-    orphan *o = PyMem_RawMalloc(sizeof(*o));
-    if (o == NULL) {
-        return; /* left listed in freed memory: never; out of memory */
-    }
-    o->mem = (HandleObject *)Py_NewRef(mem);
-    pthread_mutex_lock(&orphans_lock);
-    stx_txn_move(&o->txn, txn);
-    o->next = orphans;
-    orphans = o;
-    pthread_mutex_unlock(&orphans_lock);
-}
-
-/* Free the orphans whose thread has ended them. */
-static void
-reap_orphans(void)
-{
-    orphan *done = NULL;
-    pthread_mutex_lock(&orphans_lock);
-    for (orphan **p = &orphans; *p != NULL;) {
-        orphan *o = *p;
-        if (o->txn.state == STX_TXN_OPEN && o->txn.fork_gen == stx_fork_gen) {
-            p = &o->next;
-            continue;
-        }
-        *p = o->next;
-        o->next = done;
-        done = o;
-    }
-    pthread_mutex_unlock(&orphans_lock);
-    while (done != NULL) { /* handles may be freed: outside the lock */
-        orphan *o = done;
-        done = o->next;
-        Py_DECREF(o->mem);
-        PyMem_RawFree(o);
-    }
-}
-
 /* End the txn of a txn object being freed (any thread): a read txn is
  * released, a write txn rolled back -- or, if another thread opened it,
  * kept until that thread ends and rolls it back. */
@@ -138,7 +79,7 @@ txn_drop(HandleObject *mem, stx_txn *txn)
 {
     if ((txn->state != STX_TXN_IDLE || txn->listed)
         && stx_txn_abandon(txn) == 1) {
-        txn_orphan(mem, txn); /* only its own thread may unlock it */
+        orphan_keep(mem, txn); /* only its own thread may unlock it */
     }
 }
 
@@ -147,7 +88,7 @@ static void
 ThreadGuard_dealloc(PyObject *self)
 {
     stx_thread_exit();
-    reap_orphans();
+    orphans_reap();
     PyTypeObject *type = Py_TYPE(self);
     PyObject_Free(self);
     Py_DECREF(type);
@@ -189,7 +130,7 @@ ensure_thread_guard(binding_state *st)
         Py_XDECREF(guard);
     }
     Py_XDECREF(key);
-    if (has < 0) {
+    if (has < 0 || gate_thread_claim() < 0) {
         return -1;
     }
     guarded = ts;
@@ -213,6 +154,7 @@ init_tracked(HandleObject *h, stx_txn *txn, int write)
 int
 txn_open(HandleObject *h, stx_txn *txn, int write, double timeout)
 {
+    orphans_end_own(); /* before the nesting check sees them */
     if (handle_check_open(h) < 0
         || (txn->tracked && ensure_thread_guard(h->st) < 0)) {
         return -1;
