@@ -18,6 +18,7 @@ import warnings
 
 import pytest
 
+import test_threads
 from shmtxn import (BufferExportsError, SegmentClosedError, SharedDict,
                     SharedMemory, TransactionClosedError,
                     TransactionsOpenError, TransactionThreadError)
@@ -28,27 +29,12 @@ JOIN_S = 60  # a thread alive after this is hung
 
 
 def run_threads(target, count=THREADS):
-    """Run target(i) in `count` threads started together; re-raise the
-    first exception; fail if one hangs."""
-    barrier = threading.Barrier(count)
-    errors = []
-
-    def body(i):
-        try:
-            barrier.wait()
-            target(i)
-        except BaseException as exc:  # noqa: B036 -- reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=body, args=(i,))
-               for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(JOIN_S)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    if errors:
-        raise errors[0]
+    """Run target(i) in `count` threads started together (test_threads'
+    runner: re-raise the first exception; fail if one hangs)."""
+    def released(i, barrier):
+        barrier.wait()
+        target(i)
+    test_threads.run_threads(released, count)
 
 
 # --------------------------------------------------------------------------
