@@ -27,9 +27,13 @@ exe=$prefix/bin/python$minor${want#"$minor"}
 # 1. One already here: pyenv's, the system's, or an earlier build.
 if [[ -x $exe ]]; then echo "$exe"; exit 0; fi
 if [[ $want != *t ]]; then
-    for cand in "$(command -v "python$minor" || true)" \
-                "$HOME"/.pyenv/versions/"$minor".*/bin/python"$minor"; do
-        if [[ -x $cand ]]; then echo "$cand"; exit 0; fi
+    # (pyenv's shims are on PATH but fail unless that version is selected:
+    # a candidate counts only if it runs)
+    for cand in "$HOME"/.pyenv/versions/"$minor".*/bin/python"$minor" \
+                "$(command -v "python$minor" || true)"; do
+        if [[ -x $cand ]] && "$cand" -c 'import sys' 2>/dev/null; then
+            echo "$cand"; exit 0
+        fi
     done
 fi
 
