@@ -21,7 +21,8 @@ repo=${SHMTXN_SRC:-$(cd "$(dirname "$0")/.." && pwd)}
 packages=python3.14,python3.14-dev,python3.14-venv,gcc,libc6-dev,binutils,ca-certificates,redis-server
 
 setup() {
-    if [[ -x $root/usr/bin/python3.14 && -x $root/usr/bin/gcc ]]; then
+    if [[ -x $root/usr/bin/python3.14 && -x $root/usr/bin/gcc
+          && -x $root/usr/bin/redis-server ]]; then
         echo "$root"; return
     fi
     if ! command -v debootstrap >/dev/null; then
