@@ -11,7 +11,6 @@
             t["n"] = t.get("n", 0) + 1
 """
 
-from . import errors
 from .errors import (  # the exception hierarchy
     AccessDeniedError, BufferExportsError, CorruptSegmentError, Error,
     IncompatibleSegmentError, LockTimeout, NestedTransactionError,
